@@ -1,0 +1,99 @@
+"""Every default of metacpo_ref, in one place, each with its source.
+
+Sources: "paper" is Meta-CPO (arXiv 2312.10230, Table 1, Section 5, Fig. 5);
+"authors' code" is the paper's repository as summarised in
+../shared/notes/prior-art.md; "CPO notes" is ../shared/notes/cpo-step.md;
+"measured" means chosen here from a measurement, described beside it.
+Cost limits are on the UNDISCOUNTED sum of costs over one episode.
+"""
+from dataclasses import dataclass, field
+
+# --- policy and estimates -------------------------------------------------
+HIDDEN = (32, 16)        # paper, Section 5 (the authors' code uses (24, 12))
+GAMMA = 0.99             # authors' code
+GAE_LAMBDA = 0.95        # authors' code
+VF_ITERS = 25            # authors' code: L-BFGS iterations per value fit
+VF_HIDDEN = (32, 16)     # same MLP code as the policy
+INIT_LOG_STD = -0.5      # common TRPO/CPO choice (Spinning Up, safety-starter-agents)
+
+# --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
+INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
+OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
+CG_ITERS = 10            # CPO notes, section 3 (10-15)
+CG_DAMPING = 0.1         # CPO notes, section 3
+LINE_SEARCH_DECAY = 0.8  # CPO notes, section 3
+LINE_SEARCH_STEPS = 15   # CPO notes, section 3
+
+# --- meta-training (Algorithm 1) --------------------------------------------
+META_TASKS = 5           # paper: 5 tasks per meta-iteration
+LOCAL_STEPS = 5          # paper: 5 local updates
+SEEDS = 3                # paper: 3 random seeds
+
+
+@dataclass(frozen=True)
+class Family:
+    """A Safety-Gymnasium task family of Table 1.
+
+    ``train`` and ``test`` map each task parameter to its inclusive range
+    ``(low, high)``; integer parameters are listed in ``int_params``.
+    """
+
+    name: str
+    base_id: str
+    obs_dim: int
+    episode_len: int
+    cost_limit_train: float
+    cost_limit_test: float
+    train: dict
+    test: dict
+    int_params: tuple = ()
+    episodes: int = 6    # episodes per batch: about 3000 steps (authors' code)
+
+
+FAMILIES = {
+    "point-circle": Family(
+        name="point-circle",
+        base_id="SafetyPointCircle1-v0",
+        obs_dim=28,          # envs notes
+        episode_len=500,     # envs notes (stock circle task)
+        # measured (see README, "cost limits"): a random policy collects
+        # ~0-10 and a reward-greedy one ~100+ cost per episode, so 25 binds
+        # for the learner but not for a cautious policy.
+        cost_limit_train=25.0,
+        cost_limit_test=25.0,
+        train={"radius": (1.0, 1.5), "wall_factor": (0.65, 0.75)},   # paper Table 1
+        test={"radius": (2.0, 2.5), "wall_factor": (0.55, 0.65)},    # paper Table 1
+        episodes=6,
+    ),
+    "car-circle-hazard": Family(
+        name="car-circle-hazard",
+        base_id="SafetyCarCircle1-v0",
+        obs_dim=56,
+        episode_len=500,
+        cost_limit_train=10.0,   # paper, Fig. 5b
+        cost_limit_test=5.0,     # paper, Fig. 5b (tighter in meta-testing)
+        train={"radius": (0.7, 1.0), "num_hazards": (3, 7)},          # paper Table 1
+        test={"radius": (1.2, 1.5), "num_hazards": (7, 12)},          # paper Table 1
+        int_params=("num_hazards",),
+        episodes=6,
+    ),
+    "point-button": Family(
+        name="point-button",
+        base_id="SafetyPointButton0-v0",   # level 0: no gremlins (envs notes)
+        obs_dim=60,
+        episode_len=1000,
+        # measured: see README, "cost limits"
+        cost_limit_train=25.0,
+        cost_limit_test=25.0,
+        train={"num_buttons": (3, 6), "num_hazards": (3, 6), "extent": (1.75, 2.0)},  # Table 1
+        test={"num_buttons": (6, 10), "num_hazards": (6, 10), "extent": (2.5, 3.0)},  # Table 1
+        int_params=("num_buttons", "num_hazards"),
+        episodes=3,
+    ),
+}
+
+# Hazards added to the car-circle and point-button tasks (envs notes).
+HAZARD_SIZE = 0.2
+CAR_HAZARD_KEEPOUT = 0.3
+CAR_HAZARD_EXTENT = 1.4
+BUTTON_HAZARD_KEEPOUT = 0.18
