@@ -1,0 +1,184 @@
+"""The three task families of the paper (Table 1) on Safety-Gymnasium.
+
+Public API (later modules and users rely on it):
+
+- ``FAMILY_NAMES``: ``("point-circle", "car-circle-hazard", "point-button")``.
+- ``Task(family, params)``: one task, a frozen dataclass.
+- ``sample_tasks(family, n, split="train", seed=0)``: tasks with parameters drawn
+  uniformly from the Table 1 range of the split (integers inclusive).
+- ``make_env(family, task=None, fast=True)``: a :class:`SafeEnv`.
+
+A ``SafeEnv`` has ``reset(seed) -> (obs, info)``, ``step(a) -> (obs, reward,
+cost, terminated, truncated, info)``, ``observation_space``, ``action_space``
+and ``set_task(task)``, which switches it to another task (the layout is
+rebuilt at the next reset). ``fast=True`` builds worlds with a builtin skybox
+(``compat.fast_skybox``): same observations, rewards and costs, ~100x faster
+reset.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from metacpo_ref.config import (BUTTON_HAZARD_KEEPOUT, CAR_HAZARD_EXTENT, CAR_HAZARD_KEEPOUT,
+                                FAMILIES, HAZARD_SIZE)
+from metacpo_ref.envs.compat import fast_skybox, import_safety_gymnasium
+
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def family_config(name):
+    """The :class:`config.Family` of ``name``; a clear error for unknown names."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; valid names: {', '.join(FAMILY_NAMES)}")
+    return FAMILIES[name]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a family: ``params`` maps parameter names to values."""
+
+    family: str
+    params: dict = field(hash=False)
+
+    def __post_init__(self):
+        validate_params(self.family, self.params)
+
+
+def validate_params(family, params):
+    """Refuse unknown or missing names and values outside train-or-test ranges (never clip)."""
+    fam = family_config(family)
+    names = set(fam.train)
+    if set(params) != names:
+        raise ValueError(f"{family} tasks take exactly the parameters {sorted(names)}, got {sorted(params)}")
+    for name, value in params.items():
+        if not np.isfinite(value):
+            raise ValueError(f"{family}: parameter {name} must be finite, got {value}")
+        if name in fam.int_params and value != int(value):
+            raise ValueError(f"{family}: parameter {name} must be an integer, got {value}")
+        ranges = [fam.train[name], fam.test[name]]
+        if not any(lo <= value <= hi for lo, hi in ranges):
+            raise ValueError(
+                f"{family}: {name}={value} is outside the train range {list(fam.train[name])} "
+                f"and the test range {list(fam.test[name])} of Table 1")
+
+
+def sample_tasks(family, n, split="train", seed=0):
+    """``n`` tasks drawn uniformly from the Table 1 ranges of ``split``; same seed, same tasks."""
+    fam = family_config(family)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ranges = fam.train if split == "train" else fam.test
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0 if split == "train" else 1]))
+    tasks = []
+    for _ in range(n):
+        params = {}
+        for name, (lo, hi) in ranges.items():   # fixed order: the dict order of config
+            if name in fam.int_params:
+                params[name] = int(rng.integers(lo, hi + 1))
+            else:
+                params[name] = float(rng.uniform(lo, hi))
+        tasks.append(Task(family, params))
+    return tasks
+
+
+def default_task(family):
+    """The midpoint of the training ranges (integers rounded down)."""
+    fam = family_config(family)
+    params = {k: (int((lo + hi) // 2) if k in fam.int_params else (lo + hi) / 2)
+              for k, (lo, hi) in fam.train.items()}
+    return Task(family, params)
+
+
+# --- configuring a Safety-Gymnasium task object (envs notes, "Building") ----
+def _configure(task_obj, task, first):
+    """Set the knobs of ``task`` on a safety-gymnasium task object."""
+    sg = import_safety_gymnasium()
+    Hazards = sg.assets.geoms.Hazards
+    p = task.params
+    fam = family_config(task.family)
+    if task.family in ("point-circle", "car-circle-hazard"):
+        task_obj.circle.radius = float(p["radius"])
+        wall = float(p["radius"]) * float(p.get("wall_factor", 0.0)) if "wall_factor" in p else None
+        if wall is not None:
+            # walls at d = s * r_c: both fields are read (placement and cost)
+            task_obj.sigwalls.locate_factor = wall
+            task_obj.sigwalls.locations = [(wall, 0), (-wall, 0), (0, wall), (0, -wall)]
+        # spawn near the centre (else "World has starting cost!")
+        task_obj.agent.placements = [(-0.2, -0.2, 0.2, 0.2)]
+    if task.family == "car-circle-hazard":
+        e = CAR_HAZARD_EXTENT
+        if first:
+            task_obj._add_geoms(Hazards(num=int(p["num_hazards"]), size=HAZARD_SIZE,
+                                        keepout=CAR_HAZARD_KEEPOUT, placements=[(-e, -e, e, e)]))
+        task_obj.hazards.num = int(p["num_hazards"])
+    if task.family == "point-button":
+        task_obj.buttons.num = int(p["num_buttons"])
+        task_obj.buttons.is_constrained = True
+        r = float(p["extent"])
+        task_obj.placements_conf.extents = [-r, -r, r, r]
+        if first:
+            task_obj._add_geoms(Hazards(num=int(p["num_hazards"]), size=HAZARD_SIZE,
+                                        keepout=BUTTON_HAZARD_KEEPOUT))
+        task_obj.hazards.num = int(p["num_hazards"])
+    task_obj.num_steps = fam.episode_len
+    task_obj.placements_conf.placements = None   # rebuild the layout at the next reset
+    if first:
+        task_obj.build_observation_space()
+
+
+class SafeEnv:
+    """A Safety-Gymnasium env of one task family, switchable between tasks."""
+
+    def __init__(self, family, task=None, fast=True):
+        self.family = family_config(family).name
+        self.fast = bool(fast)
+        task = default_task(family) if task is None else task
+        self._check_family(task)
+        sg = import_safety_gymnasium()
+        from safety_gymnasium.builder import Builder
+        fam = family_config(family)
+        agent = "Car" if family.startswith("car") else "Point"
+        self._env = Builder(task_id=fam.base_id, config={"agent_name": agent})
+        self.task = task
+        _configure(self._env.task, task, first=True)
+        self._sg = sg
+
+    def _check_family(self, task):
+        if not isinstance(task, Task):
+            raise TypeError(f"expected a Task, got {type(task).__name__}")
+        if task.family != self.family:
+            raise ValueError(f"this env is {self.family!r}; cannot take a {task.family!r} task")
+
+    def set_task(self, task):
+        """Switch to ``task``; the layout is rebuilt at the next reset."""
+        self._check_family(task)
+        self.task = task
+        _configure(self._env.task, task, first=False)
+
+    @property
+    def observation_space(self):
+        return self._env.observation_space
+
+    @property
+    def action_space(self):
+        return self._env.action_space
+
+    @property
+    def unwrapped(self):
+        """The safety-gymnasium Builder underneath."""
+        return self._env
+
+    def reset(self, seed=None):
+        with fast_skybox(self.fast):
+            obs, info = self._env.reset(seed=None if seed is None else int(seed))
+        return obs, info
+
+    def step(self, action):
+        return self._env.step(np.asarray(action, dtype=np.float64))
+
+
+def make_env(family, task=None, fast=True):
+    """A :class:`SafeEnv` of ``family`` set to ``task`` (default: the middle of the train ranges)."""
+    return SafeEnv(family, task, fast=fast)
