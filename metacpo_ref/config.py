@@ -56,11 +56,13 @@ FAMILIES = {
         base_id="SafetyPointCircle1-v0",
         obs_dim=28,          # envs notes
         episode_len=500,     # envs notes (stock circle task)
-        # measured (see README, "cost limits"): a random policy collects
-        # ~0-10 and a reward-greedy one ~100+ cost per episode, so 25 binds
-        # for the learner but not for a cautious policy.
-        cost_limit_train=25.0,
-        cost_limit_test=25.0,
+        # authors' code uses 10 (prior-art notes). Measured here: a uniformly
+        # random policy collects 13.3 per episode on train tasks (30 episodes,
+        # heavy-tailed: median 0) and 2.3 on test tasks; a reward-greedy policy
+        # that circles at r_c spends about half of each lap beyond the walls at
+        # 0.65-0.75 r_c (~250 per episode). 10 binds for both in training.
+        cost_limit_train=10.0,
+        cost_limit_test=10.0,
         train={"radius": (1.0, 1.5), "wall_factor": (0.65, 0.75)},   # paper Table 1
         test={"radius": (2.0, 2.5), "wall_factor": (0.55, 0.65)},    # paper Table 1
         episodes=6,
@@ -82,9 +84,13 @@ FAMILIES = {
         base_id="SafetyPointButton0-v0",   # level 0: no gremlins (envs notes)
         obs_dim=60,
         episode_len=1000,
-        # measured: see README, "cost limits"
-        cost_limit_train=25.0,
-        cost_limit_test=25.0,
+        # authors' code uses 10 (prior-art notes). Measured here: a uniformly
+        # random policy collects 36.3 per episode on train tasks (30 episodes,
+        # heavy-tailed: median 0) and 3.2 on test tasks; a reward-greedy policy
+        # drives through hazards and wrong buttons on its way. 10 binds for
+        # both in training.
+        cost_limit_train=10.0,
+        cost_limit_test=10.0,
         train={"num_buttons": (3, 6), "num_hazards": (3, 6), "extent": (1.75, 2.0)},  # Table 1
         test={"num_buttons": (6, 10), "num_hazards": (6, 10), "extent": (2.5, 3.0)},  # Table 1
         int_params=("num_buttons", "num_hazards"),
