@@ -1,0 +1,182 @@
+"""Gaussian MLP policy over one flat parameter vector ``theta``.
+
+The policy of Meta-CPO (paper Section 5): a tanh MLP with hidden sizes
+(32, 16) gives the mean ``mu_theta(s)`` of a diagonal Gaussian over actions;
+the log standard deviation is a free vector, independent of the state:
+
+    pi_theta(a | s) = N(a; mu_theta(s), diag(exp(2 log_std))).
+
+Every algorithm of the project (the CPO step of eq. 9, its derivative, the
+meta step of eq. 12) and every port works on the flat vector ``theta``.
+
+Layout of ``theta`` (see :func:`mlp_layout`, :func:`unflatten`): layer by
+layer, for the layer ``y = x W + c`` with ``W`` of shape ``(n_in, n_out)``,
+first ``W`` in row-major order (``W[i, j]`` at offset ``i * n_out + j``), then
+the bias ``c``; hidden layers apply tanh, the output layer is linear; the
+``act_dim`` log standard deviations come last. For obs_dim 60, act_dim 2 and
+hidden (32, 16): ``n = 60*32+32 + 32*16+16 + 16*2+2 + 2 = 2516``.
+
+The same :func:`mlp` (without the log-std tail) is the value function of
+:mod:`metacpo_ref.advantages`.
+
+Everything here is written with ``autograd.numpy`` and differentiates to any
+order in ``theta`` (the meta-gradient differentiates gradients of the
+surrogates). No observation normalisation: the policy sees raw observations
+(see :mod:`metacpo_ref.advantages`).
+"""
+from dataclasses import dataclass
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import grad
+
+from metacpo_ref.config import HIDDEN, INIT_LOG_STD
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Shapes of the Gaussian MLP policy: ``obs_dim -> hidden -> act_dim``."""
+
+    obs_dim: int
+    act_dim: int
+    hidden: tuple = HIDDEN
+
+    @property
+    def sizes(self):
+        """Layer widths of the mean network, ``(obs_dim, *hidden, act_dim)``."""
+        return (int(self.obs_dim), *map(int, self.hidden), int(self.act_dim))
+
+
+# --- the MLP shared by policy and value functions ---------------------------
+
+def mlp_layout(sizes):
+    """Where each layer lives in a flat MLP parameter vector.
+
+    A tuple with one ``(w, shape, c)`` per layer: ``params[w].reshape(shape)``
+    is the weight ``W`` (row-major, shape ``(n_in, n_out)``) and ``params[c]``
+    the bias. Layers follow each other with no gaps.
+    """
+    layout, i = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        w = slice(i, i + n_in * n_out)
+        c = slice(w.stop, w.stop + n_out)
+        layout.append((w, (n_in, n_out), c))
+        i = c.stop
+    return tuple(layout)
+
+
+def n_mlp_params(sizes):
+    """Number of parameters of the MLP with layer widths ``sizes``."""
+    return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def mlp(sizes, params, x):
+    """tanh MLP: ``x (..., sizes[0]) -> (..., sizes[-1])``, linear output layer.
+
+    ``params`` is a flat vector laid out by :func:`mlp_layout` (any extra tail
+    is ignored, so a policy's ``theta`` can be passed whole).
+    """
+    h = x
+    layout = mlp_layout(sizes)
+    for k, (w, shape, c) in enumerate(layout):
+        h = anp.dot(h, anp.reshape(params[w], shape)) + params[c]
+        if k < len(layout) - 1:
+            h = anp.tanh(h)
+    return h
+
+
+def init_mlp(sizes, rng, out_scale=1.0):
+    """Flat MLP parameters: ``W ~ N(0, 1/n_in)`` (output layer times ``out_scale``), zero biases."""
+    parts = []
+    layout = mlp_layout(sizes)
+    for k, (_, (n_in, n_out), _) in enumerate(layout):
+        scale = (out_scale if k == len(layout) - 1 else 1.0) / np.sqrt(n_in)
+        parts += [scale * rng.standard_normal(n_in * n_out), np.zeros(n_out)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+# --- the policy ---------------------------------------------------------------
+
+def n_params(spec):
+    """Length of ``theta``: the mean network plus ``act_dim`` log-stds."""
+    return n_mlp_params(spec.sizes) + spec.act_dim
+
+
+def unflatten(spec, theta):
+    """``theta`` as arrays: ``([(W, c) per layer], log_std)`` (views, for ports and tests)."""
+    layers = [(theta[w].reshape(shape), theta[c]) for w, shape, c in mlp_layout(spec.sizes)]
+    return layers, theta[n_mlp_params(spec.sizes):]
+
+
+def init_theta(spec, seed, log_std=INIT_LOG_STD):
+    """Initial ``theta`` from an integer seed.
+
+    Weights ``N(0, 1/n_in)``, the output layer scaled by 0.01 so the initial
+    mean is near zero, zero biases, every log-std equal to ``log_std``.
+    """
+    rng = np.random.default_rng(seed)
+    return np.concatenate([init_mlp(spec.sizes, rng, out_scale=0.01),
+                           np.full(spec.act_dim, float(log_std))])
+
+
+def mean_and_log_std(spec, theta, obs):
+    """``mu_theta(obs)`` (shape ``(..., act_dim)``) and ``log_std`` (``(act_dim,)``)."""
+    return mlp(spec.sizes, theta, obs), theta[n_mlp_params(spec.sizes):]
+
+
+def log_prob(spec, theta, obs, act):
+    """``log pi_theta(act | obs)`` per row: ``(T, obs_dim), (T, act_dim) -> (T,)``.
+
+    A single ``(obs_dim,), (act_dim,)`` pair gives a scalar.
+    """
+    mu, log_std = mean_and_log_std(spec, theta, obs)
+    z = (act - mu) * anp.exp(-log_std)
+    return -0.5 * anp.sum(z ** 2 + 2.0 * log_std + LOG_2PI, axis=-1)
+
+
+def mean_kl(spec, theta_old, theta, obs):
+    """Mean over ``obs`` of ``KL(pi_theta_old(.|s) || pi_theta(.|s))`` (TRPO's direction).
+
+    For diagonal Gaussians, per state:
+    ``sum_j log(s_j / s_old_j) + (s_old_j^2 + (mu_old_j - mu_j)^2) / (2 s_j^2) - 1/2``.
+    Differentiable in both arguments; its Hessian in ``theta`` at
+    ``theta = theta_old`` is the Fisher matrix ``H`` of eq. 3.
+    """
+    mu_old, ls_old = mean_and_log_std(spec, theta_old, obs)
+    mu, ls = mean_and_log_std(spec, theta, obs)
+    per_dim = (ls - ls_old) + (anp.exp(2.0 * ls_old) + (mu_old - mu) ** 2) / (2.0 * anp.exp(2.0 * ls)) - 0.5
+    return anp.mean(anp.sum(per_dim, axis=-1))
+
+
+def fvp(spec, theta, obs, v, damping=0.0):
+    """Fisher-vector product ``(H + damping I) v`` with ``H = d^2/dtheta'^2 mean_kl(theta, theta')`` at ``theta' = theta``.
+
+    A Hessian-vector product by reverse-over-reverse autograd (two passes
+    through the network); no ``n x n`` matrix is formed. ``theta`` may itself
+    be an autograd box (the product is differentiable in ``theta`` and ``v``).
+    """
+    kl_grad = grad(lambda t: mean_kl(spec, theta, t, obs))
+    return grad(lambda t: anp.dot(kl_grad(t), v))(theta) + damping * v
+
+
+def act_fn(spec, theta, deterministic=False):
+    """The ``act(obs, rng) -> (action, logp)`` function that :func:`metacpo_ref.rollouts.collect` takes.
+
+    Samples ``a = mu(obs) + exp(log_std) * eps`` with ``eps`` from ``rng``
+    (a ``numpy.random.Generator``), so the same generator state gives the same
+    action. ``deterministic=True`` returns the mean (``rng`` unused) and the
+    log-density there. ``logp`` always equals :func:`log_prob` of the returned
+    action. ``theta`` is copied: later changes to the caller's array do not
+    change the policy. Actions are not clipped (the env clips).
+    """
+    theta = np.array(theta, dtype=np.float64)
+
+    def act(obs, rng):
+        obs = np.asarray(obs, dtype=np.float64)
+        mu, log_std = mean_and_log_std(spec, theta, obs)
+        a = mu if deterministic else mu + np.exp(log_std) * rng.standard_normal(spec.act_dim)
+        return a, float(log_prob(spec, theta, obs, a))
+
+    return act
