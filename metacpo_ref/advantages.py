@@ -1,0 +1,239 @@
+"""Value functions, GAE, the surrogates of eq. 9 / eq. 10, and the constraint value ``b``.
+
+For one batch ``D`` collected by the behaviour policy ``pi_beh`` (the policy
+whose log-probabilities ``logp_beh`` were stored at collection):
+
+- reward and cost value functions ``V_R``, ``V_C``: the tanh MLP of
+  :func:`metacpo_ref.policy.mlp` with one output, fitted per batch by scipy
+  L-BFGS (``VF_ITERS`` = 25 iterations by default), each fit warm-started from
+  the previous fit's parameters;
+- GAE(gamma, lambda) advantages for reward and cost (Schulman et al. 2016),
+  reset at every episode end: bootstrapped from ``V(bootstrap_obs)`` at a
+  time-limit cut, from zero at a true termination;
+- reward advantages standardised, cost advantages only centred (CPO notes,
+  section 4); their statistics are plain floats, constants for every
+  derivative;
+- the importance-weighted per-step surrogates
+
+      L_R(theta) = mean_t exp(log pi_theta(a_t|s_t) - logp_beh_t) A_R_t
+      L_C(theta) = mean_t exp(log pi_theta(a_t|s_t) - logp_beh_t) A_C_t
+
+  whose gradients at the behaviour parameters are ``g`` and ``a`` of eq. 9
+  (and whose values after adaptation are the meta objective ``F`` and
+  constraint ``G`` of eq. 10);
+- ``b`` of eq. 9 in the same per-step units: (mean episode cost - limit) /
+  mean episode length (CPO notes, section 4).
+
+No observation normalisation: policy and value functions see raw
+observations, so ``theta`` alone defines the policy on every task (a
+per-batch normaliser would have to be frozen and saved with ``theta``).
+"""
+from dataclasses import dataclass
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import value_and_grad
+from scipy.optimize import minimize
+
+from metacpo_ref.config import GAE_LAMBDA, GAMMA, VF_HIDDEN, VF_ITERS
+from metacpo_ref.policy import init_mlp, log_prob, mlp
+
+ADV_EPS = 1e-8   # floor of the reward-advantage standard deviation
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """Shapes of a value function: ``obs_dim -> hidden -> 1``."""
+
+    obs_dim: int
+    hidden: tuple = VF_HIDDEN
+
+    @property
+    def sizes(self):
+        return (int(self.obs_dim), *map(int, self.hidden), 1)
+
+
+@dataclass(frozen=True)
+class AdvantageResult:
+    """Everything :func:`advantages` computes for one batch.
+
+    ``adv_r = (A_R - r_mean) / r_std`` and ``adv_c = A_C - c_mean`` per step;
+    ``targets_r``, ``targets_c`` are the lambda-returns ``A + V`` the value
+    functions were fitted to; ``vf_params_r``, ``vf_params_c`` the new
+    parameters (pass them to the next call); ``vf_loss_r``, ``vf_loss_c`` the
+    mean squared errors ``(before, after)`` the fit.
+    """
+
+    adv_r: np.ndarray
+    adv_c: np.ndarray
+    r_mean: float
+    r_std: float
+    c_mean: float
+    targets_r: np.ndarray
+    targets_c: np.ndarray
+    vf_params_r: np.ndarray
+    vf_params_c: np.ndarray
+    vf_loss_r: tuple
+    vf_loss_c: tuple
+
+
+# --- value functions ------------------------------------------------------
+
+def init_value(vspec, seed):
+    """Initial value-function parameters from an integer seed (``N(0, 1/n_in)`` weights, zero biases)."""
+    return init_mlp(vspec.sizes, np.random.default_rng(seed))
+
+
+def value(vspec, params, obs):
+    """``V(obs)``: ``(T, obs_dim) -> (T,)``."""
+    return mlp(vspec.sizes, params, obs)[..., 0]
+
+
+def value_loss(vspec, params, obs, targets):
+    """Mean squared error ``mean_t (V(s_t) - target_t)^2``."""
+    return anp.mean((value(vspec, params, obs) - targets) ** 2)
+
+
+def fit_value(vspec, params, obs, targets, iters=VF_ITERS):
+    """Fit ``V`` to ``targets`` by at most ``iters`` L-BFGS iterations (scipy L-BFGS-B), starting at ``params``.
+
+    Warm start: pass the previous fit's parameters as ``params``. Returns new
+    parameters (``params`` is not modified); ``iters=0`` returns a copy.
+    """
+    params = np.array(params, dtype=np.float64)
+    if iters <= 0:
+        return params
+    obs = np.asarray(obs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    loss_and_grad = value_and_grad(lambda p: value_loss(vspec, p, obs, targets))
+    res = minimize(loss_and_grad, params, jac=True, method="L-BFGS-B",
+                   options={"maxiter": int(iters)})
+    return np.asarray(res.x, dtype=np.float64)
+
+
+# --- GAE --------------------------------------------------------------------
+
+def gae(batch, signal, v_obs, v_boot, gamma=GAMMA, lam=GAE_LAMBDA):
+    """GAE(gamma, lambda) of one per-step signal (``batch.rew`` or ``batch.cost``).
+
+    ``v_obs[t] = V(s_t)``; ``v_boot[t] = V(bootstrap_obs_t)``, read only where
+    ``batch.truncated[t]``. With ``V_next[t]`` equal to ``v_obs[t+1]`` inside
+    an episode, ``v_boot[t]`` at a time-limit cut and 0 at a termination:
+
+        delta_t = signal_t + gamma V_next[t] - V(s_t)
+        A_t     = delta_t + gamma lam A_{t+1}   (A_{t+1} := 0 at an episode end)
+
+    Returns ``(adv, returns)`` with ``returns = adv + v_obs`` (lambda-returns,
+    the value-function targets).
+    """
+    ends = batch.episode_ends
+    if len(ends) == 0 or not ends[-1]:
+        raise ValueError("batch must end with a terminated or truncated step")
+    signal = np.asarray(signal, dtype=np.float64)
+    v_obs = np.asarray(v_obs, dtype=np.float64)
+    v_next = np.append(v_obs[1:], 0.0)
+    v_next = np.where(batch.truncated, np.asarray(v_boot, dtype=np.float64), v_next)
+    v_next = np.where(batch.terminated, 0.0, v_next)   # a termination wins over a cut
+    delta = signal + gamma * v_next - v_obs
+    decay = gamma * lam * ~ends
+    adv = np.zeros_like(delta)
+    running = 0.0
+    for t in range(len(delta) - 1, -1, -1):
+        running = delta[t] + decay[t] * running
+        adv[t] = running
+    return adv, adv + v_obs
+
+
+def standardize(adv):
+    """``((adv - mean) / std, mean, std)`` with ``std`` floored at ``ADV_EPS``."""
+    mean, std = float(np.mean(adv)), max(float(np.std(adv)), ADV_EPS)
+    return (adv - mean) / std, mean, std
+
+
+def center(adv):
+    """``(adv - mean, mean)``."""
+    mean = float(np.mean(adv))
+    return adv - mean, mean
+
+
+def _values(vspec, params, batch):
+    """``V(s_t)`` for every step, ``V(bootstrap_obs_t)`` at time-limit cuts (0 elsewhere)."""
+    v_obs = value(vspec, params, batch.obs)
+    v_boot = np.zeros(len(batch))
+    cut = np.flatnonzero(batch.truncated)
+    if cut.size:
+        v_boot[cut] = value(vspec, params, batch.bootstrap_obs[cut])
+    return v_obs, v_boot
+
+
+def advantages(vspec, batch, vf_params_r, vf_params_c, gamma=GAMMA, lam=GAE_LAMBDA, iters=VF_ITERS):
+    """Reward and cost advantages of ``batch``, then one value fit each.
+
+    Advantages use the value functions passed in (fitted on earlier batches);
+    afterwards each value function is refitted on this batch's lambda-returns,
+    warm-started from the parameters passed in. Returns an :class:`AdvantageResult`.
+    """
+    out = {}
+    for key, params, signal in (("r", vf_params_r, batch.rew), ("c", vf_params_c, batch.cost)):
+        v_obs, v_boot = _values(vspec, params, batch)
+        adv, targets = gae(batch, signal, v_obs, v_boot, gamma, lam)
+        new = fit_value(vspec, params, batch.obs, targets, iters)
+        out[key] = (adv, targets, new, (float(np.mean((v_obs - targets) ** 2)),
+                                        float(value_loss(vspec, new, batch.obs, targets))))
+    adv_r, r_mean, r_std = standardize(out["r"][0])
+    adv_c, c_mean = center(out["c"][0])
+    return AdvantageResult(adv_r=adv_r, adv_c=adv_c, r_mean=r_mean, r_std=r_std, c_mean=c_mean,
+                           targets_r=out["r"][1], targets_c=out["c"][1],
+                           vf_params_r=out["r"][2], vf_params_c=out["c"][2],
+                           vf_loss_r=out["r"][3], vf_loss_c=out["c"][3])
+
+
+# --- surrogates and the constraint value (eq. 9, eq. 10) ---------------------
+
+def surrogates(spec, batch, adv_r, adv_c, logp_beh):
+    """``(L_R, L_C)``: the per-step importance-weighted surrogates as functions of ``theta``.
+
+    ``L_X(theta) = mean_t exp(log_prob(theta, s_t, a_t) - logp_beh_t) * adv_X_t``.
+    ``logp_beh`` are the behaviour log-probabilities stored at collection
+    (normally ``batch.logp``); they, the advantages, the observations and the
+    actions are copied and frozen here, so every derivative (of any order)
+    flows only through ``log_prob(theta, ...)``. At the behaviour parameters
+    ``grad L_R = g`` and ``grad L_C = a`` of eq. 9.
+    """
+    obs = np.array(batch.obs, dtype=np.float64)
+    act = np.array(batch.act, dtype=np.float64)
+    logp_beh = np.array(logp_beh, dtype=np.float64)
+    adv_r = np.array(adv_r, dtype=np.float64)
+    adv_c = np.array(adv_c, dtype=np.float64)
+    if not (logp_beh.shape == adv_r.shape == adv_c.shape == (len(obs),)):
+        raise ValueError("logp_beh, adv_r and adv_c must have shape (T,)")
+
+    def ratio(theta):
+        return anp.exp(log_prob(spec, theta, obs, act) - logp_beh)
+
+    def L_R(theta):
+        return anp.mean(ratio(theta) * adv_r)
+
+    def L_C(theta):
+        return anp.mean(ratio(theta) * adv_c)
+
+    return L_R, L_C
+
+
+def constraint_value(batch, cost_limit):
+    """``b`` of eq. 9 in per-step units: ``(mean episode cost - cost_limit) / mean episode length``.
+
+    The limit is on the undiscounted episode cost. The means run over the
+    complete episodes: those that ended by a termination or a time-limit cut.
+    A :class:`~metacpo_ref.rollouts.Batch` holds only such episodes (every
+    episode ends with a terminated or truncated step; ``collect`` never
+    leaves one open), so all of ``batch.ep_cost`` and ``batch.ep_len``
+    count; this is checked. Dividing by the mean length puts ``b`` in the
+    units of ``L_C`` (a mean over steps), as safety-starter-agents does
+    (CPO notes, section 4).
+    """
+    ends = batch.episode_ends
+    n_ep = len(batch.ep_cost)
+    if n_ep == 0 or int(np.sum(ends)) != n_ep or not ends[-1] or int(np.sum(batch.ep_len)) != len(batch):
+        raise ValueError("batch must consist of whole episodes (one terminated/truncated end per episode)")
+    return float((np.mean(batch.ep_cost) - cost_limit) / np.mean(batch.ep_len))
