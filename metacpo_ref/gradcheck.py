@@ -38,7 +38,115 @@ def result(name, err, tol):
 CPO_CHECKS = []
 
 # --- checks of the policy (policy.py, advantages.py) -------------------------
-POLICY_CHECKS = []
+def _policy_problem(seed=0):
+    """A tiny seeded policy problem: spec, behaviour theta, a theta nearby, data."""
+    from metacpo_ref.policy import PolicySpec, init_theta, log_prob
+
+    rng = np.random.default_rng(seed)
+    spec = PolicySpec(obs_dim=3, act_dim=2, hidden=(4, 3))
+    theta0 = init_theta(spec, seed)
+    theta_beh = theta0 + 0.3 * rng.standard_normal(theta0.size)
+    theta = theta_beh + 0.1 * rng.standard_normal(theta_beh.size)
+    obs = rng.standard_normal((20, spec.obs_dim))
+    act = rng.standard_normal((20, spec.act_dim))
+    return {"spec": spec, "theta_beh": theta_beh, "theta": theta, "obs": obs, "act": act,
+            "logp_beh": log_prob(spec, theta_beh, obs, act),
+            "adv_r": rng.standard_normal(20), "adv_c": rng.standard_normal(20) + 0.5,
+            "v": rng.standard_normal(theta.size)}
+
+
+def _policy_surrogates(pb):
+    from types import SimpleNamespace
+
+    from metacpo_ref.advantages import surrogates
+
+    batch = SimpleNamespace(obs=pb["obs"], act=pb["act"])
+    return surrogates(pb["spec"], batch, pb["adv_r"], pb["adv_c"], pb["logp_beh"])
+
+
+def check_policy_log_prob(tol=1e-6):
+    """Jacobian of log_prob (T rows) in theta."""
+    from autograd import jacobian
+
+    from metacpo_ref.policy import log_prob
+
+    pb = _policy_problem()
+    f = lambda t: log_prob(pb["spec"], t, pb["obs"], pb["act"])
+    return result("policy_log_prob", rel_error(jacobian(f)(pb["theta"]), central_diff(f, pb["theta"])), tol)
+
+
+def check_policy_mean_kl(tol=1e-6):
+    """Gradient of mean_kl(theta_beh, theta) in theta (theta != theta_beh)."""
+    from autograd import grad
+
+    from metacpo_ref.policy import mean_kl
+
+    pb = _policy_problem()
+    f = lambda t: mean_kl(pb["spec"], pb["theta_beh"], t, pb["obs"])
+    return result("policy_mean_kl", rel_error(grad(f)(pb["theta"]), central_diff(f, pb["theta"])), tol)
+
+
+def check_policy_fvp(tol=1e-6):
+    """fvp against central differences of the autograd KL gradient (the Hessian column by column) times v."""
+    from autograd import grad
+
+    from metacpo_ref.policy import fvp, mean_kl
+
+    pb = _policy_problem()
+    spec, theta, obs, v = pb["spec"], pb["theta"], pb["obs"], pb["v"]
+    H_fd = central_diff(grad(lambda t: mean_kl(spec, theta, t, obs)), theta)
+    return result("policy_fvp", rel_error(fvp(spec, theta, obs, v), H_fd @ v), tol)
+
+
+def check_policy_surrogate_R(tol=1e-6):
+    """Gradient of L_R (eq. 10 surrogate) away from the behaviour parameters."""
+    from autograd import grad
+
+    pb = _policy_problem()
+    L_R, _ = _policy_surrogates(pb)
+    return result("policy_surrogate_R", rel_error(grad(L_R)(pb["theta"]), central_diff(L_R, pb["theta"])), tol)
+
+
+def check_policy_surrogate_C(tol=1e-6):
+    """Gradient of L_C away from the behaviour parameters."""
+    from autograd import grad
+
+    pb = _policy_problem()
+    _, L_C = _policy_surrogates(pb)
+    return result("policy_surrogate_C", rel_error(grad(L_C)(pb["theta"]), central_diff(L_C, pb["theta"])), tol)
+
+
+def check_policy_surrogate_hvp(tol=1e-6):
+    """Second order: autograd Hessian-vector product of L_R against central differences of its gradient along v."""
+    import autograd.numpy as anp
+    from autograd import grad
+
+    pb = _policy_problem()
+    L_R, _ = _policy_surrogates(pb)
+    g, theta, v = grad(L_R), pb["theta"], pb["v"]
+    hvp = grad(lambda t: anp.dot(g(t), v))(theta)
+    fd = central_diff(lambda s: g(theta + s[0] * v), np.zeros(1))[:, 0]
+    return result("policy_surrogate_hvp", rel_error(hvp, fd), tol)
+
+
+def check_policy_value_loss(tol=1e-6):
+    """Gradient of the value-function loss that L-BFGS minimises."""
+    from autograd import grad
+
+    from metacpo_ref.advantages import ValueSpec, init_value, value_loss
+
+    rng = np.random.default_rng(1)
+    vspec = ValueSpec(obs_dim=3, hidden=(4, 3))
+    params0 = init_value(vspec, 1)
+    params = params0 + 0.1 * rng.standard_normal(params0.size)
+    obs, targets = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    f = lambda p: value_loss(vspec, p, obs, targets)
+    return result("policy_value_loss", rel_error(grad(f)(params), central_diff(f, params)), tol)
+
+
+POLICY_CHECKS = [check_policy_log_prob, check_policy_mean_kl, check_policy_fvp,
+                 check_policy_surrogate_R, check_policy_surrogate_C,
+                 check_policy_surrogate_hvp, check_policy_value_loss]
 
 
 def all_checks():
