@@ -1,0 +1,234 @@
+"""Value fits, GAE against a slow reference, surrogates, and the units of ``b``."""
+import numpy as np
+import pytest
+from autograd import grad, jacobian
+
+from metacpo_ref.advantages import (ValueSpec, advantages, center, constraint_value, fit_value, gae,
+                                    init_value, standardize, surrogates, value, value_loss)
+from metacpo_ref.config import GAE_LAMBDA, GAMMA
+from metacpo_ref.gradcheck import central_diff, rel_error
+from metacpo_ref.policy import PolicySpec, init_theta, log_prob
+from metacpo_ref.rollouts import Batch
+
+OBS_DIM = 4
+
+
+def make_batch(rng, episodes):
+    """A random Batch; ``episodes`` is a list of ``(length, "term" | "cut")``."""
+    T = sum(n for n, _ in episodes)
+    terminated, truncated = np.zeros(T, bool), np.zeros(T, bool)
+    bootstrap_obs = np.zeros((T, OBS_DIM))
+    t = 0
+    for n, kind in episodes:
+        t += n
+        if kind == "term":
+            terminated[t - 1] = True
+        else:
+            truncated[t - 1] = True
+            bootstrap_obs[t - 1] = rng.standard_normal(OBS_DIM)
+    rew, cost = rng.standard_normal(T), rng.binomial(1, 0.3, T).astype(float)
+    splits = np.cumsum([n for n, _ in episodes])[:-1]
+    return Batch(obs=rng.standard_normal((T, OBS_DIM)), act=rng.standard_normal((T, 2)),
+                 logp=rng.standard_normal(T), rew=rew, cost=cost, terminated=terminated,
+                 truncated=truncated, bootstrap_obs=bootstrap_obs,
+                 ep_return=np.array([r.sum() for r in np.split(rew, splits)]),
+                 ep_cost=np.array([c.sum() for c in np.split(cost, splits)]),
+                 ep_len=np.array([n for n, _ in episodes], dtype=np.int64))
+
+
+def reference_gae(episodes, signal, v_obs, v_boot, gamma, lam):
+    """Slow GAE: per episode, A_t = sum_l (gamma lam)^l delta_{t+l}, every delta written out."""
+    adv, start = [], 0
+    for n, kind in episodes:
+        r, v = signal[start:start + n], v_obs[start:start + n]
+        last_next = 0.0 if kind == "term" else v_boot[start + n - 1]
+        deltas = [r[k] + gamma * (v[k + 1] if k + 1 < n else last_next) - v[k] for k in range(n)]
+        for t in range(n):
+            adv.append(sum((gamma * lam) ** (k - t) * deltas[k] for k in range(t, n)))
+        start += n
+    return np.array(adv)
+
+
+EPISODE_SETS = [
+    [(5, "term"), (7, "cut"), (1, "term"), (4, "cut")],
+    [(1, "cut"), (1, "term"), (9, "cut")],
+    [(12, "term")],
+    [(3, "cut"), (6, "term"), (2, "cut"), (8, "term"), (1, "cut")],
+]
+
+
+# --- GAE --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("episodes", EPISODE_SETS)
+@pytest.mark.parametrize("gamma,lam", [(GAMMA, GAE_LAMBDA), (0.9, 0.5), (0.97, 1.0), (0.8, 0.0)])
+def test_gae_matches_slow_reference(episodes, gamma, lam):
+    rng = np.random.default_rng(len(episodes))
+    b = make_batch(rng, episodes)
+    v_obs, v_boot = rng.standard_normal(len(b)), rng.standard_normal(len(b))
+    for signal in (b.rew, b.cost):
+        adv, ret = gae(b, signal, v_obs, v_boot, gamma, lam)
+        ref = reference_gae(episodes, signal, v_obs, v_boot, gamma, lam)
+        np.testing.assert_allclose(adv, ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ret, ref + v_obs, rtol=1e-12, atol=1e-12)
+
+
+def test_gae_lambda_one_is_discounted_return_with_bootstrap():
+    rng = np.random.default_rng(0)
+    b = make_batch(rng, [(4, "term"), (3, "cut")])
+    v_obs, v_boot = rng.standard_normal(7), rng.standard_normal(7)
+    _, ret = gae(b, b.rew, v_obs, v_boot, gamma=0.9, lam=1.0)
+    r = b.rew
+    assert np.isclose(ret[0], r[0] + 0.9 * r[1] + 0.81 * r[2] + 0.729 * r[3])             # terminated: no bootstrap
+    assert np.isclose(ret[4], r[4] + 0.9 * r[5] + 0.81 * r[6] + 0.729 * v_boot[6])      # cut: V(bootstrap_obs)
+    # v_boot is read only at time-limit cuts
+    v_boot2 = v_boot.copy()
+    v_boot2[:6] = 1e6
+    np.testing.assert_array_equal(gae(b, b.rew, v_obs, v_boot2, 0.9, 1.0)[0], gae(b, b.rew, v_obs, v_boot, 0.9, 1.0)[0])
+
+
+def test_gae_rejects_open_batch():
+    rng = np.random.default_rng(1)
+    b = make_batch(rng, [(4, "term"), (3, "cut")])
+    b.truncated[-1] = False
+    with pytest.raises(ValueError):
+        gae(b, b.rew, np.zeros(7), np.zeros(7))
+
+
+def test_standardize_and_center():
+    x = np.random.default_rng(2).normal(3.0, 2.0, 500)
+    s, m, sd = standardize(x)
+    assert np.isclose(s.mean(), 0, atol=1e-12) and np.isclose(s.std(), 1) and np.allclose(s * sd + m, x)
+    c, m2 = center(x)
+    assert np.isclose(c.mean(), 0, atol=1e-12) and np.allclose(c + m2, x) and m2 == m
+    assert np.all(standardize(np.ones(5))[0] == 0)                           # no division by zero
+
+
+# --- value functions -----------------------------------------------------------
+
+def regression_data(seed, n=400):
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((n, OBS_DIM))
+    return obs, np.sin(obs[:, 0]) + 0.5 * obs[:, 1] ** 2 - obs[:, 2] * obs[:, 3]
+
+
+def test_fit_value_reduces_loss_and_is_deterministic():
+    vspec = ValueSpec(OBS_DIM)
+    assert vspec.hidden == (32, 16)
+    obs, y = regression_data(0)
+    p0 = init_value(vspec, 0)
+    p1 = fit_value(vspec, p0, obs, y)
+    assert value_loss(vspec, p1, obs, y) < 0.5 * value_loss(vspec, p0, obs, y)
+    np.testing.assert_array_equal(p1, fit_value(vspec, p0, obs, y))
+    np.testing.assert_array_equal(init_value(vspec, 0), p0)                  # input untouched
+    np.testing.assert_array_equal(fit_value(vspec, p0, obs, y, iters=0), p0)
+    assert value(vspec, p1, obs).shape == (len(obs),)
+
+
+def test_fit_value_warm_start():
+    vspec = ValueSpec(OBS_DIM)
+    obs, y = regression_data(1)
+    p1 = fit_value(vspec, init_value(vspec, 1), obs, y, iters=25)
+    obs2, y2 = regression_data(2)                                        # next batch, same function
+    warm = fit_value(vspec, p1, obs2, y2, iters=5)
+    cold = fit_value(vspec, init_value(vspec, 1), obs2, y2, iters=5)
+    assert value_loss(vspec, warm, obs2, y2) < value_loss(vspec, p1, obs2, y2)
+    assert value_loss(vspec, warm, obs2, y2) < 0.5 * value_loss(vspec, cold, obs2, y2)
+
+
+def test_advantages_result():
+    rng = np.random.default_rng(3)
+    eps = [(30, "cut"), (20, "term"), (30, "cut")]
+    b = make_batch(rng, eps)
+    vspec = ValueSpec(OBS_DIM, hidden=(8, 8))
+    pr, pc = init_value(vspec, 0), init_value(vspec, 1)
+    res = advantages(vspec, b, pr, pc)
+    # GAE with the value functions passed in, then statistics as constants
+    v_boot = np.where(b.truncated, value(vspec, pr, b.bootstrap_obs), 0.0)
+    adv_r, targets_r = gae(b, b.rew, value(vspec, pr, b.obs), v_boot)
+    np.testing.assert_allclose(res.adv_r * res.r_std + res.r_mean, adv_r, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.targets_r, targets_r, rtol=1e-12)
+    assert np.isclose(res.adv_r.mean(), 0, atol=1e-12) and np.isclose(res.adv_r.std(), 1)
+    assert np.isclose(res.adv_c.mean(), 0, atol=1e-12)
+    v_boot_c = np.where(b.truncated, value(vspec, pc, b.bootstrap_obs), 0.0)
+    adv_c, _ = gae(b, b.cost, value(vspec, pc, b.obs), v_boot_c)
+    np.testing.assert_allclose(res.adv_c + res.c_mean, adv_c, rtol=1e-10, atol=1e-12)
+    assert isinstance(res.r_mean, float) and isinstance(res.r_std, float) and isinstance(res.c_mean, float)
+    # new value functions: warm-started fits to the lambda-returns
+    for params, new, targets, loss in ((pr, res.vf_params_r, res.targets_r, res.vf_loss_r),
+                                       (pc, res.vf_params_c, res.targets_c, res.vf_loss_c)):
+        np.testing.assert_array_equal(new, fit_value(vspec, params, b.obs, targets))
+        assert loss[1] < loss[0]
+
+
+# --- surrogates (eq. 9 / eq. 10) ---------------------------------------------------
+
+def surrogate_problem(seed):
+    rng = np.random.default_rng(seed)
+    spec = PolicySpec(OBS_DIM, 2, hidden=(5, 3))
+    theta_beh = init_theta(spec, seed) + 0.3 * rng.standard_normal(init_theta(spec, 0).size)
+    b = make_batch(rng, [(10, "term"), (15, "cut")])
+    b.logp = log_prob(spec, theta_beh, b.obs, b.act)
+    adv_r, _, _ = standardize(rng.standard_normal(len(b)))
+    adv_c, _ = center(rng.standard_normal(len(b)) + 1)
+    theta = theta_beh + 0.1 * rng.standard_normal(theta_beh.size)
+    return spec, b, adv_r, adv_c, theta_beh, theta
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_surrogates_values_and_gradients(seed):
+    spec, b, adv_r, adv_c, theta_beh, theta = surrogate_problem(seed)
+    L_R, L_C = surrogates(spec, b, adv_r, adv_c, b.logp)
+    # at the behaviour parameters the ratio is one
+    assert np.isclose(L_R(theta_beh), adv_r.mean(), atol=1e-15) and np.isclose(L_C(theta_beh), adv_c.mean(), atol=1e-15)
+    ratio = np.exp(log_prob(spec, theta, b.obs, b.act) - b.logp)
+    assert np.isclose(L_R(theta), np.mean(ratio * adv_r)) and np.isclose(L_C(theta), np.mean(ratio * adv_c))
+    J = jacobian(lambda t: log_prob(spec, t, b.obs, b.act))(theta)            # (T, n)
+    for L, adv in ((L_R, adv_r), (L_C, adv_c)):
+        g = grad(L)(theta)
+        assert rel_error(g, central_diff(L, theta)) < 1e-7
+        assert rel_error(g, (ratio * adv) @ J / len(b)) < 1e-12               # likelihood-ratio form
+    # g and a of eq. 9: the plain policy gradient at the behaviour parameters
+    J0 = jacobian(lambda t: log_prob(spec, t, b.obs, b.act))(theta_beh)
+    assert rel_error(grad(L_C)(theta_beh), adv_c @ J0 / len(b)) < 1e-12
+
+
+def test_surrogates_freeze_behaviour_logp_and_second_order():
+    spec, b, adv_r, adv_c, theta_beh, theta = surrogate_problem(2)
+    L_R, L_C = surrogates(spec, b, adv_r, adv_c, b.logp)
+    before = L_R(theta)
+    b.logp += 1.0                     # later changes to the caller's arrays do not leak in
+    adv_r += 1.0
+    assert L_R(theta) == before
+    # second order through log_prob (the meta-gradient differentiates these gradients)
+    v = np.random.default_rng(0).standard_normal(theta.size)
+    g = grad(L_C)
+    hvp = grad(lambda t: g(t) @ v)(theta)
+    fd = central_diff(lambda s: g(theta + s[0] * v), np.zeros(1))[:, 0]
+    assert rel_error(hvp, fd) < 1e-7
+    with pytest.raises(ValueError):
+        surrogates(spec, b, adv_r[:-1], adv_c, b.logp)
+
+
+# --- constraint value b (CPO notes, section 4) -----------------------------------
+
+def test_constraint_value_units():
+    rng = np.random.default_rng(4)
+    b = make_batch(rng, [(2, "term"), (3, "cut"), (5, "cut")])
+    b.cost[:] = [1, 0, 0, 2, 0, 0, 0, 3, 3, 0]
+    b.ep_cost = np.array([1.0, 2.0, 6.0])
+    # mean episode cost 3, limit 1, mean length 10/3 -> (3 - 1) / (10/3) = 0.6 per step
+    assert constraint_value(b, 1.0) == pytest.approx(0.6, rel=1e-14)
+    assert constraint_value(b, 3.0) == 0.0
+    assert constraint_value(b, 4.0) == pytest.approx(-0.3, rel=1e-14)
+    # same per-episode numbers at 10x the episode length: b is 10x smaller
+    b10 = make_batch(rng, [(20, "term"), (30, "cut"), (50, "cut")])
+    b10.ep_cost = b.ep_cost
+    assert constraint_value(b10, 1.0) == pytest.approx(0.06, rel=1e-14)
+
+
+def test_constraint_value_rejects_partial_batches():
+    rng = np.random.default_rng(5)
+    b = make_batch(rng, [(2, "term"), (3, "cut")])
+    b.truncated[-1] = False                                           # last episode left open
+    with pytest.raises(ValueError):
+        constraint_value(b, 1.0)
