@@ -103,3 +103,74 @@ HAZARD_SIZE = 0.2
 CAR_HAZARD_KEEPOUT = 0.3
 CAR_HAZARD_EXTENT = 1.4
 BUTTON_HAZARD_KEEPOUT = 0.18
+
+
+ALGOS = ("meta-cpo", "meta-trpo", "cpo", "trpo")
+OUTER_METRICS = ("identity", "fisher")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run's settings; every field defaults to the values above.
+
+    ``cost_limit=None`` means the family's training limit. ``outer_metric``:
+    "identity" is the paper's Euclidean trust region for the meta step
+    (eq. 12, Limitations section); "fisher" uses conjugate gradient on
+    Fisher-vector products of the pre-adaptation batches.
+    """
+
+    family: str = "point-button"
+    algo: str = "meta-cpo"
+    iterations: int = 500
+    tasks: int = META_TASKS
+    local_steps: int = LOCAL_STEPS
+    episodes: int = None            # None: the family's default
+    seed: int = 0
+    cost_limit: float = None        # None: the family's training limit
+    hidden: tuple = HIDDEN
+    gamma: float = GAMMA
+    gae_lambda: float = GAE_LAMBDA
+    vf_iters: int = VF_ITERS
+    inner_delta: float = INNER_DELTA
+    outer_delta: float = OUTER_DELTA
+    outer_metric: str = "identity"
+    ls_decay: float = LINE_SEARCH_DECAY
+    ls_steps: int = LINE_SEARCH_STEPS
+    cg_iters: int = CG_ITERS
+    cg_damping: float = CG_DAMPING
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown task family {self.family!r}; valid names: {', '.join(FAMILIES)}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
+        if self.outer_metric not in OUTER_METRICS:
+            raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
+        for name in ("iterations", "tasks", "local_steps", "vf_iters", "ls_steps", "cg_iters"):
+            if int(getattr(self, name)) < (0 if name == "iterations" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("inner_delta", "outer_delta", "ls_decay"):
+            v = getattr(self, name)
+            if not (v > 0):
+                raise ValueError(f"{name} must be > 0, got {v}")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+
+    @property
+    def n_episodes(self):
+        """Episodes per batch: ``episodes`` or the family's default."""
+        return FAMILIES[self.family].episodes if self.episodes is None else int(self.episodes)
+
+    @property
+    def train_cost_limit(self):
+        """The cost limit of training: ``cost_limit`` or the family's training limit."""
+        return FAMILIES[self.family].cost_limit_train if self.cost_limit is None else float(self.cost_limit)
+
+    @property
+    def constrained(self):
+        """CPO steps (meta-cpo, cpo) or trust-region-only steps (meta-trpo, trpo)."""
+        return self.algo in ("meta-cpo", "cpo")
+
+    @property
+    def meta(self):
+        return self.algo.startswith("meta-")
