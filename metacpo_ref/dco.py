@@ -1,0 +1,122 @@
+"""Differentiating the CPO step (DCO, paper eqs. 5-7 applied to eq. 9).
+
+The step ``x(g, a, b, delta, H)`` of eq. 9 solves the KKT conditions (eq. 7)
+
+    F1 = -g + lam H x + nu a = 0,   F2 = 0.5 x'Hx - delta = 0,   F3 = b + a'x = 0
+
+(F3 and ``nu`` only when the cost constraint is active). By the implicit
+function theorem the vector-Jacobian product is ``pbar = -(dF/dp)' w`` with
+``K w = (xbar, 0, 0)`` and ``K = [[lam H, Hx, a], [(Hx)', 0, 0], [a', 0, 0]]``
+the symmetric KKT matrix. Block elimination needs one ``H^{-1}`` product,
+``v = H^{-1} xbar``, and a 2x2 (or scalar) solve; for the identity metric
+everything is O(n) and no n x n matrix is formed. The recovery step of eq. 4
+solves ``min a'x`` in the trust region: the same two-block system with ``g``
+replaced by ``-a`` and ``lam = sqrt(s / 2 delta)``. See
+../shared/notes/cpo-step.md, section 5.
+
+:func:`cpo_layer` is the step as an ``autograd`` primitive with this VJP.
+"""
+import numpy as np
+from autograd.extend import defvjp_argnums, primitive
+from autograd.tracer import getval
+
+from metacpo_ref.cpo import check_inputs, metric_solver, step_from_solver
+
+
+def _sym(M):
+    return 0.5 * (M + M.T)
+
+
+def trust_block(x, lam, delta, xbar, v):
+    """Solve the two-block KKT system (trust region active): ``(u, w2)`` with
+    ``w2 = x'xbar / (2 delta)`` and ``u = (v - w2 x) / lam``."""
+    w2 = (x @ xbar) / (2 * delta)
+    return (v - w2 * x) / lam, w2
+
+
+def both_block(x, lam, b, delta, a, hinv_a, xbar, v):
+    """Solve ``K (u, w2, w3) = (xbar, 0, 0)`` by block elimination (both constraints
+    active): ``u = (v - w2 x - w3 H^{-1}a) / lam`` with ``(w2, w3)`` from
+    ``x'xbar - 2 delta w2 + b w3 = 0`` and ``a'v + b w2 - s w3 = 0``."""
+    s = a @ hinv_a
+    c1, c2 = x @ xbar, a @ v
+    det = 2 * delta * s - b**2
+    w2 = (s * c1 + b * c2) / det
+    w3 = (2 * delta * c2 + b * c1) / det
+    return (v - w2 * x - w3 * hinv_a) / lam, w2, w3
+
+
+def _metric_bar(lam, u, x, w2):
+    """Cotangent of a dense metric, ``Hbar = -sym(lam u x' + 0.5 w2 x x')``."""
+    return -_sym(lam * np.outer(u, x) + 0.5 * w2 * np.outer(x, x))
+
+
+def step_vjp(step, xbar, a, b, delta, solve, with_H=False):
+    """VJP of :class:`~metacpo_ref.cpo.Step` ``step.x`` on checked inputs, with
+    ``solve: v -> H^{-1} v``; returns ``(gbar, abar, bbar, deltabar, Hbar)``."""
+    xbar = np.asarray(xbar, dtype=np.float64)
+    x, lam, nu, hinv_a = step.x, step.lam, step.nu, step.hinv_a
+    zero = np.zeros_like(x)
+    if step.case == "degenerate":
+        return _degenerate_vjp(step, xbar, a, b, solve, with_H)
+    v = solve(xbar)
+    if step.case == "both":
+        u, w2, w3 = both_block(x, lam, b, delta, a, hinv_a, xbar, v)
+        gbar, abar, bbar = u, -(nu * u + w3 * x), -w3
+    else:
+        u, w2 = trust_block(x, lam, delta, xbar, v)
+        gbar, abar, bbar = (u, zero, 0.0) if step.case == "trust" else (zero, -u, 0.0)
+    Hbar = _metric_bar(lam, u, x, w2) if with_H else None
+    return gbar, abar, float(bbar), float(w2), Hbar
+
+
+def _degenerate_vjp(step, xbar, a, b, solve, with_H):
+    """Derivative of the minimum-norm point ``x = -(b/s) H^{-1}a`` (or ``x = 0``) along
+    the degenerate set: ``gbar = deltabar = 0``. A one-sided choice: the step is not
+    differentiable in ``g`` there."""
+    zero = np.zeros_like(step.x)
+    if not np.any(step.x):
+        return zero, zero, 0.0, 0.0, (np.zeros((zero.size, zero.size)) if with_H else None)
+    y = step.hinv_a
+    s = a @ y
+    v = solve(xbar)
+    av = a @ v
+    abar = -(b / s) * v + (2 * b * av / s**2) * y
+    Hbar = _sym((b / s) * np.outer(v, y) - (b * av / s**2) * np.outer(y, y)) if with_H else None
+    return zero, abar, float(-av / s), 0.0, Hbar
+
+
+def cpo_step_vjp(step, xbar, g, a, b, delta, H=None, hinv=None):
+    """VJP of the step of eq. 9 (eqs. 5-7): ``(gbar, abar, bbar, deltabar, Hbar)`` for
+    the cotangent ``xbar`` of ``step.x``; ``Hbar`` is ``None`` unless ``H`` is dense."""
+    g, a, b, delta, H = check_inputs(g, a, b, delta, H, hinv)
+    return step_vjp(step, xbar, a, b, delta, metric_solver(H, hinv), with_H=H is not None)
+
+
+@primitive
+def _layer(g, a, b, delta, H, step=None, solve=None):
+    """The step ``x`` of eq. 9; ``step`` was solved from the same arguments."""
+    return step.x
+
+
+def _layer_vjpmaker(argnums, x, args, kwargs):
+    g, a, b, delta, H = args
+    a_val, delta_val = np.asarray(a, dtype=np.float64), float(delta)
+
+    def vjp(xbar):
+        bars = step_vjp(kwargs["step"], xbar, a_val, float(b), delta_val, kwargs["solve"], with_H=4 in argnums)
+        return tuple(bars[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_layer, _layer_vjpmaker)
+
+
+def cpo_layer(g, a, b, delta, H=None, hinv=None):
+    """The step of eq. 9 (eq. 4 when infeasible) as a differentiable layer (DCO, eqs. 5-7):
+    autograd can differentiate ``x`` in ``g``, ``a``, ``b``, ``delta`` and a dense ``H``."""
+    gv, av, bv, dv, Hv = check_inputs(getval(g), getval(a), getval(b), getval(delta), getval(H), hinv)
+    solve = metric_solver(Hv, hinv)
+    step = step_from_solver(gv, av, bv, dv, solve, method="closed_form")
+    return _layer(g, a, b, delta, H, step=step, solve=solve)
