@@ -35,7 +35,46 @@ def result(name, err, tol):
 
 
 # --- checks of the CPO layer (cpo.py, dco.py) --------------------------------
-CPO_CHECKS = []
+def _cpo_instance(case, dense, seed=0, n=5):
+    """A seeded eq. 9 instance in ``case`` well away from the case boundaries:
+    ``b = t sqrt(2 delta s)`` with t = -1.5 (trust), 0.3 (both; g = u + a with u
+    H^{-1}-orthogonal to a, so the trust step violates the constraint), 1.5 (recovery)."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    H = M @ M.T / n + 0.5 * np.eye(n) if dense else None
+    a, u = rng.standard_normal(n), rng.standard_normal(n)
+    hinv = (lambda v: np.linalg.solve(H, v)) if dense else (lambda v: v)
+    s = a @ hinv(a)
+    u = u - (u @ hinv(a)) / s * a
+    delta = 0.5
+    t = {"trust": -1.5, "both": 0.3, "recovery": 1.5}[case]
+    return {"g": u + a, "a": a, "b": t * np.sqrt(2 * delta * s), "delta": delta, "H": H}
+
+
+def _cpo_check(case, arg, tol=1e-6):
+    """Jacobian of cpo_layer in ``arg`` (autograd through the hand-written VJP) vs
+    central differences; identity metric, dense H for ``arg == "H"``."""
+
+    def check():
+        from autograd import jacobian
+
+        from metacpo_ref.cpo import solve_step
+        from metacpo_ref.dco import cpo_layer
+
+        p = _cpo_instance(case, dense=arg == "H")
+        if solve_step(**p).case != case:
+            return result(f"cpo_layer_{case}_{arg}", np.inf, tol)
+        f = lambda v: cpo_layer(**{**p, arg: v})
+        J_an = np.reshape(jacobian(f)(p[arg]), (p["g"].size, -1))
+        return result(f"cpo_layer_{case}_{arg}", rel_error(J_an, central_diff(f, p[arg])), tol)
+
+    check.__name__ = f"check_cpo_layer_{case}_{arg}"
+    return check
+
+
+CPO_CHECKS = [_cpo_check(case, arg) for case in ("trust", "both", "recovery")
+              for arg in ("g", "a", "b", "delta", "H")]
+
 
 # --- checks of the policy (policy.py, advantages.py) -------------------------
 def _policy_problem(seed=0):
