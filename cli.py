@@ -68,6 +68,8 @@ def gradcheck(as_json):
         click.echo(f"{'name':40s} {'max_rel_error':>14s} {'tol':>9s}  passed")
         for c in checks:
             click.echo(f"{c['name']:40s} {c['max_rel_error']:14.3e} {c['tol']:9.1e}  {c['passed']}")
+            if c.get("detail"):
+                click.echo(f"    {c['detail']}")
     if not all(c["passed"] for c in checks):
         sys.exit(1)
 

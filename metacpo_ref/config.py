@@ -18,6 +18,7 @@ INIT_LOG_STD = -0.5      # common TRPO/CPO choice (Spinning Up, safety-starter-a
 
 # --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
 INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
+KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL (the baselines' radius)
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
 CG_ITERS = 10            # CPO notes, section 3 (10-15)
 CG_DAMPING = 0.1         # CPO notes, section 3
@@ -133,6 +134,7 @@ class Config:
     vf_iters: int = VF_ITERS
     inner_delta: float = INNER_DELTA
     outer_delta: float = OUTER_DELTA
+    kl_delta: float = KL_DELTA
     outer_metric: str = "identity"
     ls_decay: float = LINE_SEARCH_DECAY
     ls_steps: int = LINE_SEARCH_STEPS
@@ -149,7 +151,7 @@ class Config:
         for name in ("iterations", "tasks", "local_steps", "vf_iters", "ls_steps", "cg_iters"):
             if int(getattr(self, name)) < (0 if name == "iterations" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("inner_delta", "outer_delta", "ls_decay"):
+        for name in ("inner_delta", "outer_delta", "kl_delta", "ls_decay"):
             v = getattr(self, name)
             if not (v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")

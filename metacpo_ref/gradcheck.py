@@ -188,9 +188,80 @@ POLICY_CHECKS = [check_policy_log_prob, check_policy_mean_kl, check_policy_fvp,
                  check_policy_surrogate_hvp, check_policy_value_loss]
 
 
+# --- checks of the meta-gradient (meta.py, eq. 11) ----------------------------
+
+def step_margin(g, a, b, delta):
+    """Distance of the eq. 9 instance ``(g, a, b, delta)`` (identity metric) from its
+    nearest case boundary, in the scaled units of the CPO notes (section 5):
+    ``|1 - b^2 / (2 delta s)|`` (feasibility), ``|r + lam_t b| / sqrt(q s)``
+    (cost constraint active or not), ``A / q`` (g parallel to a)."""
+    q, r, s = float(g @ g), float(g @ a), float(a @ a)
+    if s == 0:
+        return np.inf
+    margins = [abs(1 - b**2 / (2 * delta * s))] if b > 0 else []
+    if b <= 0 or b**2 / s < 2 * delta:
+        lam_t = np.sqrt(q / (2 * delta))
+        margins += [abs(r + lam_t * b) / np.sqrt(q * s), (q - r**2 / s) / q]
+    return float(min(margins))
+
+
+def meta_problem(seed=3):
+    """The seeded synthetic meta-problem of the meta checks: a tiny policy
+    (3 -> 4 -> 2), K = 2 local steps, two tasks; its four local steps are
+    "trust", "recovery", "both", "both"."""
+    from metacpo_ref.config import Config
+    from metacpo_ref.meta import synthetic_traces
+    from metacpo_ref.policy import PolicySpec
+
+    config = Config(hidden=(4,))
+    spec = PolicySpec(3, 2, (4,))
+    theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=48,
+                                     b_fracs=[[0.5, 1.5, 0.2], [0.3, 0.6, -0.1]],
+                                     betas=[[1.0, 0.8], [0.64, 1.0]])
+    return config, spec, theta, traces
+
+
+def meta_step_report(config, spec, theta, traces):
+    """The case and the case-boundary margin of every local step along the chain."""
+    from metacpo_ref.cpo import solve_step
+    from metacpo_ref.update import step_problem
+
+    report = []
+    for trace in traces:
+        for data in trace.steps:
+            g, a, b = step_problem(spec, data.phi, data)
+            report.append((solve_step(g, a, b, config.inner_delta).case,
+                           step_margin(g, a, b, config.inner_delta)))
+    return report
+
+
+def _check_meta_gradient(which, tol):
+    from metacpo_ref.meta import meta_gradient, meta_objective
+
+    config, spec, theta, traces = meta_problem()
+    _, _, dF, dG = meta_gradient(theta, traces, config)
+    J = central_diff(lambda t: np.array(meta_objective(t, traces, config)), theta)
+    err = rel_error(dF, J[0]) if which == "F" else rel_error(dG, J[1])
+    report = meta_step_report(config, spec, theta, traces)
+    out = result(f"meta_gradient_{which}", err, tol)
+    out["detail"] = "steps " + ", ".join(f"{c} (margin {m:.2g})" for c, m in report)
+    return out
+
+
+def check_meta_gradient_F(tol=1e-5):
+    return _check_meta_gradient("F", tol)
+
+
+def check_meta_gradient_G(tol=1e-5):
+    return _check_meta_gradient("G", tol)
+
+
+META_CHECKS = [check_meta_gradient_F, check_meta_gradient_G]
+
+
 def all_checks():
     """Every check function, in the order they are printed."""
-    return CPO_CHECKS + POLICY_CHECKS
+    return CPO_CHECKS + POLICY_CHECKS + META_CHECKS
 
 
 def run_checks():
