@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from metacpo_ref.config import FAMILIES
+from metacpo_ref.config import ALGOS, FAMILIES, OUTER_METRICS, Config
 
 
 @click.group()
@@ -15,14 +15,86 @@ def main():
 FAMILY = click.Choice(list(FAMILIES))
 
 
+ALGO = click.Choice(list(ALGOS))
+
+
 @main.command()
 @click.argument("family", type=FAMILY)
-def train(family):
-    """Meta-train a policy on FAMILY (not implemented yet: see README)."""
-    click.echo(f"train {family}: not implemented yet. The task families, rollouts, the CPO "
-               "step and the policy are in place; Algorithm 1 lands with the training issue.",
-               err=True)
-    sys.exit(2)
+@click.option("--algo", type=ALGO, default="meta-cpo", show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=Config.iterations, show_default=True)
+@click.option("--tasks", type=click.IntRange(min=1), default=Config.tasks, show_default=True,
+              help="Tasks sampled per iteration (M).")
+@click.option("--local-steps", type=click.IntRange(min=1), default=Config.local_steps, show_default=True,
+              help="Local CPO steps per task (K).")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Episodes per batch [default: 6 for the circle families, 3 for point-button].")
+@click.option("--cost-limit", type=float, default=None,
+              help="Cost limit per episode [default: the family's training limit].")
+@click.option("--outer-metric", type=click.Choice(list(OUTER_METRICS)), default="identity", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/FAMILY-ALGO-seedS].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume):
+    """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
+    from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
+
+    config = Config(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
+                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
+    out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
+    try:
+        state = prepare_run(config, out_dir, resume)
+    except CheckpointError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
+               f"{config.tasks} tasks x {config.n_episodes} episodes per batch, run directory {out_dir}")
+    last = {}
+
+    def show(row):
+        if not row:
+            return ""
+        return f"it {row['iteration']} return {row['return']:.2f} cost {row['cost']:.1f}"
+
+    try:
+        with click.progressbar(run_iterations(state, out_dir), length=iterations - state.iteration,
+                               label="training", item_show_func=show, show_eta=True) as bar:
+            for row in bar:
+                last = row
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; the checkpoint in {out_dir} is intact: continue with "
+                   f"--resume --out {out_dir}", err=True)
+        sys.exit(130)
+    if last:
+        click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
+                   f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}); {out_dir}/metrics.jsonl")
+
+
+@main.command()
+@click.argument("family", type=FAMILY)
+@click.option("--checkpoint", "checkpoint", type=click.Path(), required=True)
+@click.option("--adapt-steps", type=click.IntRange(min=0), default=Config.local_steps, show_default=True)
+@click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Unseen test tasks.")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Episodes per batch [default: the run's].")
+@click.option("--cost-limit", type=float, default=None, help="[default: the family's test limit]")
+@click.option("--deterministic", is_flag=True, help="Report the mean action's episodes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, as_json):
+    """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
+    from metacpo_ref.training import CheckpointError, meta_test
+
+    try:
+        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed)
+    except CheckpointError as e:
+        raise click.ClickException(str(e))
+    if as_json:
+        click.echo(json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1))
+        return
+    click.echo(f"{'step':>4s} {'return':>9s} {'+-se':>7s} {'cost':>8s} {'+-se':>7s} {'cost/step':>9s}  (limit {rows[0]['cost_limit']:g})")
+    for r in rows:
+        click.echo(f"{r['step']:4d} {r['return']:9.3f} {r['return_se']:7.3f} {r['cost']:8.2f} "
+                   f"{r['cost_se']:7.2f} {r['cost_rate']:9.4f}")
 
 
 @main.command()

@@ -42,7 +42,7 @@ from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.envs import sample_tasks
-from metacpo_ref.rollouts import batch_seed
+from metacpo_ref.rollouts import batch_seed, task_seed
 from metacpo_ref.update import (StepData, backtrack, collect_step_data, cost_ok, fisher_hinv,
                                 policy_update, step_problem)
 
@@ -156,11 +156,6 @@ def outer_step(theta, traces, config):
 
 
 # --- Algorithm 1: one meta-iteration on the simulator ---------------------------
-
-def task_seed(seed, iteration):
-    """The integer seed of the tasks sampled at ``iteration`` (Algorithm 1, line 4)."""
-    return int(np.random.SeedSequence([int(seed), int(iteration), 2**31 - 1]).generate_state(1)[0])
-
 
 @dataclass(frozen=True, eq=False)
 class TaskRun:

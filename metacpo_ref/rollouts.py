@@ -64,6 +64,11 @@ def batch_seed(seed, iteration=0, task=0, step=0):
     return np.random.SeedSequence([int(seed), int(iteration), int(task), int(step)])
 
 
+def task_seed(seed, iteration):
+    """The integer seed of the tasks sampled at ``iteration`` (Algorithm 1, line 4)."""
+    return int(np.random.SeedSequence([int(seed), int(iteration), 2**31 - 1]).generate_state(1)[0])
+
+
 def collect(env, act, n_episodes, seed, max_steps=None):
     """Run ``n_episodes`` whole episodes of ``act`` in ``env``.
 

@@ -1,0 +1,272 @@
+"""Running the algorithms: training with checkpoints and exact resume, meta-testing
+on unseen tasks (the paper's Fig. 5, third row), and a small Python API.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON row per
+iteration) and ``checkpoint.npz`` (everything needed to continue exactly:
+``theta``, the value-function parameters, the next iteration, the cumulative
+env steps, the config). All randomness is keyed by (seed, iteration, task,
+step) (see :mod:`metacpo_ref.rollouts`), so a resumed run gives the same
+numbers as an uninterrupted one. Checkpoints are written to a temporary file
+and renamed, so an interruption never leaves a broken one.
+"""
+import dataclasses
+import json
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metacpo_ref.advantages import ValueSpec, init_value
+from metacpo_ref.baselines import baseline_iteration
+from metacpo_ref.config import FAMILIES, Config
+from metacpo_ref.envs import make_env, sample_tasks
+from metacpo_ref.meta import meta_iteration
+from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
+from metacpo_ref.rollouts import batch_seed, collect
+from metacpo_ref.update import collect_step_data, policy_update
+
+TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing batches (never a training iteration)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or belongs to another family or policy shape."""
+
+
+@dataclass(frozen=True, eq=False)
+class State:
+    """What a checkpoint holds: parameters, value functions, the next iteration, steps so far."""
+
+    config: Config
+    theta: np.ndarray
+    vf: tuple
+    iteration: int
+    env_steps: int
+
+
+def specs(config):
+    """``(PolicySpec, ValueSpec)`` of a config's family."""
+    obs_dim = FAMILIES[config.family].obs_dim
+    return PolicySpec(obs_dim, 2, tuple(config.hidden)), ValueSpec(obs_dim)
+
+
+def initial_state(config):
+    """``theta`` and value functions from ``config.seed``; iteration 0."""
+    spec, vspec = specs(config)
+    seeds = np.random.SeedSequence([config.seed, 7]).generate_state(3)
+    return State(config, init_theta(spec, int(seeds[0])),
+                 (init_value(vspec, int(seeds[1])), init_value(vspec, int(seeds[2]))), 0, 0)
+
+
+def config_to_json(config):
+    return json.dumps(dataclasses.asdict(config), indent=1)
+
+
+def config_from_dict(d):
+    d = dict(d)
+    d["hidden"] = tuple(d["hidden"])
+    return Config(**d)
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` atomically: a temporary file, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, theta=state.theta, vf_r=state.vf[0], vf_c=state.vf[1],
+                 iteration=state.iteration, env_steps=state.env_steps,
+                 config=np.array(config_to_json(state.config)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, family=None):
+    """A :class:`State` from ``path``; :class:`CheckpointError` if it is missing or
+    corrupt, or (with ``family``) of another family, or of the wrong policy shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path) as z:
+            config = config_from_dict(json.loads(str(z["config"])))
+            state = State(config, z["theta"].astype(np.float64), (z["vf_r"], z["vf_c"]),
+                          int(z["iteration"]), int(z["env_steps"]))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path} is not a valid checkpoint ({type(e).__name__}: {e})") from None
+    if family is not None and config.family != family:
+        raise CheckpointError(f"{path} is a {config.family!r} checkpoint, not {family!r}")
+    spec, _ = specs(config)
+    if state.theta.shape != (n_params(spec),):
+        raise CheckpointError(f"{path}: theta has shape {state.theta.shape}, but a {config.family} policy "
+                              f"with hidden sizes {config.hidden} has {n_params(spec)} parameters")
+    return state
+
+
+# --- training -------------------------------------------------------------------
+
+RESUMABLE_CHANGES = ("iterations",)   # what --resume may change; everything else must match
+
+
+def prepare_run(config, out_dir, resume=False):
+    """Create (or, with ``resume``, reopen) the run directory; returns the start :class:`State`.
+
+    A fresh run refuses a directory that already has a checkpoint. A resumed run
+    must have the same config (only ``iterations`` may grow) and drops metric
+    rows past the checkpoint (written by an iteration that was then interrupted).
+    """
+    out = Path(out_dir)
+    ckpt = out / "checkpoint.npz"
+    if not resume:
+        if ckpt.exists():
+            raise CheckpointError(f"{out} already has a checkpoint: pass --resume to continue it, "
+                                  "or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config_to_json(config))
+        (out / "metrics.jsonl").write_text("")
+        state = initial_state(config)
+        save_checkpoint(ckpt, state)
+        return state
+    state = load_checkpoint(ckpt)
+    old, new = dataclasses.asdict(state.config), dataclasses.asdict(config)
+    diff = [k for k in new if k not in RESUMABLE_CHANGES and old[k] != new[k]]
+    if diff:
+        raise CheckpointError(f"cannot resume {out} with a different config: "
+                              + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in diff))
+    rows = read_metrics(out)
+    with open(out / "metrics.jsonl", "w") as f:
+        for row in rows[:state.iteration]:
+            f.write(json.dumps(row) + "\n")
+    (out / "config.json").write_text(config_to_json(config))
+    return dataclasses.replace(state, config=config)
+
+
+def read_metrics(out_dir):
+    """The rows of ``metrics.jsonl`` (a torn last line is dropped)."""
+    rows = []
+    path = Path(out_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def run_iterations(state, out_dir):
+    """Generator: run the remaining iterations of ``state.config``, appending a row
+    to ``metrics.jsonl`` and then saving the checkpoint after each; yields each row."""
+    config = state.config
+    out = Path(out_dir)
+    _, vspec = specs(config)
+    env = make_env(config.family)
+    iterate = meta_iteration if config.meta else baseline_iteration
+    theta, vf, env_steps = state.theta, state.vf, state.env_steps
+    for it in range(state.iteration, config.iterations):
+        t0 = time.perf_counter()
+        theta, vf, metrics = iterate(theta, vf, config, it, env, vspec)
+        env_steps += metrics["steps"]
+        row = {"iteration": it, "env_steps": env_steps, **metrics,
+               "time_total": time.perf_counter() - t0}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        save_checkpoint(out / "checkpoint.npz", State(config, theta, vf, it + 1, env_steps))
+        yield row
+
+
+def train(config, out_dir, resume=False):
+    """Train ``config`` into ``out_dir`` (Python API); returns the final :class:`State`."""
+    state = prepare_run(config, out_dir, resume)
+    for _ in run_iterations(state, out_dir):
+        pass
+    return load_checkpoint(Path(out_dir) / "checkpoint.npz")
+
+
+# --- meta-testing -------------------------------------------------------------------
+
+def adaptation_update(spec, phi, data, config):
+    """One adaptation step with the algorithm's own inner rule: the Euclidean CPO
+    (meta-cpo) or TRPO (meta-trpo) step of eq. 9, or the Fisher-metric CPO / TRPO
+    update of the baselines."""
+    if config.meta:
+        return policy_update(spec, phi, data, config.inner_delta, config, config.constrained)
+    return policy_update(spec, phi, data, config.kl_delta, config, config.constrained, metric="fisher")
+
+
+def adapt(theta, task, k, config=None, vf=None, seed=0, episodes=None, cost_limit=None, on_batch=None):
+    """``phi_k`` after ``k`` adaptation steps on ``task`` from ``theta`` (Python API).
+
+    ``config`` names the algorithm (default: Meta-CPO on the task's family);
+    ``on_batch(k, collected)`` sees every batch (k = 0..k, the last one collected
+    with the adapted policy)."""
+    config = Config(family=task.family) if config is None else config
+    if episodes is not None:
+        config = dataclasses.replace(config, episodes=episodes)
+    spec, vspec = specs(config)
+    if vf is None:
+        vf = (init_value(vspec, 1), init_value(vspec, 2))
+    limit = FAMILIES[task.family].cost_limit_test if cost_limit is None else float(cost_limit)
+    env = make_env(task.family, task)
+    phi = np.asarray(theta, dtype=np.float64)
+    for j in range(k + 1):
+        c = collect_step_data(env, spec, vspec, phi, vf, config,
+                              batch_seed(seed, TEST_ITERATION, _task_key(task), j), limit)
+        vf = c.vf
+        if on_batch is not None:
+            on_batch(j, c, env, spec, phi)
+        if j < k:
+            phi = adaptation_update(spec, phi, c.data, config).phi
+    return phi
+
+
+def _task_key(task):
+    """A stable integer for a task's seed key (from its parameters)."""
+    digest = json.dumps(task.params, sort_keys=True).encode()
+    return int(np.random.SeedSequence(list(digest)).generate_state(1)[0])
+
+
+def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, cost_limit=None,
+              deterministic=False, seed=0):
+    """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
+    ``adapt_steps`` steps; one row per step k = 0..K with the mean episode return,
+    episode cost and cost rate (cost per step) over tasks, and per-task numbers.
+    ``deterministic`` reports the mean action's episodes (adaptation always uses
+    stochastic batches). ``cost_limit`` defaults to the family's test limit."""
+    state = load_checkpoint(checkpoint, family)
+    config = state.config
+    tasks = sample_tasks(config.family, n_tasks, "test", seed=seed)
+    limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
+    per_step = [[] for _ in range(adapt_steps + 1)]
+
+    def record(j, c, env, spec, phi):
+        batch = c.batch
+        if deterministic:
+            batch = collect(env, act_fn(spec, phi, deterministic=True), c.batch.ep_len.size,
+                            batch_seed(seed, TEST_ITERATION + 1, 0, j))
+        per_step[j].append((float(np.mean(batch.ep_return)), float(np.mean(batch.ep_cost)),
+                            float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
+
+    for task in tasks:
+        adapt(state.theta, task, adapt_steps, config, state.vf, seed, episodes, limit, on_batch=record)
+    rows = []
+    for j, vals in enumerate(per_step):
+        v = np.array(vals)
+        rows.append({"step": j, "return": float(v[:, 0].mean()), "cost": float(v[:, 1].mean()),
+                     "cost_rate": float(v[:, 2].mean()), "cost_limit": limit,
+                     "return_se": float(v[:, 0].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+                     "cost_se": float(v[:, 1].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+                     "tasks": [{"params": t.params, "return": r, "cost": c} for t, (r, c, _) in zip(tasks, vals)]})
+    return rows
+
+
+def load_policy(path, deterministic=True):
+    """``act(obs) -> action`` of a checkpoint's policy (Python API): the mean action,
+    or a sample with ``deterministic=False`` (its own seeded generator)."""
+    state = load_checkpoint(path)
+    spec, _ = specs(state.config)
+    act = act_fn(spec, state.theta, deterministic=deterministic)
+    rng = np.random.default_rng(0)
+    return lambda obs: act(obs, rng)[0]

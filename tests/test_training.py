@@ -1,0 +1,131 @@
+"""End to end: tiny training runs of every algorithm, exact resume, safe checkpoints,
+meta-testing, and clear errors."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from metacpo_ref.config import Config
+from metacpo_ref.envs import sample_tasks
+from metacpo_ref.training import (CheckpointError, State, load_checkpoint, load_policy, meta_test,
+                                  read_metrics, save_checkpoint, train)
+
+TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+@pytest.mark.parametrize("algo", ["meta-cpo", "meta-trpo", "cpo", "trpo"])
+def test_one_iteration_each_algorithm(tmp_path, algo):
+    cfg = Config(algo=algo, **TINY)
+    state = train(cfg, tmp_path)
+    assert state.iteration == 1
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["iteration"] == 0 and row["env_steps"] == row["steps"] > 0
+    assert np.isfinite(row["return"]) and row["cost"] >= 0 and row["cost_limit"] == 10.0
+    assert row["time_env"] > 0 and row["time_learner"] > 0
+    assert sum(row["cases"].values()) == (2 if algo.startswith("meta") else 1)
+    if algo in ("meta-trpo", "trpo"):
+        assert set(row["cases"]) == {"trust"}
+    assert json.loads((tmp_path / "config.json").read_text())["algo"] == algo
+    np.testing.assert_array_equal(state.theta, train(cfg, tmp_path / "again").theta)   # seeded
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = Config(**{**TINY, "iterations": 2})
+    full = train(cfg, tmp_path / "full")
+    train(Config(**{**TINY, "iterations": 1}), tmp_path / "split")
+    # an interrupted iteration may have left a metrics row past the checkpoint: it is dropped
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 1, "stale": True}) + "\n{torn")
+    resumed = train(cfg, tmp_path / "split", resume=True)
+    np.testing.assert_array_equal(full.theta, resumed.theta)
+    np.testing.assert_array_equal(full.vf[0], resumed.vf[0])
+    assert _strip(read_metrics(tmp_path / "full")) == _strip(read_metrics(tmp_path / "split"))
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    cfg = Config(**TINY)
+    state = train(cfg, tmp_path)
+    path = tmp_path / "checkpoint.npz"
+
+    def broken_savez(f, **arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, State(cfg, state.theta + 1, state.vf, 5, 0))
+    monkeypatch.undo()
+    again = load_checkpoint(path)
+    np.testing.assert_array_equal(again.theta, state.theta)
+    assert again.iteration == 1
+
+
+def test_bad_checkpoints_and_names(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a valid checkpoint"):
+        load_checkpoint(tmp_path / "bad.npz")
+    cfg = Config(**TINY)
+    state = train(cfg, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="'point-circle' checkpoint, not 'point-button'"):
+        load_checkpoint(tmp_path / "run" / "checkpoint.npz", family="point-button")
+    wrong = State(Config(**{**TINY, "hidden": (4,)}), state.theta, state.vf, 1, 0)
+    save_checkpoint(tmp_path / "wrong.npz", wrong)
+    with pytest.raises(CheckpointError, match="parameters"):
+        load_checkpoint(tmp_path / "wrong.npz")
+    with pytest.raises(CheckpointError, match="already has a checkpoint"):
+        train(cfg, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="different config: seed 0 -> 1"):
+        train(Config(**{**TINY, "seed": 1}), tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="valid: meta-cpo, meta-trpo, cpo, trpo"):
+        Config(algo="ppo")
+    with pytest.raises(ValueError, match="valid names"):
+        Config(family="ant-circle")
+    runner = CliRunner()
+    res = runner.invoke(cli.main, ["train", "ant-circle"])
+    assert res.exit_code == 2 and "point-circle" in res.output
+    res = runner.invoke(cli.main, ["test", "point-button", "--checkpoint", str(tmp_path / "run" / "checkpoint.npz")])
+    assert res.exit_code == 1 and "not 'point-button'" in res.output
+
+
+def test_meta_test_rows_and_api(tmp_path):
+    cfg = Config(**TINY)
+    train(cfg, tmp_path)
+    ckpt = tmp_path / "checkpoint.npz"
+    rows = meta_test(ckpt, "point-circle", n_tasks=2, adapt_steps=2, episodes=1)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert np.isfinite(r["return"]) and r["cost"] >= 0 and 0 <= r["cost_rate"] <= 1
+        assert len(r["tasks"]) == 2 and r["cost_limit"] == 10.0
+        test_params = [t.params for t in sample_tasks("point-circle", 2, "test", seed=0)]
+        assert [t["params"] for t in r["tasks"]] == test_params
+    assert meta_test(ckpt, "point-circle", 2, 1, 1)[1] == meta_test(ckpt, "point-circle", 2, 1, 1)[1]
+    act = load_policy(ckpt)
+    assert act(np.zeros(28)).shape == (2,)
+    res = CliRunner().invoke(cli.main, ["test", "point-circle", "--checkpoint", str(ckpt), "--adapt-steps", "1",
+                                        "--tasks", "2", "--episodes", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)["rows"]) == 2
+
+
+def test_cli_train_and_resume(tmp_path):
+    runner = CliRunner()
+    args = ["train", "point-circle", "--tasks", "2", "--local-steps", "1", "--episodes", "1",
+            "--out", str(tmp_path / "run")]
+    res = runner.invoke(cli.main, args + ["--iterations", "1"])
+    assert res.exit_code == 0, res.output
+    assert "done: iteration 0" in res.output
+    res = runner.invoke(cli.main, args + ["--iterations", "1"])
+    assert res.exit_code == 1 and "--resume" in res.output
+    res = runner.invoke(cli.main, args + ["--iterations", "2", "--resume"])
+    assert res.exit_code == 0 and "done: iteration 1" in res.output
+    assert len(read_metrics(tmp_path / "run")) == 2
