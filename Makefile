@@ -16,8 +16,10 @@ $(STAMP): setup.py Makefile
 	$(PY) -c "import numpy; assert numpy.__version__ == '1.26.4', numpy.__version__"
 	touch $(STAMP)
 
+RUN := runs/point-button-meta-cpo-seed0
+
 train: $(STAMP)
-	$(PY) cli.py train point-button
+	$(PY) cli.py train point-button $(if $(wildcard $(RUN)/checkpoint.npz),--resume,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
