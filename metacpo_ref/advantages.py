@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 from scipy.optimize import minimize
 
 from metacpo_ref.config import GAE_LAMBDA, GAMMA, VF_HIDDEN, VF_ITERS
-from metacpo_ref.policy import init_mlp, log_prob, mlp
+from metacpo_ref.policy import init_mlp, log_prob, mlp, mlp_layout
 
 ADV_EPS = 1e-8   # floor of the reward-advantage standard deviation
 
@@ -105,10 +104,30 @@ def fit_value(vspec, params, obs, targets, iters=VF_ITERS):
         return params
     obs = np.asarray(obs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
-    loss_and_grad = value_and_grad(lambda p: value_loss(vspec, p, obs, targets))
-    res = minimize(loss_and_grad, params, jac=True, method="L-BFGS-B",
-                   options={"maxiter": int(iters)})
+    res = minimize(lambda p: value_loss_and_grad(vspec, p, obs, targets), params, jac=True,
+                   method="L-BFGS-B", options={"maxiter": int(iters)})
     return np.asarray(res.x, dtype=np.float64)
+
+
+def value_loss_and_grad(vspec, params, obs, targets):
+    """:func:`value_loss` and its gradient by hand-written backpropagation (plain
+    NumPy matrix products; the fit is never differentiated through, and this is
+    ~3x faster than autograd's generic ``dot`` adjoint). Tested equal to autograd."""
+    layout = mlp_layout(vspec.sizes)
+    hs = [obs]                                   # inputs of each layer
+    for k, (w, shape, c) in enumerate(layout):
+        z = hs[-1] @ params[w].reshape(shape) + params[c]
+        hs.append(np.tanh(z) if k < len(layout) - 1 else z)
+    err = hs[-1][:, 0] - targets
+    grad = np.zeros_like(params)
+    delta = (2.0 / len(targets)) * err[:, None]  # d loss / d output
+    for k in range(len(layout) - 1, -1, -1):
+        w, shape, c = layout[k]
+        grad[w] = (hs[k].T @ delta).ravel()
+        grad[c] = delta.sum(axis=0)
+        if k:
+            delta = (delta @ params[w].reshape(shape).T) * (1.0 - hs[k] ** 2)
+    return float(np.mean(err ** 2)), grad
 
 
 # --- GAE --------------------------------------------------------------------

@@ -15,10 +15,17 @@ GAE_LAMBDA = 0.95        # authors' code
 VF_ITERS = 25            # authors' code: L-BFGS iterations per value fit
 VF_HIDDEN = (32, 16)     # same MLP code as the policy
 INIT_LOG_STD = -0.5      # common TRPO/CPO choice (Spinning Up, safety-starter-agents)
+# Observation normalisation (the authors' code normalises observations): fitted
+# once per run on random-policy episodes of the training tasks, then frozen.
+# The accelerometer reads ~9 m/s^2 with std up to ~9; lidar bins lie in [0, 1].
+OBS_NORM_EPISODES = 1    # random-policy episodes per sampled task for the fit
+OBS_STD_FLOOR = 1.0      # measured: never magnify a feature (gravity's std is 0)
 
 # --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
 INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
-KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL (the baselines' radius)
+KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL: the baselines' radius, and
+                         # the mean-KL bound every line search enforces (paper, Section 4:
+                         # "updates may violate ... KL-divergence, requiring a backtracking line search")
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
 CG_ITERS = 10            # CPO notes, section 3 (10-15)
 CG_DAMPING = 0.1         # CPO notes, section 3

@@ -125,16 +125,18 @@ def outer_step(theta, traces, config):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then a
     backtracking line search that re-evaluates :func:`meta_objective` on the same
-    traces. Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector
-    products of the pre-adaptation batches). Meta-TRPO (``config.constrained``
+    traces (and keeps the mean KL from ``theta`` on the pre-adaptation batches
+    within ``config.kl_delta``, or ``outer_delta`` with the Fisher metric).
+    Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
+    the pre-adaptation batches). Meta-TRPO (``config.constrained``
     False) takes the trust-region step on ``dF`` alone."""
     theta = np.asarray(theta, dtype=np.float64)
     spec = policy_spec(traces, config)
     F, G, dF, dG = meta_gradient(theta, traces, config)
-    hinv, obs0 = None, None
+    obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
+    hinv, kl_bound = None, config.kl_delta
     if config.outer_metric == "fisher":
-        obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
-        hinv = fisher_hinv(spec, theta, obs0, config)
+        hinv, kl_bound = fisher_hinv(spec, theta, obs0, config), config.outer_delta
     if config.constrained:
         step = solve_step(dF, dG, G, config.outer_delta, hinv=hinv)
     else:
@@ -145,7 +147,7 @@ def outer_step(theta, traces, config):
         cand = theta + beta * step.x
         F1, G1 = meta_objective(cand, traces, config)
         found[beta] = (F1, G1)
-        if obs0 is not None and mean_kl(spec, theta, cand, obs0) > config.outer_delta:
+        if mean_kl(spec, theta, cand, obs0) > kl_bound:
             return False
         improves = step.case == "recovery" or F1 > F
         return improves and (not config.constrained or cost_ok(G1, G))

@@ -173,10 +173,15 @@ def act_fn(spec, theta, deterministic=False):
     """
     theta = np.array(theta, dtype=np.float64)
 
+    log_std = theta[n_mlp_params(spec.sizes):]
+    const = -0.5 * float(np.sum(2.0 * log_std + LOG_2PI))
+
     def act(obs, rng):
-        obs = np.asarray(obs, dtype=np.float64)
-        mu, log_std = mean_and_log_std(spec, theta, obs)
-        a = mu if deterministic else mu + np.exp(log_std) * rng.standard_normal(spec.act_dim)
-        return a, float(log_prob(spec, theta, obs, a))
+        mu = mlp(spec.sizes, theta, np.asarray(obs, dtype=np.float64))
+        if deterministic:
+            return mu, const
+        eps = rng.standard_normal(spec.act_dim)
+        # log N(mu + std eps; mu, std) = -0.5 sum(eps^2 + 2 log_std + log 2 pi)
+        return mu + np.exp(log_std) * eps, const - 0.5 * float(eps @ eps)
 
     return act

@@ -53,6 +53,50 @@ class Batch:
         return self.terminated | self.truncated
 
 
+@dataclass(frozen=True, eq=False)
+class ObsNorm:
+    """A frozen observation normaliser: ``clip((obs - mean) / std, -clip, clip)``.
+
+    Fitted once per run (:func:`fit_obs_norm`) and saved with the policy: the
+    policy, the value functions and every batch see normalised observations,
+    so ``theta`` and this normaliser together define the policy.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    clip: float = 10.0
+
+    def __call__(self, obs):
+        return np.clip((np.asarray(obs, dtype=np.float64) - self.mean) / self.std, -self.clip, self.clip)
+
+
+def fit_obs_norm(obs, std_floor):
+    """Per-feature mean and standard deviation of ``obs``; the deviation floored at
+    ``std_floor`` so that near-constant features (gravity in the accelerometer)
+    are centred but never magnified."""
+    obs = np.asarray(obs, dtype=np.float64)
+    return ObsNorm(obs.mean(axis=0), np.maximum(obs.std(axis=0), std_floor))
+
+
+class NormalizedEnv:
+    """A safe env whose observations pass through an :class:`ObsNorm`
+    (``reset``, ``step``; everything else, e.g. ``set_task``, is the wrapped env's)."""
+
+    def __init__(self, env, norm):
+        self.env, self.norm = env, norm
+
+    def reset(self, seed=None):
+        obs, info = self.env.reset(seed=seed)
+        return self.norm(obs), info
+
+    def step(self, action):
+        obs, r, c, term, trunc, info = self.env.step(action)
+        return self.norm(obs), r, c, term, trunc, info
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
 def concat_batches(batches):
     """One Batch holding the episodes of several batches, in the given order."""
     return Batch(**{f.name: np.concatenate([getattr(b, f.name) for b in batches])

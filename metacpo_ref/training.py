@@ -21,14 +21,15 @@ import numpy as np
 
 from metacpo_ref.advantages import ValueSpec, init_value
 from metacpo_ref.baselines import baseline_iteration
-from metacpo_ref.config import FAMILIES, Config
+from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
-from metacpo_ref.rollouts import batch_seed, collect
+from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm
 from metacpo_ref.update import collect_step_data, policy_update
 
 TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing batches (never a training iteration)
+NORM_ITERATION = 2**31 - 4   # the seed key of the observation normaliser's episodes
 
 
 class CheckpointError(ValueError):
@@ -37,11 +38,13 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class State:
-    """What a checkpoint holds: parameters, value functions, the next iteration, steps so far."""
+    """What a checkpoint holds: parameters, value functions, the frozen observation
+    normaliser, the next iteration, env steps so far."""
 
     config: Config
     theta: np.ndarray
     vf: tuple
+    obs_norm: ObsNorm
     iteration: int
     env_steps: int
 
@@ -53,11 +56,24 @@ def specs(config):
 
 
 def initial_state(config):
-    """``theta`` and value functions from ``config.seed``; iteration 0."""
+    """``theta`` and value functions from ``config.seed``, and the observation
+    normaliser fitted on seeded random-policy episodes of training tasks; iteration 0."""
     spec, vspec = specs(config)
     seeds = np.random.SeedSequence([config.seed, 7]).generate_state(3)
+    env = make_env(config.family)
+    obs = []
+    for i, task in enumerate(sample_tasks(config.family, config.tasks, "train", seed=config.seed)):
+        env.set_task(task)
+        batch = collect(env, random_act, OBS_NORM_EPISODES, batch_seed(config.seed, NORM_ITERATION, i, 0))
+        obs.append(batch.obs)
+    norm = fit_obs_norm(np.concatenate(obs), OBS_STD_FLOOR)
     return State(config, init_theta(spec, int(seeds[0])),
-                 (init_value(vspec, int(seeds[1])), init_value(vspec, int(seeds[2]))), 0, 0)
+                 (init_value(vspec, int(seeds[1])), init_value(vspec, int(seeds[2]))), norm, 0, 0)
+
+
+def random_act(obs, rng):
+    """Uniform random actions in the action box [-1, 1]^2 (for the normaliser's fit)."""
+    return rng.uniform(-1.0, 1.0, 2), 0.0
 
 
 def config_to_json(config):
@@ -76,6 +92,7 @@ def save_checkpoint(path, state):
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, theta=state.theta, vf_r=state.vf[0], vf_c=state.vf[1],
+                 obs_mean=state.obs_norm.mean, obs_std=state.obs_norm.std, obs_clip=state.obs_norm.clip,
                  iteration=state.iteration, env_steps=state.env_steps,
                  config=np.array(config_to_json(state.config)))
         f.flush()
@@ -92,14 +109,15 @@ def load_checkpoint(path, family=None):
     try:
         with np.load(path) as z:
             config = config_from_dict(json.loads(str(z["config"])))
-            state = State(config, z["theta"].astype(np.float64), (z["vf_r"], z["vf_c"]),
+            norm = ObsNorm(z["obs_mean"], z["obs_std"], float(z["obs_clip"]))
+            state = State(config, z["theta"].astype(np.float64), (z["vf_r"], z["vf_c"]), norm,
                           int(z["iteration"]), int(z["env_steps"]))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(f"{path} is not a valid checkpoint ({type(e).__name__}: {e})") from None
     if family is not None and config.family != family:
         raise CheckpointError(f"{path} is a {config.family!r} checkpoint, not {family!r}")
     spec, _ = specs(config)
-    if state.theta.shape != (n_params(spec),):
+    if state.theta.shape != (n_params(spec),) or norm.mean.shape != (spec.obs_dim,):
         raise CheckpointError(f"{path}: theta has shape {state.theta.shape}, but a {config.family} policy "
                               f"with hidden sizes {config.hidden} has {n_params(spec)} parameters")
     return state
@@ -162,7 +180,7 @@ def run_iterations(state, out_dir):
     config = state.config
     out = Path(out_dir)
     _, vspec = specs(config)
-    env = make_env(config.family)
+    env = NormalizedEnv(make_env(config.family), state.obs_norm)
     iterate = meta_iteration if config.meta else baseline_iteration
     theta, vf, env_steps = state.theta, state.vf, state.env_steps
     for it in range(state.iteration, config.iterations):
@@ -173,7 +191,7 @@ def run_iterations(state, out_dir):
                "time_total": time.perf_counter() - t0}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        save_checkpoint(out / "checkpoint.npz", State(config, theta, vf, it + 1, env_steps))
+        save_checkpoint(out / "checkpoint.npz", State(config, theta, vf, state.obs_norm, it + 1, env_steps))
         yield row
 
 
@@ -196,10 +214,13 @@ def adaptation_update(spec, phi, data, config):
     return policy_update(spec, phi, data, config.kl_delta, config, config.constrained, metric="fisher")
 
 
-def adapt(theta, task, k, config=None, vf=None, seed=0, episodes=None, cost_limit=None, on_batch=None):
+def adapt(theta, task, k, config=None, vf=None, obs_norm=None, seed=0, episodes=None, cost_limit=None,
+          on_batch=None):
     """``phi_k`` after ``k`` adaptation steps on ``task`` from ``theta`` (Python API).
 
     ``config`` names the algorithm (default: Meta-CPO on the task's family);
+    ``vf`` and ``obs_norm`` are the run's value functions and normaliser (a
+    checkpoint's ``State`` has both; default: fresh value functions, no normaliser);
     ``on_batch(k, collected)`` sees every batch (k = 0..k, the last one collected
     with the adapted policy)."""
     config = Config(family=task.family) if config is None else config
@@ -210,6 +231,8 @@ def adapt(theta, task, k, config=None, vf=None, seed=0, episodes=None, cost_limi
         vf = (init_value(vspec, 1), init_value(vspec, 2))
     limit = FAMILIES[task.family].cost_limit_test if cost_limit is None else float(cost_limit)
     env = make_env(task.family, task)
+    if obs_norm is not None:
+        env = NormalizedEnv(env, obs_norm)
     phi = np.asarray(theta, dtype=np.float64)
     for j in range(k + 1):
         c = collect_step_data(env, spec, vspec, phi, vf, config,
@@ -250,7 +273,8 @@ def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, 
                             float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
 
     for task in tasks:
-        adapt(state.theta, task, adapt_steps, config, state.vf, seed, episodes, limit, on_batch=record)
+        adapt(state.theta, task, adapt_steps, config, state.vf, state.obs_norm, seed, episodes, limit,
+              on_batch=record)
     rows = []
     for j, vals in enumerate(per_step):
         v = np.array(vals)
@@ -263,10 +287,11 @@ def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, 
 
 
 def load_policy(path, deterministic=True):
-    """``act(obs) -> action`` of a checkpoint's policy (Python API): the mean action,
-    or a sample with ``deterministic=False`` (its own seeded generator)."""
+    """``act(obs) -> action`` of a checkpoint's policy on raw observations (Python
+    API; the run's normaliser is applied): the mean action, or a sample with
+    ``deterministic=False`` (its own seeded generator)."""
     state = load_checkpoint(path)
     spec, _ = specs(state.config)
     act = act_fn(spec, state.theta, deterministic=deterministic)
     rng = np.random.default_rng(0)
-    return lambda obs: act(obs, rng)[0]
+    return lambda obs: act(state.obs_norm(obs), rng)[0]

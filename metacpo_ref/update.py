@@ -123,9 +123,10 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
 
     ``metric="identity"``: the paper's Euclidean local step (0.5 ||x||^2 <= delta,
     kept by every fraction of the step). ``metric="fisher"``: CPO's KL trust
-    region (Fisher matrix by CG with ``config``'s settings), and a candidate
-    must also keep the mean KL on the batch within ``delta``.
-    Accept when the cost surrogate change is within ``max(-b, 0)`` and, unless
+    region (Fisher matrix by CG with ``config``'s settings).
+    Accept when the mean KL on the batch is within ``delta`` (Fisher) or
+    ``config.kl_delta`` (Euclidean: the paper's line search guards the KL
+    too), the cost surrogate change is within ``max(-b, 0)`` and, unless
     recovering, the reward surrogate improves (CPO notes, section 3).
     """
     phi = np.asarray(phi, dtype=np.float64)
@@ -140,7 +141,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
         cand = phi + beta * step.x
         dR, dC = L_R(cand) - R0, L_C(cand) - C0
         found[beta] = (dR, dC)
-        if metric == "fisher" and mean_kl(spec, phi, cand, data.obs) > delta:
+        if mean_kl(spec, phi, cand, data.obs) > (delta if metric == "fisher" else config.kl_delta):
             return False
         improves = step.case == "recovery" or dR > 0
         return improves and (not constrained or dC <= max(-b, 0.0))

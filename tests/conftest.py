@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as metacpo_ref/__init__.py, before numpy loads
+
 import numpy as np
 import pytest
 

@@ -232,3 +232,19 @@ def test_constraint_value_rejects_partial_batches():
     b.truncated[-1] = False                                           # last episode left open
     with pytest.raises(ValueError):
         constraint_value(b, 1.0)
+
+
+def test_value_loss_and_grad_equals_autograd():
+    from autograd import value_and_grad
+
+    from metacpo_ref.advantages import ValueSpec, init_value, value_loss, value_loss_and_grad
+
+    rng = np.random.default_rng(3)
+    for hidden in [(5,), (6, 4)]:
+        vspec = ValueSpec(7, hidden)
+        p = init_value(vspec, 1) + 0.1 * rng.standard_normal(len(init_value(vspec, 1)))
+        obs, y = rng.standard_normal((40, 7)), rng.standard_normal(40)
+        l1, g1 = value_loss_and_grad(vspec, p, obs, y)
+        l2, g2 = value_and_grad(lambda q: value_loss(vspec, q, obs, y))(p)
+        assert abs(l1 - l2) <= 1e-12 * max(1, abs(l2))
+        np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-12)

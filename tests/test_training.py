@@ -61,7 +61,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, State(cfg, state.theta + 1, state.vf, 5, 0))
+        save_checkpoint(path, State(cfg, state.theta + 1, state.vf, state.obs_norm, 5, 0))
     monkeypatch.undo()
     again = load_checkpoint(path)
     np.testing.assert_array_equal(again.theta, state.theta)
@@ -78,7 +78,7 @@ def test_bad_checkpoints_and_names(tmp_path):
     state = train(cfg, tmp_path / "run")
     with pytest.raises(CheckpointError, match="'point-circle' checkpoint, not 'point-button'"):
         load_checkpoint(tmp_path / "run" / "checkpoint.npz", family="point-button")
-    wrong = State(Config(**{**TINY, "hidden": (4,)}), state.theta, state.vf, 1, 0)
+    wrong = State(Config(**{**TINY, "hidden": (4,)}), state.theta, state.vf, state.obs_norm, 1, 0)
     save_checkpoint(tmp_path / "wrong.npz", wrong)
     with pytest.raises(CheckpointError, match="parameters"):
         load_checkpoint(tmp_path / "wrong.npz")
