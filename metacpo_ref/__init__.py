@@ -7,3 +7,5 @@ the cores. One thread unless the user sets ``OPENBLAS_NUM_THREADS``.
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+__version__ = "0.1.0"
