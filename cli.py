@@ -146,5 +146,37 @@ def gradcheck(as_json):
         sys.exit(1)
 
 
+@main.command("export-fixtures")
+@click.argument("directory", type=click.Path(file_okay=False))
+def export_fixtures(directory):
+    """Write golden fixtures for ports (one .npz per numerical block, manifest.json) to DIRECTORY."""
+    from metacpo_ref.fixtures import export
+
+    manifest = export(directory)
+    click.echo(f"{len(manifest['blocks'])} blocks, metacpo_ref {manifest['version']}, written to {directory} "
+               f"(see docs/porting.md)")
+
+
+@main.command("verify-fixtures")
+@click.argument("directory", type=click.Path(file_okay=False))
+def verify_fixtures(directory):
+    """Recompute every fixture block in DIRECTORY from its inputs; check outputs and hashes."""
+    from metacpo_ref import __version__
+    from metacpo_ref.fixtures import manifest_version, verify
+
+    rows = verify(directory)
+    written = manifest_version(directory)
+    if written is not None and written != __version__:
+        click.echo(f"note: fixtures written by metacpo_ref {written}, checking with {__version__}")
+    click.echo(f"{'block':30s} {'status':7s} {'worst output':14s} {'max|diff|':>10s} {'bound':>9s}  detail")
+    for r in rows:
+        click.echo(f"{r['block']:30s} {r['status']:7s} {r['worst']:14s} {r['max_abs_diff']:10.2e} "
+                   f"{r['bound']:9.1e}  {r['detail']}")
+    bad = [r for r in rows if r["status"] != "ok"]
+    click.echo(f"{len(rows) - len(bad)} of {len(rows)} blocks ok")
+    if bad:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,811 @@
+"""Golden fixtures for ports: the inputs and outputs of every numerical block.
+
+A port of metacpo_ref (another language, framework or precision) checks
+itself block by block against a fixture set: one ``<block>.npz`` per block
+holding its input and output arrays, and one ``manifest.json`` describing
+each block (meaning, shape, dtype and SHA-256 of each array, tolerances, the
+package version). Every problem is small, seeded and synthetic (no
+simulator), so simulator versions never change a fixture.
+See ``docs/porting.md``.
+
+Each block is a pair of plain functions:
+
+- ``make_<block>() -> (inputs, outputs, meta)``: seeded inputs, the reference
+  outputs (``compute_<block>(inputs)``), and ``meta``: ``description``,
+  ``function`` (what it exercises), ``rtol``, ``atol``, ``tolerance_reason``
+  and ``meanings`` (one sentence per array);
+- ``compute_<block>(inputs) -> outputs``: the reference code on stored inputs.
+
+:data:`BLOCKS` lists ``(name, make, compute)``. Adding a block is one entry
+there and its two functions. Not yet covered: the generic QP layer of paper
+eq. 5 (``qp_layer`` does not exist yet), the L-BFGS value fit (scipy's
+L-BFGS-B iterates are not reproducible by another optimiser; its loss and
+gradient are a block), the sampling of actions and tasks (numpy's generators).
+
+Arrays: float64, int64 or bool, C order, little-endian; scalars are 0-d
+arrays. The hash of an array is SHA-256 of those raw bytes
+(``x.tobytes(order="C")``). An output passes when
+``max|port - stored| <= atol + rtol * max|stored|`` (NaN where stored NaN;
+integer outputs exactly).
+"""
+import hashlib
+import io
+import json
+import os
+import zipfile
+from functools import partial
+
+import numpy as np
+
+import metacpo_ref
+from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, init_value, standardize,
+                                    surrogates, value_loss_and_grad)
+from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
+from metacpo_ref.cpo import CASES, cg, solve_step
+from metacpo_ref.dco import cpo_layer, cpo_step_vjp
+from metacpo_ref.gradcheck import meta_problem, step_margin
+from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
+from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
+from metacpo_ref.update import StepData, policy_update, step_problem
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+COMPARISON = ("an output passes when max|port - stored| <= atol + rtol * max|stored| over the array "
+              "(NaN must be NaN where stored NaN; integer outputs must be equal)")
+HASH = "SHA-256 (hex) of the array's raw bytes: C order, little-endian, dtype as listed"
+
+# Tolerances (rtol, atol, reason). Measured here: perturbing every float input of a
+# block by a relative 1e-14 moves its outputs by at most ~1e-13 relative (closed-form
+# blocks), ~1e-12 (surrogate gradients, the meta chain: cancellation in centred sums
+# and amplification along the K steps) and ~4e-11 (the line-search surrogate changes
+# dL_C, a difference of nearby values). Every problem sits far from a case boundary
+# and from a line-search tie, so discrete outputs (case, accepted fraction) are stable.
+EXACT = (1e-9, 1e-12, "closed-form float64 arithmetic: 1e-14 input perturbations move the outputs by "
+                      "<= ~1e-12 relative, so a float64 port agrees to ~1e-12 whatever its summation "
+                      "order or libm; 1e-9 leaves room for that and still catches any real bug")
+META = (1e-9, 1e-12, "closed-form float64 arithmetic (local steps by the exact case analysis, no "
+                     "iterative solver) through K steps, second-order autograd and the KKT VJP: "
+                     "rounding is amplified ~100x along the chain (measured), to ~1e-13 for a float64 "
+                     "port; 1e-9 leaves room and still catches any real bug")
+DUAL = (1e-6, 1e-9, "lam is a root of the 1-D dual found by an iterative solver (scipy brentq, here to "
+                    "machine precision); a port may instead use the exact case analysis of Achiam et al. "
+                    "(agrees to ~5e-16 here) or a root finder stopped earlier: 1e-6 allows that")
+CG = (1e-6, 1e-9, "conjugate gradient, an iterative solver: a port with a slightly different stopping "
+                  "test or recurrence lands within the solver tolerance of the same answer, not "
+                  "bit-for-bit (the same recurrence reproduces the stored iterates to ~1e-13)")
+OUTER = (1e-6, 1e-9, "the outer step solves eq. 12 through the scipy dual (iterative root find, see the "
+                     "solve_step blocks) and re-evaluates eq. 10 in the line search; the accepted "
+                     "fraction is discrete and must be equal (it is far from a tie here)")
+
+POLICY_SPEC = PolicySpec(obs_dim=5, act_dim=2, hidden=(8, 6))
+
+
+def _f(x):
+    return np.array(x, dtype="<f8", order="C")
+
+
+def _i(x):
+    return np.array(x, dtype="<i8", order="C")
+
+
+def _b(x):
+    return np.array(x, dtype=bool, order="C")
+
+
+def _meta(description, function, tol, meanings):
+    rtol, atol, reason = tol
+    return {"description": description, "function": function, "rtol": rtol, "atol": atol,
+            "tolerance_reason": reason, "meanings": meanings}
+
+
+def _spec(inputs):
+    sizes = [int(v) for v in inputs["sizes"]]
+    return PolicySpec(sizes[0], sizes[-1], tuple(sizes[1:-1]))
+
+
+SIZES_MEANING = ("layer widths (obs_dim, *hidden, act_dim) of the tanh MLP mean network; theta is laid "
+                 "out layer by layer, W (n_in, n_out) row-major then bias, log-stds last")
+THETA_MEANING = "flat policy parameters (layout: see sizes and docs/porting.md)"
+CASE_MEANING = "index of the step's case in " + json.dumps(list(CASES))
+
+
+def _policy_inputs(seed, T=16):
+    """Policy-block inputs: parameters well away from init (log-stds varied), data."""
+    rng = np.random.default_rng(seed)
+    theta = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    return rng, {"sizes": _i(POLICY_SPEC.sizes), "theta": _f(theta),
+                 "obs": _f(rng.standard_normal((T, POLICY_SPEC.obs_dim)))}
+
+
+# --- policy.py -------------------------------------------------------------------
+
+def compute_policy_log_prob(inp):
+    return {"logp": _f(log_prob(_spec(inp), inp["theta"], inp["obs"], inp["act"]))}
+
+
+def make_policy_log_prob():
+    rng, inp = _policy_inputs(101)
+    inp["act"] = _f(rng.standard_normal((len(inp["obs"]), POLICY_SPEC.act_dim)))
+    return inp, compute_policy_log_prob(inp), _meta(
+        "log-density of a diagonal Gaussian whose mean is the tanh MLP and whose log-std is theta's tail",
+        "metacpo_ref.policy.log_prob", EXACT,
+        {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "observations (T, obs_dim), already normalised",
+         "act": "actions (T, act_dim), unclipped", "logp": "log pi_theta(act_t | obs_t) per row (T,)"})
+
+
+def compute_policy_mean_kl(inp):
+    return {"kl": _f(mean_kl(_spec(inp), inp["theta_old"], inp["theta"], inp["obs"]))}
+
+
+def make_policy_mean_kl():
+    rng, inp = _policy_inputs(102)
+    inp["theta_old"] = inp.pop("theta")
+    inp["theta"] = _f(inp["theta_old"] + 0.1 * rng.standard_normal(len(inp["theta_old"])))
+    return inp, compute_policy_mean_kl(inp), _meta(
+        "mean over states of KL(pi_theta_old(.|s) || pi_theta(.|s)) (TRPO's direction)",
+        "metacpo_ref.policy.mean_kl", EXACT,
+        {"sizes": SIZES_MEANING, "theta_old": "parameters of the old policy (first KL argument)",
+         "theta": "parameters of the new policy (second KL argument)", "obs": "states (T, obs_dim)",
+         "kl": "mean_t sum_j KL of the per-dimension Gaussians, scalar"})
+
+
+def compute_policy_fvp(inp):
+    return {"Fv": _f(fvp(_spec(inp), inp["theta"], inp["obs"], inp["v"], float(inp["damping"])))}
+
+
+def make_policy_fvp():
+    rng, inp = _policy_inputs(103)
+    inp["v"] = _f(rng.standard_normal(len(inp["theta"])))
+    inp["damping"] = _f(CG_DAMPING)
+    return inp, compute_policy_fvp(inp), _meta(
+        "Fisher-vector product (H + damping I) v, H the Hessian of mean_kl(theta, .) at theta",
+        "metacpo_ref.policy.fvp", EXACT,
+        {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "states (T, obs_dim)",
+         "v": "the vector (n,)", "damping": "damping added to the Fisher matrix",
+         "Fv": "(H + damping I) v (n,)"})
+
+
+class _FixedNoise:
+    """A stand-in generator whose standard_normal returns stored noise, row by row."""
+
+    def __init__(self, eps):
+        self.rows = iter(eps)
+
+    def standard_normal(self, size):
+        return next(self.rows)
+
+
+def compute_policy_act(inp):
+    spec = _spec(inp)
+    sample, mean = act_fn(spec, inp["theta"]), act_fn(spec, inp["theta"], deterministic=True)
+    noise = _FixedNoise(inp["eps"])
+    drawn = [sample(o, noise) for o in inp["obs"]]
+    means = [mean(o, None) for o in inp["obs"]]
+    return {"act": _f([a for a, _ in drawn]), "logp": _f([lp for _, lp in drawn]),
+            "act_mean": _f([a for a, _ in means]), "logp_mean": _f([lp for _, lp in means])}
+
+
+def make_policy_act():
+    rng, inp = _policy_inputs(104, T=6)
+    inp["eps"] = _f(rng.standard_normal((len(inp["obs"]), POLICY_SPEC.act_dim)))
+    return inp, compute_policy_act(inp), _meta(
+        "acting: a = mu(obs) + exp(log_std) * eps with the noise eps given (the generator is not "
+        "part of the fixture), and the deterministic mean action",
+        "metacpo_ref.policy.act_fn", EXACT,
+        {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "one observation per row (T, obs_dim)",
+         "eps": "standard normal noise per row (T, act_dim)", "act": "sampled actions (T, act_dim)",
+         "logp": "their log-densities (T,)", "act_mean": "deterministic actions mu(obs) (T, act_dim)",
+         "logp_mean": "log-density at the mean (T,)"})
+
+
+# --- advantages.py ------------------------------------------------------------
+
+# Episodes of the synthetic batch: (length, how it ends).
+EPISODES = ((7, "terminated"), (6, "truncated"), (5, "terminated"), (6, "truncated"))
+
+
+def _ends():
+    term, trunc = [], []
+    for length, how in EPISODES:
+        term += [False] * (length - 1) + [how == "terminated"]
+        trunc += [False] * (length - 1) + [how == "truncated"]
+    return _b(term), _b(trunc)
+
+
+def _batch(terminated, truncated, ep_cost=None, ep_len=None):
+    T = len(terminated)
+    z = np.zeros(T)
+    ep = np.zeros(int(np.sum(terminated | truncated)))
+    return Batch(obs=z[:, None], act=z[:, None], logp=z, rew=z, cost=z, terminated=terminated,
+                 truncated=truncated, bootstrap_obs=z[:, None], ep_return=ep,
+                 ep_cost=ep if ep_cost is None else ep_cost, ep_len=ep if ep_len is None else ep_len)
+
+
+def compute_gae(inp):
+    adv, ret = gae(_batch(inp["terminated"], inp["truncated"]), inp["signal"], inp["v_obs"], inp["v_boot"],
+                   float(inp["gamma"]), float(inp["lam"]))
+    standardized, mean, std = standardize(adv)
+    centered, _ = center(adv)
+    return {"adv": _f(adv), "returns": _f(ret), "standardized": _f(standardized), "mean": _f(mean),
+            "std": _f(std), "centered": _f(centered)}
+
+
+def make_gae():
+    rng = np.random.default_rng(105)
+    terminated, truncated = _ends()
+    T = len(terminated)
+    inp = {"signal": _f(rng.standard_normal(T)), "v_obs": _f(rng.standard_normal(T)),
+           # random everywhere: a port must read it only at time-limit cuts
+           "v_boot": _f(rng.standard_normal(T)),
+           "terminated": terminated, "truncated": truncated, "gamma": _f(GAMMA), "lam": _f(GAE_LAMBDA)}
+    return inp, compute_gae(inp), _meta(
+        "GAE(gamma, lambda) over a batch of 4 episodes (2 terminated, 2 cut by the time limit), then "
+        "standardisation (reward advantages) and centring (cost advantages)",
+        "metacpo_ref.advantages.gae, standardize, center", EXACT,
+        {"signal": "per-step reward or cost (T,)", "v_obs": "V(s_t) (T,)",
+         "v_boot": "V(s_{t+1}) read only where truncated (random elsewhere, must be ignored) (T,)",
+         "terminated": "true termination at step t: bootstrap from 0 (T,)",
+         "truncated": "time-limit cut at step t: bootstrap from v_boot[t] (T,)",
+         "gamma": "discount", "lam": "GAE lambda",
+         "adv": "A_t, reset at every episode end (T,)", "returns": "lambda-returns adv + v_obs (T,)",
+         "standardized": "(adv - mean) / std, population std (ddof 0) floored at 1e-8 (T,)",
+         "mean": "mean of adv", "std": "population standard deviation of adv (ddof 0)",
+         "centered": "adv - mean (T,)"})
+
+
+def compute_constraint_value(inp):
+    batch = _batch(inp["terminated"], inp["truncated"], inp["ep_cost"], inp["ep_len"])
+    return {"b": _f(constraint_value(batch, float(inp["cost_limit"])))}
+
+
+def make_constraint_value():
+    rng = np.random.default_rng(106)
+    terminated, truncated = _ends()
+    inp = {"terminated": terminated, "truncated": truncated,
+           "ep_cost": _f(rng.integers(0, 30, len(EPISODES))), "ep_len": _i([n for n, _ in EPISODES]),
+           "cost_limit": _f(10.0)}
+    return inp, compute_constraint_value(inp), _meta(
+        "b of eq. 9 in per-step units: (mean episode cost - limit) / mean episode length",
+        "metacpo_ref.advantages.constraint_value", EXACT,
+        {"terminated": "episode-end flags (T,)", "truncated": "time-limit cut flags (T,)",
+         "ep_cost": "undiscounted cost of each episode (E,)", "ep_len": "length of each episode (E,)",
+         "cost_limit": "limit on the undiscounted episode cost",
+         "b": "(mean ep_cost - cost_limit) / mean ep_len, scalar"})
+
+
+def compute_value_loss_grad(inp):
+    sizes = [int(v) for v in inp["sizes"]]
+    loss, grad = value_loss_and_grad(ValueSpec(sizes[0], tuple(sizes[1:-1])), inp["params"], inp["obs"],
+                                     inp["targets"])
+    return {"loss": _f(loss), "grad": _f(grad)}
+
+
+def make_value_loss_grad():
+    rng = np.random.default_rng(107)
+    vspec = ValueSpec(POLICY_SPEC.obs_dim, POLICY_SPEC.hidden)
+    params = init_value(vspec, 107) + 0.1 * rng.standard_normal(len(init_value(vspec, 107)))
+    inp = {"sizes": _i(vspec.sizes), "params": _f(params), "obs": _f(rng.standard_normal((16, vspec.obs_dim))),
+           "targets": _f(rng.standard_normal(16))}
+    return inp, compute_value_loss_grad(inp), _meta(
+        "value-function loss mean_t (V(s_t) - target_t)^2 and its gradient (what L-BFGS minimises; "
+        "the fit itself is not a fixture)",
+        "metacpo_ref.advantages.value_loss_and_grad", EXACT,
+        {"sizes": "layer widths (obs_dim, *hidden, 1) of the value MLP (same layout as the policy, no log-std)",
+         "params": "flat value-function parameters", "obs": "states (T, obs_dim)",
+         "targets": "regression targets (T,)", "loss": "mean squared error, scalar",
+         "grad": "its gradient in params"})
+
+
+# --- observation normaliser (rollouts.py) ---------------------------------------
+
+def compute_obs_norm(inp):
+    norm = fit_obs_norm(inp["obs_fit"], float(inp["std_floor"]))
+    norm = ObsNorm(norm.mean, norm.std, float(inp["clip"]))
+    return {"mean": _f(norm.mean), "std": _f(norm.std), "normalized": _f(norm(inp["obs"]))}
+
+
+def make_obs_norm():
+    rng = np.random.default_rng(108)
+    scale = np.array([0.3, 2.0, 0.0, 5.0])   # feature 3 constant: floored, never magnified
+    obs_fit = np.array([9.8, 0.0, 1.0, 0.0]) + scale * rng.standard_normal((20, 4))
+    obs = np.array([9.8, 0.0, 1.0, 0.0]) + 3 * scale * rng.standard_normal((6, 4))
+    obs[0, 0] = 100.0                        # clipped
+    inp = {"obs_fit": _f(obs_fit), "std_floor": _f(1.0), "clip": _f(10.0), "obs": _f(obs)}
+    return inp, compute_obs_norm(inp), _meta(
+        "the frozen observation normaliser applied before the policy and value functions: "
+        "fitted once per run, then clip((obs - mean) / std, -clip, clip)",
+        "metacpo_ref.rollouts.fit_obs_norm, ObsNorm", EXACT,
+        {"obs_fit": "raw observations the normaliser is fitted on (N, d)",
+         "std_floor": "lower bound of each feature's std", "clip": "clip bound",
+         "obs": "raw observations to normalise (M, d)", "mean": "per-feature mean of obs_fit (d,)",
+         "std": "per-feature population std of obs_fit (ddof 0), floored at std_floor (d,)",
+         "normalized": "clip((obs - mean) / std, -clip, clip) (M, d)"})
+
+
+# --- surrogates and one policy update (advantages.py, update.py) -----------------
+
+def _step_data(inp, prefix=""):
+    return StepData(inp[prefix + "obs"], inp[prefix + "act"], inp[prefix + "logp_beh"], inp[prefix + "adv_r"],
+                    inp[prefix + "adv_c"], float(inp[prefix + "b_hat"]), inp[prefix + "phi"],
+                    float(inp[prefix + "beta"]) if prefix + "beta" in inp else 1.0)
+
+
+BATCH_MEANINGS = {
+    "obs": "observations of the batch (T, obs_dim)",
+    "act": "actions of the batch (T, act_dim)",
+    "logp_beh": "behaviour log-probabilities stored at collection (T,), data: never recomputed",
+    "adv_r": "standardised reward advantages (T,)",
+    "adv_c": "centred cost advantages (T,)",
+    "b_hat": "per-step constraint value of the batch (mean episode cost - limit) / mean length",
+    "phi": "the parameters that collected the batch (phi^collected)",
+    "beta": "accepted line-search fraction of the local step taken from this batch",
+}
+
+
+def _batch_inputs(rng, phi, T=24, b_frac=0.3, delta=0.01):
+    """A synthetic batch collected by ``phi`` with ``b_hat = b_frac * sqrt(2 delta |a|^2)``."""
+    obs = rng.standard_normal((T, POLICY_SPEC.obs_dim))
+    act = rng.standard_normal((T, POLICY_SPEC.act_dim))
+    inp = {"sizes": _i(POLICY_SPEC.sizes), "obs": _f(obs), "act": _f(act),
+           "logp_beh": _f(log_prob(POLICY_SPEC, phi, obs, act)),
+           "adv_r": _f(standardize(rng.standard_normal(T))[0]),
+           "adv_c": _f(center(rng.standard_normal(T) + 0.5 * obs[:, 0])[0]), "b_hat": _f(0.0), "phi": _f(phi)}
+    _, a, _ = step_problem(POLICY_SPEC, phi, _step_data(inp))
+    inp["b_hat"] = _f(b_frac * np.sqrt(2 * delta * (a @ a)))
+    return inp
+
+
+def compute_surrogates(inp):
+    spec, data = _spec(inp), _step_data(inp)
+    L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
+    g, a, b = step_problem(spec, inp["theta"], data)
+    return {"L_R": _f(L_R(inp["theta"])), "L_C": _f(L_C(inp["theta"])), "g": _f(g), "a": _f(a), "b": _f(b)}
+
+
+def make_surrogates():
+    rng = np.random.default_rng(109)
+    phi = init_theta(POLICY_SPEC, 109) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi)
+    inp["theta"] = _f(phi + 0.05 * rng.standard_normal(len(phi)))
+    return inp, compute_surrogates(inp), _meta(
+        "the importance-weighted surrogates of eq. 10 and the data (g, a, b) of eq. 9 at theta, "
+        "on a batch collected by phi (theta != phi, so the ratios are not 1)",
+        "metacpo_ref.advantages.surrogates, metacpo_ref.update.step_problem", EXACT,
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k != "beta"}, "sizes": SIZES_MEANING,
+         "theta": "parameters at which everything is evaluated",
+         "L_R": "mean_t exp(log pi_theta(a|s) - logp_beh) adv_r", "L_C": "same with adv_c",
+         "g": "grad L_R at theta", "a": "grad L_C at theta",
+         "b": "b_hat + L_C(theta) - L_C(phi): the constraint value at theta"})
+
+
+POLICY_UPDATE_MEANINGS = {
+    "delta": "trust radius: 0.5 |x|^2 <= delta (identity) or 0.5 x'Hx <= delta (fisher, H the Fisher matrix)",
+    "kl_delta": "mean-KL bound of the line search with the identity metric (fisher: delta)",
+    "ls_decay": "backtracking factor: beta = ls_decay^j", "ls_steps": "at most this many fractions",
+    "cg_iters": "conjugate-gradient iterations for H^{-1} v (residual tolerance 1e-10)",
+    "cg_damping": "damping added to the Fisher matrix",
+    "phi_new": "phi + beta x", "case_index": CASE_MEANING,
+    "beta": "accepted fraction (0: rejected)", "dL_R": "L_R(phi_new) - L_R(phi)", "dL_C": "L_C(phi_new) - L_C(phi)",
+}
+
+
+def compute_policy_update(inp, metric):
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), kl_delta=float(inp["kl_delta"]),
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
+                    **({"cg_iters": int(inp["cg_iters"]), "cg_damping": float(inp["cg_damping"])}
+                       if metric == "fisher" else {}))
+    upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), float(inp["delta"]), config, metric=metric)
+    return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
+            "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C)}
+
+
+def make_policy_update(metric):
+    seed = {"identity": 110, "fisher": 111}[metric]
+    rng = np.random.default_rng(seed)
+    phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi, b_frac=0.3)
+    inp.update(delta=_f(0.01 if metric == "fisher" else 0.05), kl_delta=_f(0.01), ls_decay=_f(0.8),
+               ls_steps=_i(15))
+    if metric == "fisher":
+        inp.update(cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING))
+    return inp, compute_policy_update(inp, metric), _meta(
+        f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
+        "(mean KL, cost change <= max(-b, 0), reward improves unless recovering)",
+        f"metacpo_ref.update.policy_update(metric={metric!r})",
+        (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks)"
+         + (" and conjugate gradient on Fisher-vector products (see the cg block)" if metric == "fisher" else "")
+         + "; the accepted fraction is discrete and must be equal (far from a tie here); dL_R and dL_C are "
+         "differences of nearby surrogate values (rounding amplified ~1e3x, measured)"),
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k != "beta"}, "sizes": SIZES_MEANING,
+         **POLICY_UPDATE_MEANINGS, "phi": "the parameters updated, which also collected the batch"})
+
+
+# --- cpo.py ---------------------------------------------------------------------
+
+def compute_cg(inp):
+    M = inp["M"]
+    full = cg(lambda p: M @ p, inp["v"], int(inp["iters_full"]), float(inp["tol"]))
+    short = cg(lambda p: M @ p, inp["v"], int(inp["iters_short"]), float(inp["tol"]))
+    return {"y_full": _f(full), "y_short": _f(short)}
+
+
+def make_cg():
+    rng = np.random.default_rng(112)
+    n = 8
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    M = (Q * np.linspace(0.2, 2.0, n)) @ Q.T           # SPD, condition number 10
+    inp = {"M": _f(0.5 * (M + M.T)), "v": _f(rng.standard_normal(n)), "iters_full": _i(50),
+           "iters_short": _i(3), "tol": _f(1e-10)}
+    return inp, compute_cg(inp), _meta(
+        "conjugate gradient for M y = v from y = 0: at most iters iterations, stopping when "
+        "||v - M y|| <= tol ||v|| (checked before each iteration)",
+        "metacpo_ref.cpo.cg", CG,
+        {"M": "SPD matrix (n, n)", "v": "right-hand side (n,)", "iters_full": "iteration cap (converges first)",
+         "iters_short": "iteration cap (stops early: the truncated iterate)", "tol": "relative residual tolerance",
+         "y_full": "cg(M, v, iters_full, tol), converged (n,)", "y_short": "cg(M, v, iters_short, tol) (n,)"})
+
+
+def _cpo_inputs(case, dense, seed, n=6):
+    """An eq. 9 instance well inside ``case`` (as gradcheck's): ``b = t sqrt(2 delta s)``
+    with t = -1.5 (trust), 0.3 (both: g = u + a, u H^{-1}-orthogonal to a, so the
+    trust step violates the constraint) or 1.5 (recovery)."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    H = M @ M.T / n + 0.5 * np.eye(n) if dense else None
+    a, u = rng.standard_normal(n), rng.standard_normal(n)
+    hinv = (lambda v: np.linalg.solve(H, v)) if dense else (lambda v: v)
+    s = a @ hinv(a)
+    u = u - (u @ hinv(a)) / s * a
+    delta = 0.5
+    t = {"trust": -1.5, "both": 0.3, "recovery": 1.5}[case]
+    inp = {"g": _f(u + a), "a": _f(a), "b": _f(t * np.sqrt(2 * delta * s)), "delta": _f(delta)}
+    if dense:
+        inp["H"] = _f(0.5 * (H + H.T))   # exactly symmetric
+    return inp
+
+
+CPO_MEANINGS = {"g": "reward-surrogate gradient (n,)", "a": "cost-surrogate gradient (n,)",
+                "b": "constraint value in per-step units (b + a'x <= 0)", "delta": "trust radius",
+                "H": "SPD metric (n, n): 0.5 x'Hx <= delta"}
+
+
+def compute_solve_step(inp, metric):
+    kw = {"identity": {}, "dense": {"H": inp.get("H")},
+          "hinv": {"hinv": lambda v: np.linalg.solve(inp["H"], v)}}[metric]
+    step = solve_step(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), **kw)
+    return {"x": _f(step.x), "lam": _f(step.lam), "nu": _f(step.nu), "case_index": _i(CASES.index(step.case))}
+
+
+def make_solve_step(case, metric):
+    seed = 120 + 3 * ("trust", "both", "recovery").index(case) + ("identity", "dense", "hinv").index(metric)
+    inp = _cpo_inputs(case, metric != "identity", seed)
+    out = compute_solve_step(inp, metric)
+    assert CASES[int(out["case_index"])] == case
+    how = {"identity": "H = I (no H stored)", "dense": "dense H (Cholesky of sym(H))",
+           "hinv": "a callable v -> H^{-1} v (numpy.linalg.solve with the stored H)"}[metric]
+    return inp, out, _meta(
+        f"the CPO step of eq. 9 (reward convention: max g'x s.t. 0.5 x'Hx <= delta, b + a'x <= 0; "
+        f"eq. 4 recovery when infeasible), case {case}, metric {how}",
+        "metacpo_ref.cpo.solve_step (method='scipy')", EXACT if case == "recovery" else DUAL,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "x": "the step (n,)",
+         "lam": "trust-region multiplier (x = H^{-1}(g - nu a) / lam; recovery: sqrt(s / 2 delta))",
+         "nu": "cost multiplier (NaN in recovery)", "case_index": CASE_MEANING})
+
+
+# --- dco.py ---------------------------------------------------------------------
+
+def compute_cpo_layer(inp):
+    H = inp.get("H")
+    args = (inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]))
+    x = cpo_layer(*args, H=H)
+    step = solve_step(*args, H=H, method="closed_form")
+    gbar, abar, bbar, deltabar, Hbar = cpo_step_vjp(step, inp["xbar"], *args, H=H)
+    out = {"x": _f(x), "gbar": _f(gbar), "abar": _f(abar), "bbar": _f(bbar), "deltabar": _f(deltabar)}
+    if H is not None:
+        out["Hbar"] = _f(Hbar)
+    return out
+
+
+def make_cpo_layer(case, metric):
+    seed = 140 + 2 * ("trust", "both", "recovery").index(case) + ("identity", "dense").index(metric)
+    inp = _cpo_inputs(case, metric == "dense", seed)
+    assert solve_step(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), H=inp.get("H")).case == case
+    inp["xbar"] = _f(np.random.default_rng(seed).standard_normal(len(inp["g"])))
+    return inp, compute_cpo_layer(inp), _meta(
+        f"the differentiable CPO layer (DCO, eqs. 5-7 on eq. 9): forward step (exact closed form) and "
+        f"the vector-Jacobian product for the cotangent xbar, case {case}, "
+        + ("dense metric H" if metric == "dense" else "identity metric (no H stored)"),
+        "metacpo_ref.dco.cpo_layer, cpo_step_vjp", EXACT,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "xbar": "cotangent dL/dx (n,)",
+         "x": "the step (n,)", "gbar": "xbar' dx/dg (n,)", "abar": "xbar' dx/da (n,)",
+         "bbar": "xbar' dx/db", "deltabar": "xbar' dx/ddelta",
+         "Hbar": "xbar' dx/dH as a symmetric matrix (n, n): the derivative through sym(H)"})
+
+
+# --- meta.py --------------------------------------------------------------------
+
+TRACE_FIELDS = ("obs", "act", "logp_beh", "adv_r", "adv_c", "b_hat", "phi", "beta")
+
+
+def _meta_inputs():
+    """The synthetic meta-problem of gradcheck (policy 3 -> 4 -> 2, K = 2, two tasks),
+    evaluated at theta = recording theta + 0.02 N(0, I) (so the ratios are not 1); its four
+    local steps there are "trust", "recovery", "both", "both" (margins >= 0.1)."""
+    config, spec, theta0, traces = meta_problem()
+    rng = np.random.default_rng(132)
+    inp = {"sizes": _i(spec.sizes), "theta": _f(theta0 + 0.02 * rng.standard_normal(len(theta0))),
+           "n_tasks": _i(len(traces)), "local_steps": _i(len(traces[0].steps)),
+           "inner_delta": _f(config.inner_delta)}
+    meanings = {"sizes": SIZES_MEANING, "theta": "meta-parameters at which everything is evaluated",
+                "n_tasks": "number of tasks i", "local_steps": "K local steps per task",
+                "inner_delta": "Euclidean trust radius of the local steps (0.5 |x|^2 <= delta)"}
+    for i, tr in enumerate(traces):
+        for k, data in enumerate(tr.steps + (tr.eval,)):
+            where = f"task{i}_eval" if k == len(tr.steps) else f"task{i}_step{k}"
+            for name in TRACE_FIELDS:
+                if where.endswith("eval") and name == "beta":
+                    continue
+                inp[f"{where}_{name}"] = _f(getattr(data, name))
+                meanings[f"{where}_{name}"] = (f"task {i}, " + ("evaluation batch" if where.endswith("eval")
+                                               else f"local batch k={k}") + ": " + BATCH_MEANINGS[name])
+    return config, inp, meanings
+
+
+def _traces_from(inp):
+    spec = _spec(inp)
+    config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]))
+    traces = []
+    for i in range(int(inp["n_tasks"])):
+        steps = tuple(_step_data(inp, f"task{i}_step{k}_") for k in range(int(inp["local_steps"])))
+        traces.append(Trace(steps, _step_data(inp, f"task{i}_eval_")))
+    return spec, config, traces
+
+
+def compute_meta_gradient(inp):
+    spec, config, traces = _traces_from(inp)
+    theta = inp["theta"]
+    F, G = meta_objective(theta, traces, config)
+    _, _, dF, dG = meta_gradient(theta, traces, config)
+    out = {"F": _f(F), "G": _f(G), "dF": _f(dF), "dG": _f(dG)}
+    for i, tr in enumerate(traces):          # the chain, for debugging a port step by step
+        phi = theta
+        for k, data in enumerate(tr.steps):
+            g, a, b = step_problem(spec, phi, data)
+            step = solve_step(g, a, b, config.inner_delta, method="closed_form")
+            out.update({f"task{i}_step{k}_phi_in": _f(phi), f"task{i}_step{k}_g": _f(g),
+                        f"task{i}_step{k}_a": _f(a), f"task{i}_step{k}_b": _f(b),
+                        f"task{i}_step{k}_x": _f(step.x), f"task{i}_step{k}_case_index": _i(CASES.index(step.case))})
+            phi = phi + data.beta * step.x
+        out[f"task{i}_phi_K"] = _f(phi)
+    return out
+
+
+def _chain_margins(inp, out):
+    return [step_margin(out[f"task{i}_step{k}_g"], out[f"task{i}_step{k}_a"], float(out[f"task{i}_step{k}_b"]),
+                        float(inp["inner_delta"]))
+            for i in range(int(inp["n_tasks"])) for k in range(int(inp["local_steps"]))]
+
+
+def make_meta_gradient():
+    _, inp, meanings = _meta_inputs()
+    out = compute_meta_gradient(inp)
+    assert min(_chain_margins(inp, out)) > 0.1, "a local step sits near a case boundary"
+    assert {int(out[f"task{i}_step{k}_case_index"]) for i in range(2) for k in range(2)} == {0, 1, 2}
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)", "b": "b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "x": "the local step x_k = cpo_layer(g_k, a_k, b_k, inner_delta); phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    for i in range(int(inp["n_tasks"])):
+        for k in range(int(inp["local_steps"])):
+            meanings.update({f"task{i}_step{k}_{w}": f"task {i}, local step k={k}: {m}" for w, m in chain.items()})
+        meanings[f"task{i}_phi_K"] = f"task {i}: phi_K, the adapted parameters"
+    meanings.update(F="meta objective F of eq. 10 (mean over tasks of L_R,eval(phi_K))",
+                    G="meta constraint G of eq. 10 "
+                      "(mean of b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_eval^collected))",
+                    dF="dF/dtheta (eq. 11, exact, through the K local steps)", dG="dG/dtheta")
+    return inp, out, _meta(
+        "K = 2 local CPO steps (Euclidean metric, betas replayed from the trace) per task on two tasks, the "
+        "meta objective and constraint of eq. 10 and their exact gradients (eq. 11); the chain's "
+        "intermediates (g, a, b, x per step) are stored for debugging",
+        "metacpo_ref.meta.meta_objective, meta_gradient", META, meanings)
+
+
+
+def compute_outer_step(inp):
+    spec, config, traces = _traces_from(inp)
+    config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]),
+                    kl_delta=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]))
+    res = outer_step(inp["theta"], traces, config)
+    return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
+            "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
+            "dF": _f(res.dF), "dG": _f(res.dG)}
+
+
+def make_outer_step():
+    config, inp, meanings = _meta_inputs()
+    inp.update(outer_delta=_f(config.outer_delta), kl_delta=_f(config.kl_delta), ls_decay=_f(config.ls_decay),
+               ls_steps=_i(config.ls_steps))
+    meanings.update(outer_delta="Euclidean radius of the meta step (eq. 12)",
+                    kl_delta="line search bound on the mean KL from theta on the pre-adaptation batches",
+                    ls_decay=POLICY_UPDATE_MEANINGS["ls_decay"], ls_steps=POLICY_UPDATE_MEANINGS["ls_steps"],
+                    theta_new="theta + beta x", case_index=CASE_MEANING, beta="accepted fraction (0: rejected)",
+                    F="F at theta", G="G at theta", F_new="F at theta_new", G_new="G at theta_new",
+                    dF="dF/dtheta", dG="dG/dtheta")
+    return inp, compute_outer_step(inp), _meta(
+        "one outer step (eq. 12, Algorithm 1 lines 13-14) on the traces of meta_gradient: the CPO step on "
+        "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10",
+        "metacpo_ref.meta.outer_step (outer_metric='identity')", OUTER, meanings)
+
+
+# --- the table of blocks ---------------------------------------------------------
+
+BLOCKS = [
+    ("policy_log_prob", make_policy_log_prob, compute_policy_log_prob),
+    ("policy_mean_kl", make_policy_mean_kl, compute_policy_mean_kl),
+    ("policy_fvp", make_policy_fvp, compute_policy_fvp),
+    ("policy_act", make_policy_act, compute_policy_act),
+    ("gae", make_gae, compute_gae),
+    ("constraint_value", make_constraint_value, compute_constraint_value),
+    ("value_loss_grad", make_value_loss_grad, compute_value_loss_grad),
+    ("obs_norm", make_obs_norm, compute_obs_norm),
+    ("surrogates", make_surrogates, compute_surrogates),
+    ("cg", make_cg, compute_cg),
+    *[(f"solve_step_{case}_{metric}", partial(make_solve_step, case, metric),
+       partial(compute_solve_step, metric=metric))
+      for case in ("trust", "both", "recovery") for metric in ("identity", "dense", "hinv")],
+    *[(f"cpo_layer_{case}_{metric}", partial(make_cpo_layer, case, metric), compute_cpo_layer)
+      for case in ("trust", "both", "recovery") for metric in ("identity", "dense")],
+    # qp_layer (paper eq. 5): add ("qp_layer", make_qp_layer, compute_qp_layer) once it exists.
+    *[(f"policy_update_{metric}", partial(make_policy_update, metric), partial(compute_policy_update, metric=metric))
+      for metric in ("identity", "fisher")],
+    ("meta_gradient", make_meta_gradient, compute_meta_gradient),
+    ("outer_step", make_outer_step, compute_outer_step),
+]
+
+
+# --- files: export and verify ----------------------------------------------------
+
+def sha256(x):
+    """SHA-256 (hex) of an array's raw bytes (C order)."""
+    return hashlib.sha256(np.asarray(x).tobytes(order="C")).hexdigest()
+
+
+def _describe(x, meaning):
+    return {"meaning": meaning, "shape": list(x.shape), "dtype": str(x.dtype), "sha256": sha256(x)}
+
+
+def write_npz(path, arrays):
+    """An uncompressed .npz (readable by ``numpy.load``) with fixed timestamps: the same
+    arrays always give the same bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, x in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, x, allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+
+
+def export(directory, blocks=BLOCKS):
+    """Write ``<name>.npz`` per block and ``manifest.json`` into ``directory``; returns the manifest."""
+    os.makedirs(directory, exist_ok=True)
+    manifest = {"format": FORMAT, "package": "metacpo_ref", "version": metacpo_ref.__version__,
+                "numpy": np.__version__, "hash": HASH, "comparison": COMPARISON,
+                "docs": "docs/porting.md", "blocks": {}}
+    for name, make, _ in blocks:
+        inputs, outputs, meta = make()
+        if set(inputs) & set(outputs):
+            raise ValueError(f"{name}: input and output names overlap: {set(inputs) & set(outputs)}")
+        meanings = meta["meanings"]
+        missing = (set(inputs) | set(outputs)) - set(meanings)
+        if missing:
+            raise ValueError(f"{name}: no meaning for {sorted(missing)}")
+        write_npz(os.path.join(directory, name + ".npz"), {**inputs, **outputs})
+        manifest["blocks"][name] = {
+            "file": name + ".npz", "description": meta["description"], "function": meta["function"],
+            "rtol": meta["rtol"], "atol": meta["atol"], "tolerance_reason": meta["tolerance_reason"],
+            "inputs": {k: _describe(v, meanings[k]) for k, v in inputs.items()},
+            "outputs": {k: _describe(v, meanings[k]) for k, v in outputs.items()}}
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    return manifest
+
+
+def compare(got, ref, rtol, atol):
+    """``(max|got - ref|, bound, ok)`` with ``bound = atol + rtol max|ref|`` (NaNs must coincide)."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape:
+        return np.inf, 0.0, False
+    got, ref = got.astype(np.float64), ref.astype(np.float64)
+    nan = np.isnan(ref)
+    if np.any(np.isnan(got) != nan):
+        return np.inf, 0.0, False
+    diff = float(np.max(np.abs(got - ref)[~nan], initial=0.0))
+    bound = atol + rtol * float(np.max(np.abs(ref[~nan]), initial=0.0))
+    return diff, bound, diff <= bound
+
+
+def _row(name, status, detail="", worst="", diff=np.nan, bound=np.nan):
+    return {"block": name, "status": status, "worst": worst, "max_abs_diff": diff, "bound": bound, "detail": detail}
+
+
+def verify_block(directory, name, entry, compute):
+    """One row of :func:`verify`: the file's arrays against the manifest (names, shapes,
+    dtypes, hashes), then the outputs recomputed from the stored inputs."""
+    path = os.path.join(directory, entry.get("file", name + ".npz"))
+    if not os.path.exists(path):
+        return _row(name, "MISSING", f"no file {os.path.basename(path)}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        return _row(name, "FAIL", f"cannot read {os.path.basename(path)}: {err}")
+    listed = {**entry["inputs"], **entry["outputs"]}
+    problems = [f"{k} not in the manifest" for k in sorted(set(arrays) - set(listed))]
+    problems += [f"{k} missing from the file" for k in sorted(set(listed) - set(arrays))]
+    for k in sorted(set(arrays) & set(listed)):
+        x, d = arrays[k], listed[k]
+        if list(x.shape) != d["shape"] or str(x.dtype) != d["dtype"]:
+            problems.append(f"{k}: {x.dtype}{list(x.shape)} != manifest {d['dtype']}{d['shape']}")
+        elif sha256(x) != d["sha256"]:
+            problems.append(f"{k}: sha256 mismatch")
+    if any("sha256" not in p for p in problems):      # arrays missing or misshapen: stop here
+        return _row(name, "FAIL", "; ".join(problems))
+    try:
+        got = compute({k: arrays[k] for k in entry["inputs"]})
+    except Exception as err:   # a tampered input can make the reference code refuse it
+        return _row(name, "FAIL", "; ".join(problems + [f"recompute raised {type(err).__name__}: {err}"]))
+    worst, bad = None, []
+    for k in entry["outputs"]:
+        if k not in got:
+            bad.append(k)
+            continue
+        diff, bound, ok = compare(got[k], arrays[k], entry["rtol"], entry["atol"])
+        if not ok:
+            bad.append(k)
+        if worst is None or diff / max(bound, 1e-300) > worst[1] / max(worst[2], 1e-300):
+            worst = (k, diff, bound)
+    if bad:
+        problems.append(f"outputs off: {', '.join(bad)}")
+    return _row(name, "FAIL" if problems else "ok", "; ".join(problems), *(worst or ()))
+
+
+def verify(directory, only=None):
+    """Recompute every block of :data:`BLOCKS` (or those named in ``only``) from its stored
+    inputs, compare with the stored outputs and check every hash. One row per block
+    (``status`` "ok", "FAIL" or "MISSING"), and, checking them all, a FAIL row for each
+    manifest block this code does not know."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        return [_row(MANIFEST, "MISSING", f"no {MANIFEST} in {directory}")]
+    try:
+        with open(path) as f:
+            entries = json.load(f)["blocks"]
+    except (OSError, ValueError, KeyError) as err:
+        return [_row(MANIFEST, "FAIL", f"cannot read {MANIFEST}: {err!r}")]
+    rows = []
+    for name, _, compute in BLOCKS:
+        if only is not None and name not in only:
+            continue
+        if name not in entries:
+            rows.append(_row(name, "MISSING", "not in the manifest"))
+        else:
+            rows.append(verify_block(directory, name, entries[name], compute))
+    if only is None:
+        known = {name for name, _, _ in BLOCKS}
+        rows += [_row(name, "FAIL", "unknown block (no compute function here)")
+                 for name in entries if name not in known]
+    return rows
+
+
+def all_ok(rows):
+    return all(r["status"] == "ok" for r in rows)
+
+
+def manifest_version(directory):
+    """The package version that wrote the fixtures in ``directory`` (None if unknown)."""
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            return json.load(f).get("version")
+    except (OSError, ValueError):
+        return None
