@@ -24,9 +24,9 @@ whose log-probabilities ``logp_beh`` were stored at collection):
 - ``b`` of eq. 9 in the same per-step units: (mean episode cost - limit) /
   mean episode length (CPO notes, section 4).
 
-No observation normalisation: policy and value functions see raw
-observations, so ``theta`` alone defines the policy on every task (a
-per-batch normaliser would have to be frozen and saved with ``theta``).
+Observations arrive already normalised (training wraps the env in
+:class:`metacpo_ref.rollouts.NormalizedEnv` with a normaliser frozen for the
+whole run), so nothing here rescales them.
 """
 from dataclasses import dataclass
 

@@ -21,8 +21,9 @@ The same :func:`mlp` (without the log-std tail) is the value function of
 
 Everything here is written with ``autograd.numpy`` and differentiates to any
 order in ``theta`` (the meta-gradient differentiates gradients of the
-surrogates). No observation normalisation: the policy sees raw observations
-(see :mod:`metacpo_ref.advantages`).
+surrogates). The policy sees the observations it is given; in training they
+pass through the run's frozen normaliser first (:class:`metacpo_ref.rollouts.ObsNorm`,
+saved in the checkpoint), so ``theta`` and that normaliser define the policy.
 """
 from dataclasses import dataclass
 
