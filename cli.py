@@ -1,5 +1,6 @@
 """Command line of metacpo_ref: parse, call, print. See README.md."""
 import json
+import os
 import sys
 
 import click
@@ -35,9 +36,13 @@ ALGO = click.Choice(list(ALGOS))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume):
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
+              help="Processes for the per-task rollouts (results do not depend on it).")
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
+          workers):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
+    from metacpo_ref.workers import WorkerError
 
     config = Config(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
                     episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
@@ -56,7 +61,7 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
         return f"it {row['iteration']} return {row['return']:.2f} cost {row['cost']:.1f}"
 
     try:
-        with click.progressbar(run_iterations(state, out_dir), length=iterations - state.iteration,
+        with click.progressbar(run_iterations(state, out_dir, workers), length=iterations - state.iteration,
                                label="training", item_show_func=show, show_eta=True) as bar:
             for row in bar:
                 last = row
@@ -64,6 +69,8 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
         click.echo(f"\ninterrupted; the checkpoint in {out_dir} is intact: continue with "
                    f"--resume --out {out_dir}", err=True)
         sys.exit(130)
+    except WorkerError as e:
+        raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}); {out_dir}/metrics.jsonl")
@@ -79,13 +86,14 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
 @click.option("--cost-limit", type=float, default=None, help="[default: the family's test limit]")
 @click.option("--deterministic", is_flag=True, help="Report the mean action's episodes.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores")
 @click.option("--json", "as_json", is_flag=True)
-def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, as_json):
+def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, workers, as_json):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.training import CheckpointError, meta_test
 
     try:
-        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed)
+        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed, workers)
     except CheckpointError as e:
         raise click.ClickException(str(e))
     if as_json:

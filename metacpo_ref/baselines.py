@@ -28,18 +28,23 @@ def pooled_data(collected, theta, cost_limit):
                     constraint_value(batch, cost_limit), np.asarray(theta, dtype=np.float64))
 
 
-def baseline_iteration(theta, vf, config, iteration, env, vspec):
-    """One CPO or TRPO iteration on ``config.tasks`` sampled training tasks.
+def collect_task(env, task, *args):
+    """:func:`~metacpo_ref.update.collect_step_data` on ``task`` (a job for the workers)."""
+    env.set_task(task)
+    return collect_step_data(env, *args)
+
+
+def baseline_iteration(theta, vf, config, iteration, workers, vspec):
+    """One CPO or TRPO iteration on ``config.tasks`` sampled training tasks
+    (batches collected in parallel on ``workers``).
     Returns ``(theta_new, vf_new, metrics)`` like :func:`metacpo_ref.meta.meta_iteration`."""
     spec = PolicySpec(vspec.obs_dim, 2, tuple(config.hidden))
     tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, iteration))
     limit = config.train_cost_limit
+    jobs = [(task, spec, vspec, theta, vf, config, batch_seed(config.seed, iteration, i, 0), limit)
+            for i, task in enumerate(tasks)]
+    collected = workers.map(collect_task, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
     t0 = time.perf_counter()
-    collected = []
-    for i, task in enumerate(tasks):
-        env.set_task(task)
-        collected.append(collect_step_data(env, spec, vspec, theta, vf, config,
-                                           batch_seed(config.seed, iteration, i, 0), limit))
     data = pooled_data(collected, theta, limit)
     upd = policy_update(spec, theta, data, config.kl_delta, config, config.constrained, metric="fisher")
     obs = data.obs
@@ -57,6 +62,6 @@ def baseline_iteration(theta, vf, config, iteration, env, vspec):
         "tasks": [{"params": t.params, "returns": [r], "costs": [c]} for t, r, c in zip(tasks, returns, costs)],
         "beta": upd.beta,
         "time_env": float(env_time),
-        "time_learner": float(time.perf_counter() - t0 - env_time),
+        "time_learner": float(time.perf_counter() - t0 + sum(c.learner_time for c in collected)),
     }
     return upd.phi, vf, metrics

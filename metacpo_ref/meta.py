@@ -187,7 +187,6 @@ def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index,
     out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": []}
     env_time = learner_time = 0.0
     for k in range(config.local_steps + 1):
-        t0 = time.perf_counter()
         c = collect_step_data(env, spec, vspec, phi, vf, config,
                               batch_seed(config.seed, iteration, task_index, k), cost_limit)
         vf = c.vf
@@ -196,6 +195,7 @@ def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index,
         out["returns"].append(float(np.mean(c.batch.ep_return)))
         out["costs"].append(float(np.mean(c.batch.ep_cost)))
         out["steps"].append(len(c.batch))
+        t0 = time.perf_counter()
         if k < config.local_steps:
             upd = policy_update(spec, phi, c.data, config.inner_delta, config, config.constrained)
             steps.append(dataclasses.replace(c.data, beta=upd.beta))
@@ -203,21 +203,23 @@ def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index,
             out["betas"].append(upd.beta)
             phi = upd.phi
         env_time += c.env_time
-        learner_time += time.perf_counter() - t0 - c.env_time
+        learner_time += c.learner_time + time.perf_counter() - t0
     return TaskRun(Trace(tuple(steps), c.data), obs0=obs0, targets0=targets0,
                    env_time=env_time, learner_time=learner_time, **out)
 
 
-def meta_iteration(theta, vf, config, iteration, env, vspec):
+def meta_iteration(theta, vf, config, iteration, workers, vspec):
     """Algorithm 1, lines 3-14: sample ``config.tasks`` training tasks, run each
-    task's inner loop, then the outer step of eq. 12 on the recorded traces.
+    task's inner loop (in parallel on ``workers``, a :class:`metacpo_ref.workers.Workers`),
+    then the outer step of eq. 12 on the recorded traces.
     The value functions ``vf = (vf_r, vf_c)`` are refitted at the end on the
     pre-adaptation batches (the batches of ``theta``). Returns
     ``(theta_new, vf_new, metrics)``."""
     spec = PolicySpec(vspec.obs_dim, 2, tuple(config.hidden))
     tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, iteration))
-    runs = [inner_loop(env, task, theta, vf, spec, vspec, config, iteration, i, config.train_cost_limit)
+    jobs = [(task, theta, vf, spec, vspec, config, iteration, i, config.train_cost_limit)
             for i, task in enumerate(tasks)]
+    runs = workers.map(inner_loop, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
     t0 = time.perf_counter()
     outer = outer_step(theta, [r.trace for r in runs], config)
     vf = refit_values(vspec, vf, runs, config)

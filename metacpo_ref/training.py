@@ -27,6 +27,7 @@ from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
 from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm
 from metacpo_ref.update import collect_step_data, policy_update
+from metacpo_ref.workers import Workers
 
 TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing batches (never a training iteration)
 NORM_ITERATION = 2**31 - 4   # the seed key of the observation normaliser's episodes
@@ -174,18 +175,24 @@ def read_metrics(out_dir):
     return rows
 
 
-def run_iterations(state, out_dir):
-    """Generator: run the remaining iterations of ``state.config``, appending a row
-    to ``metrics.jsonl`` and then saving the checkpoint after each; yields each row."""
+def run_iterations(state, out_dir, workers=1):
+    """Generator: run the remaining iterations of ``state.config`` (tasks in parallel
+    on ``workers`` processes), appending a row to ``metrics.jsonl`` and then saving
+    the checkpoint after each; yields each row. ``time_env`` and ``time_learner``
+    are summed over tasks; ``time_total`` is the iteration's wall time."""
+    with Workers(state.config.family, state.obs_norm, workers) as w:
+        yield from _iterations(state, out_dir, w)
+
+
+def _iterations(state, out_dir, workers):
     config = state.config
     out = Path(out_dir)
     _, vspec = specs(config)
-    env = NormalizedEnv(make_env(config.family), state.obs_norm)
     iterate = meta_iteration if config.meta else baseline_iteration
     theta, vf, env_steps = state.theta, state.vf, state.env_steps
     for it in range(state.iteration, config.iterations):
         t0 = time.perf_counter()
-        theta, vf, metrics = iterate(theta, vf, config, it, env, vspec)
+        theta, vf, metrics = iterate(theta, vf, config, it, workers, vspec)
         env_steps += metrics["steps"]
         row = {"iteration": it, "env_steps": env_steps, **metrics,
                "time_total": time.perf_counter() - t0}
@@ -195,10 +202,10 @@ def run_iterations(state, out_dir):
         yield row
 
 
-def train(config, out_dir, resume=False):
+def train(config, out_dir, resume=False, workers=1):
     """Train ``config`` into ``out_dir`` (Python API); returns the final :class:`State`."""
     state = prepare_run(config, out_dir, resume)
-    for _ in run_iterations(state, out_dir):
+    for _ in run_iterations(state, out_dir, workers):
         pass
     return load_checkpoint(Path(out_dir) / "checkpoint.npz")
 
@@ -214,35 +221,44 @@ def adaptation_update(spec, phi, data, config):
     return policy_update(spec, phi, data, config.kl_delta, config, config.constrained, metric="fisher")
 
 
-def adapt(theta, task, k, config=None, vf=None, obs_norm=None, seed=0, episodes=None, cost_limit=None,
-          on_batch=None):
+def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=False):
+    """Adapt ``theta`` on ``task`` for ``k`` steps in ``env`` (a job for the workers).
+
+    Returns ``(phi_k, stats)``, ``stats[j] = (mean episode return, mean episode
+    cost, cost per step)`` of the batch collected with ``phi_j`` (j = 0..k), or of
+    as many mean-action episodes with ``deterministic`` (adaptation always uses
+    the stochastic batches)."""
+    env.set_task(task)
+    spec, vspec = specs(config)
+    phi, stats = np.asarray(theta, dtype=np.float64), []
+    for j in range(k + 1):
+        c = collect_step_data(env, spec, vspec, phi, vf, config,
+                              batch_seed(seed, TEST_ITERATION, _task_key(task), j), cost_limit)
+        vf, batch = c.vf, c.batch
+        if deterministic:
+            batch = collect(env, act_fn(spec, phi, deterministic=True), config.n_episodes,
+                            batch_seed(seed, TEST_ITERATION + 1, _task_key(task), j))
+        stats.append((float(np.mean(batch.ep_return)), float(np.mean(batch.ep_cost)),
+                      float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
+        if j < k:
+            phi = adaptation_update(spec, phi, c.data, config).phi
+    return phi, stats
+
+
+def adapt(theta, task, k, config=None, vf=None, obs_norm=None, seed=0, cost_limit=None):
     """``phi_k`` after ``k`` adaptation steps on ``task`` from ``theta`` (Python API).
 
     ``config`` names the algorithm (default: Meta-CPO on the task's family);
     ``vf`` and ``obs_norm`` are the run's value functions and normaliser (a
     checkpoint's ``State`` has both; default: fresh value functions, no normaliser);
-    ``on_batch(k, collected)`` sees every batch (k = 0..k, the last one collected
-    with the adapted policy)."""
+    ``cost_limit`` defaults to the family's test limit."""
     config = Config(family=task.family) if config is None else config
-    if episodes is not None:
-        config = dataclasses.replace(config, episodes=episodes)
-    spec, vspec = specs(config)
-    if vf is None:
-        vf = (init_value(vspec, 1), init_value(vspec, 2))
+    _, vspec = specs(config)
+    vf = (init_value(vspec, 1), init_value(vspec, 2)) if vf is None else vf
     limit = FAMILIES[task.family].cost_limit_test if cost_limit is None else float(cost_limit)
     env = make_env(task.family, task)
-    if obs_norm is not None:
-        env = NormalizedEnv(env, obs_norm)
-    phi = np.asarray(theta, dtype=np.float64)
-    for j in range(k + 1):
-        c = collect_step_data(env, spec, vspec, phi, vf, config,
-                              batch_seed(seed, TEST_ITERATION, _task_key(task), j), limit)
-        vf = c.vf
-        if on_batch is not None:
-            on_batch(j, c, env, spec, phi)
-        if j < k:
-            phi = adaptation_update(spec, phi, c.data, config).phi
-    return phi
+    env = env if obs_norm is None else NormalizedEnv(env, obs_norm)
+    return adapt_on(env, task, theta, k, config, vf, seed, limit)[0]
 
 
 def _task_key(task):
@@ -252,37 +268,30 @@ def _task_key(task):
 
 
 def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, cost_limit=None,
-              deterministic=False, seed=0):
+              deterministic=False, seed=0, workers=1):
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
-    ``adapt_steps`` steps; one row per step k = 0..K with the mean episode return,
-    episode cost and cost rate (cost per step) over tasks, and per-task numbers.
-    ``deterministic`` reports the mean action's episodes (adaptation always uses
-    stochastic batches). ``cost_limit`` defaults to the family's test limit."""
+    ``adapt_steps`` steps (tasks in parallel on ``workers`` processes); one row per
+    step k = 0..K with the mean episode return, episode cost and cost rate (cost
+    per step) over tasks, their standard errors, and per-task numbers.
+    ``deterministic`` reports the mean action's episodes. ``cost_limit`` defaults
+    to the family's test limit."""
     state = load_checkpoint(checkpoint, family)
     config = state.config
+    if episodes is not None:
+        config = dataclasses.replace(config, episodes=episodes)
     tasks = sample_tasks(config.family, n_tasks, "test", seed=seed)
     limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
-    per_step = [[] for _ in range(adapt_steps + 1)]
-
-    def record(j, c, env, spec, phi):
-        batch = c.batch
-        if deterministic:
-            batch = collect(env, act_fn(spec, phi, deterministic=True), c.batch.ep_len.size,
-                            batch_seed(seed, TEST_ITERATION + 1, 0, j))
-        per_step[j].append((float(np.mean(batch.ep_return)), float(np.mean(batch.ep_cost)),
-                            float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
-
-    for task in tasks:
-        adapt(state.theta, task, adapt_steps, config, state.vf, state.obs_norm, seed, episodes, limit,
-              on_batch=record)
+    jobs = [(task, state.theta, adapt_steps, config, state.vf, seed, limit, deterministic) for task in tasks]
+    with Workers(config.family, state.obs_norm, workers) as w:
+        results = w.map(adapt_on, jobs, [f"test task {t.params}" for t in tasks])
     rows = []
-    for j, vals in enumerate(per_step):
-        v = np.array(vals)
+    for j in range(adapt_steps + 1):
+        v = np.array([stats[j] for _, stats in results])
+        se = (lambda x: float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0)
         rows.append({"step": j, "return": float(v[:, 0].mean()), "cost": float(v[:, 1].mean()),
                      "cost_rate": float(v[:, 2].mean()), "cost_limit": limit,
-                     "return_se": float(v[:, 0].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-                     "cost_se": float(v[:, 1].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-                     "tasks": [{"params": t.params, "return": r, "cost": c} for t, (r, c, _) in zip(tasks, vals)]})
+                     "return_se": se(v[:, 0]), "cost_se": se(v[:, 1]),
+                     "tasks": [{"params": t.params, "return": r, "cost": c} for t, (r, c, _) in zip(tasks, v)]})
     return rows
 
 

@@ -40,12 +40,14 @@ class StepData:
 @dataclass(frozen=True, eq=False)
 class Collected:
     """A batch collected with ``phi``, its estimates (an
-    :class:`~metacpo_ref.advantages.AdvantageResult`), and the time spent in the env."""
+    :class:`~metacpo_ref.advantages.AdvantageResult`), and the seconds spent in
+    the env and in estimation."""
 
     batch: object
     data: StepData
     adv: object
     env_time: float
+    learner_time: float
 
     @property
     def vf(self):
@@ -63,7 +65,7 @@ def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
     adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters)
     data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r, adv.adv_c,
                     constraint_value(batch, cost_limit), np.array(phi, dtype=np.float64))
-    return Collected(batch, data, adv, env_time)
+    return Collected(batch, data, adv, env_time, time.perf_counter() - t0 - env_time)
 
 
 def step_problem(spec, phi, data, constrained=True):
