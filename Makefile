@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23" wheel setuptools
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,ray]"
 	$(PY) -m pip install --quiet --no-deps "gymnasium-robotics==1.2.2" "safety-gymnasium==1.0.0"
 	$(PY) -c "import numpy; assert numpy.__version__ == '1.26.4', numpy.__version__"
 	touch $(STAMP)

@@ -37,9 +37,12 @@ ALGO = click.Choice(list(ALGOS))
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
-              help="Processes for the per-task rollouts (results do not depend on it).")
+              help="Processes (or Ray actors) for the per-task rollouts; results do not depend on it.")
+@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
+              help="ray: run the per-task work on a Ray cluster (pip install '.[ray]').")
+@click.option("--ray-address", default=None, help="An existing Ray cluster [default: start a local one].")
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
-          workers):
+          workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
     from metacpo_ref.workers import WorkerError
@@ -61,7 +64,7 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
         return f"it {row['iteration']} return {row['return']:.2f} cost {row['cost']:.1f}"
 
     try:
-        with click.progressbar(run_iterations(state, out_dir, workers), length=iterations - state.iteration,
+        with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address), length=iterations - state.iteration,
                                label="training", item_show_func=show, show_eta=True) as bar:
             for row in bar:
                 last = row
@@ -87,13 +90,17 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
 @click.option("--deterministic", is_flag=True, help="Report the mean action's episodes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores")
+@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True)
+@click.option("--ray-address", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, workers, as_json):
+def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, workers, backend,
+         ray_address, as_json):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.training import CheckpointError, meta_test
 
     try:
-        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed, workers)
+        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed, workers,
+                         backend, ray_address)
     except CheckpointError as e:
         raise click.ClickException(str(e))
     if as_json:

@@ -31,5 +31,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "cvxpy==1.7.5", "diffcp==1.1.8", "clarabel"],
+        "ray": ["ray==2.40.0"],
     },
 )

@@ -175,12 +175,13 @@ def read_metrics(out_dir):
     return rows
 
 
-def run_iterations(state, out_dir, workers=1):
+def run_iterations(state, out_dir, workers=1, backend="process", ray_address=None):
     """Generator: run the remaining iterations of ``state.config`` (tasks in parallel
-    on ``workers`` processes), appending a row to ``metrics.jsonl`` and then saving
-    the checkpoint after each; yields each row. ``time_env`` and ``time_learner``
-    are summed over tasks; ``time_total`` is the iteration's wall time."""
-    with Workers(state.config.family, state.obs_norm, workers) as w:
+    on ``workers`` processes or Ray actors, see :mod:`metacpo_ref.workers`),
+    appending a row to ``metrics.jsonl`` and then saving the checkpoint after
+    each; yields each row. ``time_env`` and ``time_learner`` are summed over
+    tasks; ``time_total`` is the iteration's wall time."""
+    with Workers(state.config.family, state.obs_norm, workers, backend=backend, ray_address=ray_address) as w:
         yield from _iterations(state, out_dir, w)
 
 
@@ -202,10 +203,10 @@ def _iterations(state, out_dir, workers):
         yield row
 
 
-def train(config, out_dir, resume=False, workers=1):
+def train(config, out_dir, resume=False, workers=1, backend="process", ray_address=None):
     """Train ``config`` into ``out_dir`` (Python API); returns the final :class:`State`."""
     state = prepare_run(config, out_dir, resume)
-    for _ in run_iterations(state, out_dir, workers):
+    for _ in run_iterations(state, out_dir, workers, backend, ray_address):
         pass
     return load_checkpoint(Path(out_dir) / "checkpoint.npz")
 
@@ -268,7 +269,7 @@ def _task_key(task):
 
 
 def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, cost_limit=None,
-              deterministic=False, seed=0, workers=1):
+              deterministic=False, seed=0, workers=1, backend="process", ray_address=None):
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
     ``adapt_steps`` steps (tasks in parallel on ``workers`` processes); one row per
     step k = 0..K with the mean episode return, episode cost and cost rate (cost
@@ -282,7 +283,7 @@ def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, 
     tasks = sample_tasks(config.family, n_tasks, "test", seed=seed)
     limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
     jobs = [(task, state.theta, adapt_steps, config, state.vf, seed, limit, deterministic) for task in tasks]
-    with Workers(config.family, state.obs_norm, workers) as w:
+    with Workers(config.family, state.obs_norm, workers, backend=backend, ray_address=ray_address) as w:
         results = w.map(adapt_on, jobs, [f"test task {t.params}" for t in tasks])
     rows = []
     for j in range(adapt_steps + 1):

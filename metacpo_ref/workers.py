@@ -11,9 +11,15 @@ results are the same for any number of workers.
 A job that raises, a worker that dies, or a job that runs past
 ``task_timeout`` seconds stops the map with a :class:`WorkerError` naming the
 task; the caller's last checkpoint is untouched.
+
+``backend="ray"`` (optional: ``pip install .[ray]``) submits the same jobs to
+``n`` Ray actors, each holding its env: on an existing cluster
+(``ray_address``) or on a local Ray instance started here. No cluster code of
+ours: Ray schedules, we submit.
 """
 import concurrent.futures as cf
 import multiprocessing
+import os
 
 from metacpo_ref.envs import make_env
 from metacpo_ref.rollouts import NormalizedEnv
@@ -36,20 +42,68 @@ class WorkerError(RuntimeError):
     """A task failed, crashed its worker, or timed out."""
 
 
-class Workers:
-    """``map(fn, jobs, labels)`` over tasks in ``n`` processes (``n = 1``: here)."""
+class RayWorker:
+    """A Ray actor holding one env (``backend="ray"``)."""
 
-    def __init__(self, family, obs_norm=None, n=1, task_timeout=None):
+    def __init__(self, family, obs_norm):
+        self.family, self.obs_norm = family, obs_norm
+
+    def run(self, fn, job):
+        return _run(fn, self.family, self.obs_norm, job)
+
+
+BACKENDS = ("process", "ray")
+
+
+class Workers:
+    """``map(fn, jobs, labels)`` over tasks in ``n`` processes (``n = 1``: here),
+    or on ``n`` Ray actors (``backend="ray"``)."""
+
+    def __init__(self, family, obs_norm=None, n=1, task_timeout=None, backend="process", ray_address=None):
         if int(n) < 1:
             raise ValueError(f"workers must be >= 1, got {n}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.family, self.obs_norm, self.n, self.task_timeout = family, obs_norm, int(n), task_timeout
-        self._pool = None
-        if self.n > 1:
+        self._pool = self._actors = None
+        self._started_ray = False
+        if backend == "ray":
+            self._start_ray(ray_address)
+        elif self.n > 1:
             self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+
+    def _start_ray(self, address):
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("the ray backend needs Ray: pip install '.[ray]'") from None
+        if not ray.is_initialized():
+            env_vars = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+            kwargs = {} if address else {"num_cpus": self.n, "include_dashboard": False}
+            ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False, **kwargs)
+            self._started_ray = True
+        actor = ray.remote(num_cpus=1)(RayWorker)
+        self._actors = [actor.remote(self.family, self.obs_norm) for _ in range(self.n)]
+
+    def _map_ray(self, fn, jobs, labels):
+        import ray
+
+        refs = [self._actors[i % self.n].run.remote(fn, job) for i, job in enumerate(jobs)]
+        out = []
+        for ref, label in zip(refs, labels):
+            try:
+                out.append(ray.get(ref, timeout=self.task_timeout))
+            except ray.exceptions.GetTimeoutError:
+                raise WorkerError(f"{label} did not finish within {self.task_timeout} s") from None
+            except ray.exceptions.RayError as e:
+                raise WorkerError(f"{label} failed on a Ray worker: {e}") from None
+        return out
 
     def map(self, fn, jobs, labels=None):
         """``[fn(env, *job) for job in jobs]``, in order; ``labels`` name the jobs in errors."""
         labels = labels or [f"job {i}" for i in range(len(jobs))]
+        if self._actors is not None:
+            return self._map_ray(fn, jobs, labels)
         if self._pool is None:
             out = []
             for job, label in zip(jobs, labels):
@@ -76,6 +130,14 @@ class Workers:
         return out
 
     def close(self, kill=False):
+        if self._actors is not None:
+            import ray
+
+            for a in self._actors:
+                ray.kill(a)
+            self._actors = None
+            if self._started_ray:
+                ray.shutdown()
         if self._pool is not None:
             if kill:
                 for p in list(getattr(self._pool, "_processes", {}).values()):

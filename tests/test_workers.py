@@ -46,3 +46,16 @@ def test_failures_name_the_task():
     with Workers("point-circle", n=1) as w:   # in-process, the same report
         with pytest.raises(WorkerError, match="job 0 failed: RuntimeError: boom"):
             w.map(failing_job, [(1,)])
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_one_worker(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]'; make install does)")
+    cfg = Config(**TINY)
+    one = train(cfg, tmp_path / "w1", workers=1)
+    ray_state = train(cfg, tmp_path / "ray", workers=2, backend="ray")
+    np.testing.assert_array_equal(one.theta, ray_state.theta)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    assert strip(read_metrics(tmp_path / "w1")) == strip(read_metrics(tmp_path / "ray"))
+    with pytest.raises(ValueError, match="unknown backend"):
+        Workers("point-circle", backend="dask")
