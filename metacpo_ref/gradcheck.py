@@ -259,9 +259,50 @@ def check_meta_gradient_G(tol=1e-5):
 META_CHECKS = [check_meta_gradient_F, check_meta_gradient_G]
 
 
+# --- checks of the QP layer (dco.qp_layer, eqs. 5-7) --------------------------
+
+def qp_instance(seed=0, n=6, m=5, p=2, k=2, psd=False):
+    """A seeded instance ``dict(Q, q, A, b, G, h)`` of eq. 5 with known solution
+    ``(z, lam, nu)``: inequalities 0..k-1 active with multipliers in [0.05, 1], the
+    others inactive with slack in [0.05, 1] (clear of active-set changes); ``Q`` is
+    SPD, or PSD of rank n - 2 (``psd``). ``p = 0`` or ``m = 0`` gives ``None`` data."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n - 2 if psd else n))
+    Q = M @ M.T / n + (0.0 if psd else 0.1) * np.eye(n)
+    z, G, A = rng.standard_normal(n), rng.standard_normal((m, n)), rng.standard_normal((p, n))
+    lam = np.concatenate([rng.uniform(0.05, 1.0, k), np.zeros(m - k)])
+    h = G @ z + np.concatenate([np.zeros(k), rng.uniform(0.05, 1.0, m - k)])
+    nu = rng.standard_normal(p)
+    data = {"Q": Q, "q": -(Q @ z + G.T @ lam + A.T @ nu), "A": A if p else None,
+            "b": A @ z if p else None, "G": G if m else None, "h": h if m else None}
+    return data, (z, lam, nu)
+
+
+def _qp_check(arg, tol=1e-6):
+    """Jacobian of qp_layer in ``arg`` (autograd through the KKT VJP) vs central
+    differences; ``Q`` enters as ``sym(P)`` so that every perturbation stays symmetric."""
+
+    def check():
+        from autograd import jacobian
+
+        from metacpo_ref.dco import qp_layer
+
+        data, _ = qp_instance()
+        wrap = (lambda P: 0.5 * (P + P.T)) if arg == "Q" else (lambda v: v)
+        f = lambda v: qp_layer(**{**data, arg: wrap(v)})
+        J_an = np.reshape(jacobian(f)(data[arg]), (data["q"].size, -1))
+        return result(f"qp_layer_{arg}", rel_error(J_an, central_diff(f, data[arg])), tol)
+
+    check.__name__ = f"check_qp_layer_{arg}"
+    return check
+
+
+QP_CHECKS = [_qp_check(arg) for arg in ("Q", "q", "A", "b", "G", "h")]
+
+
 def all_checks():
     """Every check function, in the order they are printed."""
-    return CPO_CHECKS + POLICY_CHECKS + META_CHECKS
+    return CPO_CHECKS + POLICY_CHECKS + META_CHECKS + QP_CHECKS
 
 
 def run_checks():
