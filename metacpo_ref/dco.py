@@ -260,12 +260,13 @@ def _kkt_merit(Q, q, A, b, G, h, z, s, lam, nu):
     return max(dual, primal, gap)
 
 
-def _interior_point(Q, q, A, b, G, h, tol=1e-10, max_iter=50):
+def _interior_point(Q, q, A, b, G, h, tol=1e-9, max_iter=50, patience=3):
     """Primal-dual interior-point method (Mehrotra predictor-corrector, as in OptNet's
-    qpth) on eq. 7 with slacks ``s = h - Gz > 0``. Returns ``(z, s, lam, nu, iters,
-    merit)`` of the iterate with the smallest :func:`_kkt_merit` (``<= tol`` when it
-    converged), or ``None`` when not one finite Newton step could be taken. Needs
-    ``m >= 1`` inequalities (without them eq. 7 is one linear solve).
+    qpth) on eq. 7 with slacks ``s = h - Gz > 0``. Stops at :func:`_kkt_merit` ``<= tol``,
+    or when a merit below ``sqrt(tol)`` has not improved for ``patience`` iterations
+    (the rounding floor), or after ``max_iter``, and returns ``(z, s, lam, nu, merit)`` of the best iterate and
+    the number of iterations, or ``None`` if the start is not finite. Needs ``m >= 1``
+    inequalities (without them eq. 7 is one linear solve).
 
     Each Newton step solves the condensed system
     ``[[Q + G'WG, A'], [A, 0]] (dz, dnu) = rhs`` with ``W = D(lam / s)``; one LU factor
@@ -279,14 +280,15 @@ def _interior_point(Q, q, A, b, G, h, tol=1e-10, max_iter=50):
         s = h - G @ z
         s = s + max(0.0, 1.0 - np.min(s))
     lam = np.ones(m)
-    best = None
+    best, best_it = None, 0
     for it in range(max_iter + 1):
         if not np.all(np.isfinite(np.concatenate([z, s, lam, nu]))):
             break
         merit = _kkt_merit(Q, q, A, b, G, h, z, s, lam, nu)
         if best is None or merit < best[-1]:
-            best = (z, s, lam, nu, it, merit)
-        if merit <= tol or it == max_iter:
+            best, best_it = (z, s, lam, nu, merit), it
+        stalled = it - best_it >= patience and best[-1] <= np.sqrt(tol)
+        if merit <= tol or stalled or it == max_iter:
             break
         rd, rg, ra = Q @ z + q + G.T @ lam + A.T @ nu, G @ z + s - h, A @ z - b
         mu = (s @ lam) / m
@@ -312,7 +314,7 @@ def _interior_point(Q, q, A, b, G, h, tol=1e-10, max_iter=50):
             dz, ds, dlam, dnu = direction(s * lam + ds * dlam - sigma * mu)  # corrector
             alpha = 0.99 * max_step(ds, dlam)
             z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
-    return best
+    return None if best is None else (best, it)
 
 
 def _kkt_matrix(Q, A, GS):
@@ -376,7 +378,7 @@ def _diagnose(Q, q, A, b, G, h, merit=None):
 def _degenerate(Q, q, A, b, G, h, ipm):
     """Fallback when polishing fails: the interior-point iterate, with a
     least-squares solve of the active-set KKT matrix for the derivative."""
-    z, s, lam, nu, it, _ = ipm
+    (z, s, lam, nu, _), it = ipm
     warnings.warn("degenerate QP (linearly dependent active constraints, or an active set "
                   "that does not settle): z is the interior-point solution, and its derivative "
                   "is a least-squares choice", DegenerateQPWarning, stacklevel=4)
@@ -404,7 +406,7 @@ def _solve_checked(Q, q, A, b, G, h):
     ipm = _interior_point(Q, q, A, b, G, h)
     if ipm is None:
         _diagnose(Q, q, A, b, G, h)  # raises
-    z, s, lam, nu, it, merit = ipm
+    (z, s, lam, nu, merit), it = ipm
     sol = _polish(Q, q, A, b, G, h, lam > s)  # checks the KKT conditions itself
     if sol is not None:
         return QPSolution(sol.z, sol.lam, sol.nu, sol.active, sol.kkt_solve, it)
