@@ -6,14 +6,24 @@ Public API (later modules and users rely on it):
 - ``Task(family, params)``: one task, a frozen dataclass.
 - ``sample_tasks(family, n, split="train", seed=0)``: tasks with parameters drawn
   uniformly from the Table 1 range of the split (integers inclusive).
-- ``make_env(family, task=None, fast=True)``: a :class:`SafeEnv`.
+- ``make_env(family, task=None, fast=True, lean=None)``: a :class:`SafeEnv`.
 
 A ``SafeEnv`` has ``reset(seed) -> (obs, info)``, ``step(a) -> (obs, reward,
 cost, terminated, truncated, info)``, ``observation_space``, ``action_space``
 and ``set_task(task)``, which switches it to another task (the layout is
-rebuilt at the next reset). ``fast=True`` builds worlds with a builtin skybox
-(``compat.fast_skybox``): same observations, rewards and costs, ~100x faster
-reset.
+rebuilt at the next reset).
+
+Speed switches, both on by default, neither changes a result:
+
+- ``fast=True``: the fast reset, worlds built with a builtin skybox
+  (``compat.fast_skybox``), ~100x faster ``reset()``;
+- ``lean`` (default: the value of ``fast``): steps by
+  :class:`~metacpo_ref.envs.lean.LeanStep`, the stock step's results without
+  its Python overhead (same observations to ~1e-16, same rewards, costs,
+  episode ends, goal resampling and builder bookkeeping; tests/test_lean_step.py).
+
+``fast=False`` is the fully stock code; ``fast=True, lean=False`` is the fast
+reset with the stock step.
 """
 from dataclasses import dataclass, field
 
@@ -22,6 +32,7 @@ import numpy as np
 from metacpo_ref.config import (BUTTON_HAZARD_KEEPOUT, CAR_HAZARD_EXTENT, CAR_HAZARD_KEEPOUT,
                                 FAMILIES, HAZARD_SIZE)
 from metacpo_ref.envs.compat import fast_skybox, import_safety_gymnasium
+from metacpo_ref.envs.lean import LeanStep
 
 FAMILY_NAMES = tuple(FAMILIES)
 
@@ -131,9 +142,11 @@ def _configure(task_obj, task, first):
 class SafeEnv:
     """A Safety-Gymnasium env of one task family, switchable between tasks."""
 
-    def __init__(self, family, task=None, fast=True):
+    def __init__(self, family, task=None, fast=True, lean=None):
         self.family = family_config(family).name
         self.fast = bool(fast)
+        self.lean = self.fast if lean is None else bool(lean)
+        self._lean_step = None     # a LeanStep of the current world, made at each reset
         task = default_task(family) if task is None else task
         self._check_family(task)
         sg = import_safety_gymnasium()
@@ -173,12 +186,20 @@ class SafeEnv:
     def reset(self, seed=None):
         with fast_skybox(self.fast):
             obs, info = self._env.reset(seed=None if seed is None else int(seed))
+        if self.lean:
+            self._lean_step = LeanStep(self._env)   # ids change with every rebuilt world
         return obs, info
 
     def step(self, action):
-        return self._env.step(np.asarray(action, dtype=np.float64))
+        action = np.asarray(action, dtype=np.float64)
+        if self._lean_step is not None:
+            return self._lean_step(action)
+        return self._env.step(action)
 
 
-def make_env(family, task=None, fast=True):
-    """A :class:`SafeEnv` of ``family`` set to ``task`` (default: the middle of the train ranges)."""
-    return SafeEnv(family, task, fast=fast)
+def make_env(family, task=None, fast=True, lean=None):
+    """A :class:`SafeEnv` of ``family`` set to ``task`` (default: the middle of the train ranges).
+
+    ``fast`` and ``lean`` are the speed switches of the module docstring.
+    """
+    return SafeEnv(family, task, fast=fast, lean=lean)
