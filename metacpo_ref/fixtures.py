@@ -42,8 +42,8 @@ from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, in
                                     surrogates, value_loss_and_grad)
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
-from metacpo_ref.dco import cpo_layer, cpo_step_vjp
-from metacpo_ref.gradcheck import meta_problem, step_margin
+from metacpo_ref.dco import cpo_layer, cpo_step_vjp, qp_vjp, solve_qp
+from metacpo_ref.gradcheck import meta_problem, qp_instance, step_margin
 from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
@@ -523,6 +523,37 @@ def make_cpo_layer(case, metric):
          "Hbar": "xbar' dx/dH as a symmetric matrix (n, n): the derivative through sym(H)"})
 
 
+# --- qp_layer (paper eq. 5) ------------------------------------------------------
+
+QP_TOL = (1e-7, 1e-10, "z comes from an interior-point method polished on its active set to ~1e-12 "
+                       "(KKT residual at rounding level); a port with another QP solver agrees to the "
+                       "solver's accuracy, the VJP (one KKT solve) follows")
+
+
+def compute_qp_layer(inp):
+    sol = solve_qp(inp["Q"], inp["q"], inp["A"], inp["b"], inp["G"], inp["h"])
+    bars = qp_vjp(sol, inp["zbar"])
+    return {"z": _f(sol.z), "lam": _f(sol.lam), "nu": _f(sol.nu),
+            **{k: _f(v) for k, v in zip(("Qbar", "qbar", "Abar", "bbar", "Gbar", "hbar"), bars)}}
+
+
+def make_qp_layer():
+    data, _ = qp_instance(seed=7, n=6, m=5, p=2, k=2)
+    inp = {k: _f(v) for k, v in data.items()}
+    inp["zbar"] = _f(np.random.default_rng(7).standard_normal(6))
+    return inp, compute_qp_layer(inp), _meta(
+        "the generic differentiable QP of eq. 5, min 0.5 z'Qz + q'z s.t. Az = b, Gz <= h: solution, "
+        "multipliers, and the VJP from one KKT solve (eq. 7) for the cotangent zbar; two of the five "
+        "inequalities are active, with clear margins",
+        "metacpo_ref.dco.qp_layer, solve_qp, qp_vjp", QP_TOL,
+        {"Q": "SPD matrix (n, n)", "q": "linear term (n,)", "A": "equality matrix (p, n)",
+         "b": "equality right-hand side (p,)", "G": "inequality matrix (m, n)",
+         "h": "inequality right-hand side (m,)", "zbar": "cotangent dL/dz (n,)",
+         "z": "solution (n,)", "lam": "inequality multipliers (m,), >= 0", "nu": "equality multipliers (p,)",
+         "Qbar": "zbar' dz/dQ (n, n)", "qbar": "zbar' dz/dq (n,)", "Abar": "zbar' dz/dA (p, n)",
+         "bbar": "zbar' dz/db (p,)", "Gbar": "zbar' dz/dG (m, n)", "hbar": "zbar' dz/dh (m,)"})
+
+
 # --- meta.py --------------------------------------------------------------------
 
 TRACE_FIELDS = ("obs", "act", "logp_beh", "adv_r", "adv_c", "b_hat", "phi", "beta")
@@ -656,7 +687,7 @@ BLOCKS = [
       for case in ("trust", "both", "recovery") for metric in ("identity", "dense", "hinv")],
     *[(f"cpo_layer_{case}_{metric}", partial(make_cpo_layer, case, metric), compute_cpo_layer)
       for case in ("trust", "both", "recovery") for metric in ("identity", "dense")],
-    # qp_layer (paper eq. 5): add ("qp_layer", make_qp_layer, compute_qp_layer) once it exists.
+    ("qp_layer", make_qp_layer, compute_qp_layer),
     *[(f"policy_update_{metric}", partial(make_policy_update, metric), partial(compute_policy_update, metric=metric))
       for metric in ("identity", "fisher")],
     ("meta_gradient", make_meta_gradient, compute_meta_gradient),
