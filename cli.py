@@ -113,6 +113,33 @@ def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, determini
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Image file (.png, .pdf, .svg).")
+@click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True)
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Moving average over N iterations of each run's training curves (1: none).")
+@click.option("--adapted/--no-adapted", default=True, show_default=True,
+              help="Also draw the meta algorithms' curves after the local steps (dashed).")
+def plot(run_dirs, out, x_axis, smooth, adapted):
+    """Plot training and meta-testing curves of RUN_DIRS (as the paper's Fig. 5).
+
+    Runs are grouped by algorithm (config.json); mean and standard error over
+    seeds, runs of different lengths on the x range they all cover (see
+    metacpo_ref/plots.py); meta-testing from each run's test.json when present."""
+    from metacpo_ref.plots import PlotError, group, plot as draw
+
+    try:
+        runs, warnings = draw(run_dirs, out, x_axis, smooth, adapted)
+    except PlotError as e:
+        raise click.ClickException(str(e))
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    parts = [f"{algo} {len(rs)} runs ({sum(r.test is not None for r in rs)} meta-tested)"
+             for algo, rs in group(runs).items()]
+    click.echo(f"{runs[0].family}: {', '.join(parts)}; wrote {out}")
+
+
+@main.command()
 @click.argument("family", type=FAMILY)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=3, show_default=True)

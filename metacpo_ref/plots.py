@@ -1,0 +1,355 @@
+"""Learning curves as in the paper's Fig. 5: training and meta-testing return and cost.
+
+Row 1 of the figure is training: mean episode return and cost per iteration
+(``return`` and ``cost`` of ``metrics.jsonl``: for the meta algorithms the
+pre-adaptation policy, with the policy after the K local steps, ``return_adapted``
+and ``cost_adapted``, drawn dashed in the same colour) against cumulative
+environment steps or the iteration. Row 2, drawn when some run has a
+``test.json`` (the output of ``cli.py test --json``), is meta-testing: return
+and cost on unseen tasks against the adaptation step k = 0..K. The cost limit is
+a dashed black line in every cost panel (the training limit from the metrics
+rows, the test limit from ``test.json``: they differ for car-circle-hazard).
+
+Runs are grouped by the ``algo`` of their ``config.json``; every algorithm has a
+fixed colour. Each curve is the mean over that algorithm's runs (seeds) with a
+band of one standard error, ``std(ddof=1) / sqrt(n)`` across runs (no band for
+a single run). How runs of different lengths are combined, how smoothing is
+done and how the test rows are aggregated: see :func:`aggregate`,
+:func:`smooth` and :func:`aggregate_test`.
+
+Pure functions apart from :func:`load_run` (reads a directory) and
+:func:`plot` (writes the image); matplotlib runs headless (Agg).
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+from metacpo_ref.config import ALGOS  # noqa: E402
+from metacpo_ref.training import read_metrics  # noqa: E402
+
+COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}
+OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+TEST_KEYS = ("step", "return", "cost", "cost_limit", "return_se", "cost_se")
+X_AXES = {"env-steps": ("env_steps", "environment steps"), "iteration": ("iteration", "iteration")}
+
+
+class PlotError(ValueError):
+    """The run directories cannot be plotted (missing files, mixed families, no runs)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory: its config (a dict), metrics rows, and meta-test rows
+    (``None`` without a usable ``test.json``)."""
+
+    path: str
+    config: dict
+    rows: list
+    test: list = None
+
+    @property
+    def algo(self):
+        return self.config["algo"]
+
+    @property
+    def family(self):
+        return self.config["family"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """An aggregated curve: x, mean and standard error over ``n`` runs."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+    n: int
+
+
+def color(algo):
+    """The fixed colour of ``algo`` (unknown names get a stable colour from their name)."""
+    if algo in COLORS:
+        return COLORS[algo]
+    return OTHER_COLORS[sum(map(ord, algo)) % len(OTHER_COLORS)]
+
+
+# --- loading ----------------------------------------------------------------------------
+
+def load_run(path):
+    """``(Run, warnings)`` of a run directory; :class:`PlotError` if it has no
+    ``metrics.jsonl``, no ``config.json`` or no metrics rows. An empty
+    ``test.json`` (meta-testing still running) is left out with a warning; an
+    unreadable one is an error."""
+    d = Path(path)
+    if not d.is_dir():
+        raise PlotError(f"{path} is not a directory")
+    if not (d / "metrics.jsonl").is_file():
+        raise PlotError(f"{path} has no metrics.jsonl (not a run directory of `cli.py train`?)")
+    if not (d / "config.json").is_file():
+        raise PlotError(f"{path} has no config.json (not a run directory of `cli.py train`?)")
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise PlotError(f"{path}/config.json is not JSON ({e})") from None
+    if not isinstance(config, dict) or "family" not in config or "algo" not in config:
+        raise PlotError(f"{path}/config.json is not a run config (no family or algo)")
+    family = config["family"]
+    rows = read_metrics(d)
+    if not rows:
+        raise PlotError(f"{path}/metrics.jsonl has no rows yet")
+    for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
+        if key not in rows[0]:
+            raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")
+    warnings, test = [], None
+    tpath = d / "test.json"
+    if tpath.is_file():
+        text = tpath.read_text()
+        if not text.strip():
+            warnings.append(f"{tpath} is empty (meta-testing still running?); its test rows are left out")
+        else:
+            try:
+                doc = json.loads(text)
+                test = doc["rows"]
+                missing = {k for r in test for k in TEST_KEYS if k not in r}
+                if missing:
+                    raise KeyError(", ".join(sorted(missing)))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise PlotError(f"{tpath} is not the output of `cli.py test --json` "
+                                f"({type(e).__name__}: {e})") from None
+            if doc.get("family", family) != family:
+                raise PlotError(f"{tpath} meta-tests family {doc['family']!r}, but the run is {family!r}")
+            if not test:
+                warnings.append(f"{tpath} has no rows; left out")
+                test = None
+    return Run(str(path), config, rows, test), warnings
+
+
+def load_runs(paths):
+    """The :class:`Run` of each directory, all of one family, and a list of warnings;
+    :class:`PlotError` if there are none, a directory is not a run, or the
+    families differ."""
+    paths = list(paths)
+    if not paths:
+        raise PlotError("no run directories given")
+    seen = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            raise PlotError(f"{p} is given twice (as {seen[key]} before); each run counts as one seed")
+        seen[key] = p
+    runs, warnings = [], []
+    for p in paths:
+        run, w = load_run(p)
+        runs.append(run)
+        warnings += w
+    families = sorted({r.family for r in runs})
+    if len(families) > 1:
+        detail = "; ".join(f"{f}: " + ", ".join(r.path for r in runs if r.family == f) for f in families)
+        raise PlotError(f"runs of different families cannot share a plot ({detail})")
+    return runs, warnings
+
+
+def group(runs):
+    """``{algo: [runs]}``, algorithms in the order of ``config.ALGOS`` (others after, by name)."""
+    out = {}
+    for r in runs:
+        out.setdefault(r.algo, []).append(r)
+    order = {a: i for i, a in enumerate(ALGOS)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+# --- aggregation ------------------------------------------------------------------------
+
+def smooth(y, n):
+    """Trailing moving average over ``n`` points; the first ``n - 1`` points average
+    what exists so far, so the length is kept. ``n = 1`` returns ``y`` unchanged."""
+    y = np.asarray(y, dtype=np.float64)
+    n = int(n)
+    if n < 1:
+        raise PlotError(f"the smoothing window must be >= 1, got {n}")
+    if n == 1 or len(y) == 0:
+        return y
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(i - n, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def standard_error(values, axis=0):
+    """``std(ddof=1) / sqrt(n)`` along ``axis``; zeros when n = 1."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.shape[axis]
+    if n < 2:
+        return np.zeros(np.delete(v.shape, axis))
+    return v.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def aggregate(curves):
+    """Mean and standard error across runs of ``curves``, a list of ``(x, y)``.
+
+    Runs may differ in length (and, on the env-steps axis, in steps per
+    iteration). They are put on a common x grid by linear interpolation: the
+    grid is every x of every run inside the range all runs cover (from the
+    largest first x to the smallest last x), and each run is interpolated onto
+    it. When the runs share their x values (same config, iterations or env steps
+    of equal batches) this is exactly the common prefix: the shortest run's x,
+    no value interpolated. :class:`PlotError` if the runs do not overlap."""
+    if not curves:
+        raise PlotError("nothing to aggregate")
+    xs = [np.asarray(x, dtype=np.float64) for x, _ in curves]
+    ys = [np.asarray(y, dtype=np.float64) for _, y in curves]
+    for x, y in zip(xs, ys):
+        if len(x) != len(y) or len(x) == 0:
+            raise PlotError("a curve has no points or x and y of different lengths")
+        if np.any(np.diff(x) <= 0):
+            raise PlotError("a curve's x values are not increasing")
+    lo, hi = max(x[0] for x in xs), min(x[-1] for x in xs)
+    if lo > hi:
+        raise PlotError("the runs do not overlap on the x axis (try --x iteration)")
+    grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x in xs]))
+    values = np.array([np.interp(grid, x, y) for x, y in zip(xs, ys)])
+    return Curve(grid, values.mean(axis=0), standard_error(values), len(curves))
+
+
+def training_curve(runs, key, x="env-steps", n_smooth=1):
+    """The aggregated curve of metrics column ``key`` over ``runs`` (each run
+    smoothed first, see :func:`smooth`); ``None`` if some run lacks ``key``."""
+    xkey = X_AXES[x][0]
+    curves = []
+    for r in runs:
+        if any(key not in row for row in r.rows):
+            return None
+        curves.append((np.array([row[xkey] for row in r.rows], dtype=np.float64),
+                       smooth([row[key] for row in r.rows], n_smooth)))
+    return aggregate(curves)
+
+
+def aggregate_test(tests, key):
+    """Meta-testing curve of ``key`` ("return" or "cost") against the adaptation step.
+
+    ``tests`` is a list of ``test.json`` row lists, one per seed; each row's value
+    is already that seed's mean over its test tasks. With two or more seeds: the
+    mean over seeds and the standard error across seeds; with one seed: its mean
+    and the per-task standard error stored in the row (``return_se``,
+    ``cost_se``). Seeds tested with different K share the steps 0..min K."""
+    if not tests:
+        raise PlotError("no test rows to aggregate")
+    k = min(len(t) for t in tests)
+    values = np.array([[row[key] for row in t[:k]] for t in tests], dtype=np.float64)
+    steps = np.array([row["step"] for row in tests[0][:k]], dtype=np.float64)
+    if len(tests) == 1:
+        se = np.array([row[f"{key}_se"] for row in tests[0][:k]], dtype=np.float64)
+    else:
+        se = standard_error(values)
+    return Curve(steps, values.mean(axis=0), se, len(tests))
+
+
+# --- drawing ----------------------------------------------------------------------------
+
+def _band(ax, curve, c, label, **kw):
+    marker = "o" if len(curve.x) == 1 else None
+    ax.plot(curve.x, curve.mean, color=c, label=label, marker=marker, **kw)
+    if curve.n > 1:
+        ax.fill_between(curve.x, curve.mean - curve.se, curve.mean + curve.se, color=c, alpha=0.2, linewidth=0)
+
+
+def _limits(ax, limits):
+    for lim in sorted(limits):
+        ax.axhline(lim, color="black", linestyle="--", linewidth=1.5, label="cost limit", zorder=3)
+
+
+def figure(runs, x="env-steps", n_smooth=1, adapted=True):
+    """The figure of ``runs`` (all of one family): training return and cost (row 1)
+    and, if any run has test rows, meta-testing return and cost (row 2)."""
+    import matplotlib.pyplot as plt
+
+    if x not in X_AXES:
+        raise PlotError(f"unknown x axis {x!r}; valid: {', '.join(X_AXES)}")
+    if not runs:
+        raise PlotError("no runs to plot")
+    groups = group(runs)
+    tested = {a: [r.test for r in rs if r.test is not None] for a, rs in groups.items()}
+    tested = {a: t for a, t in tested.items() if t}
+    nrows = 2 if tested else 1
+    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.2 * nrows + 0.9), squeeze=False)
+    xlabel = X_AXES[x][1]
+
+    for algo, rs in groups.items():
+        c = color(algo)
+        for col, key in enumerate(("return", "cost")):
+            ax = axes[0, col]
+            _band(ax, training_curve(rs, key, x, n_smooth), c, f"{algo} (n={len(rs)})", linewidth=1.8)
+            after = training_curve(rs, f"{key}_adapted", x, n_smooth) if adapted else None
+            if after is not None:
+                ks = sorted({r.config.get("local_steps") for r in rs}, key=str)
+                ktext = "/".join(str(k) for k in ks)
+                ax.plot(after.x, after.mean, color=c, linestyle=(0, (4, 2)), linewidth=1.1, alpha=0.85,
+                        label=f"{algo} after K={ktext} local steps", marker="o" if len(after.x) == 1 else None)
+    _limits(axes[0, 1], {row["cost_limit"] for r in runs for row in r.rows})
+    for col, key in enumerate(("return", "cost")):
+        ax = axes[0, col]
+        ax.set_title(f"training: {key}" + (f" (moving average of {n_smooth})" if n_smooth > 1 else ""))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"episode {key}")
+        if x == "env-steps":
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+
+    if tested:
+        order = list(groups)
+        for i, (algo, tests) in enumerate(tested.items()):
+            c = color(algo)
+            dodge = 0.06 * (order.index(algo) - (len(order) - 1) / 2)
+            for col, key in enumerate(("return", "cost")):
+                cur = aggregate_test(tests, key)
+                note = f"{cur.n} seeds" if cur.n > 1 else "1 seed, s.e. over its test tasks"
+                axes[1, col].errorbar(cur.x + dodge, cur.mean, yerr=cur.se, color=c, marker="o", markersize=4,
+                                      capsize=3, linewidth=1.8, label=f"{algo}: {note}")
+        _limits(axes[1, 1], {t[0]["cost_limit"] for tests in tested.values() for t in tests})
+        kmax = max(len(t) for tests in tested.values() for t in tests) - 1
+        for col, key in enumerate(("return", "cost")):
+            ax = axes[1, col]
+            ax.set_title(f"meta-testing on unseen tasks: {key}")
+            ax.set_xlabel("adaptation step k")
+            ax.set_ylabel(f"episode {key}")
+            ax.set_xticks(range(kmax + 1))
+        axes[1, 0].legend(*axes[1, 0].get_legend_handles_labels(), fontsize=8, loc="best",
+                          title="error bar: s.e. across seeds", title_fontsize=8)
+
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    handles = {}   # one entry per algorithm (its training label), adapted curve, limit
+    for ax in axes[0]:   # (the meta-testing panel has its own legend)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab.split(" (n=")[0], (h, lab))
+    ncol = min(4, len(handles))
+    fig.legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], loc="lower center",
+               ncol=ncol, frameon=False, fontsize=9)
+    family = runs[0].family
+    fig.suptitle(f"{family}: mean ± standard error over seeds (n = runs per algorithm)", fontsize=12)
+    legend_rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, 0.035 * legend_rows / nrows + 0.01, 1, 0.97))
+    return fig
+
+
+def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120):
+    """Load the run directories ``paths``, draw :func:`figure`, save it to ``out``
+    (the format from its extension). Returns ``(runs, warnings)``."""
+    import matplotlib.pyplot as plt
+
+    runs, warnings = load_runs(paths)
+    fig = figure(runs, x, n_smooth, adapted)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out, dpi=dpi)
+    except ValueError as e:   # an unknown extension
+        raise PlotError(f"cannot write {out}: {e}") from None
+    finally:
+        plt.close(fig)
+    return runs, warnings
