@@ -1,9 +1,9 @@
 """A lean ``Builder.step`` for the circle and button tasks: same results, less Python.
 
-Stock ``Builder.step`` spends most of its time outside the physics (profile
-in README "Speed"): observation dict building, ``Box.contains`` checks,
-Python loops over lidar objects, hazards and contacts with name lookups and
-string comparisons. :class:`LeanStep` computes the same step from the same
+Stock ``Builder.step`` spends most of its time outside the physics (the
+MuJoCo calls are 11-28% of it in our three families): observation dict
+building, ``Box.contains`` checks, Python loops over lidar objects, hazards
+and contacts with name lookups and string comparisons. :class:`LeanStep` computes the same step from the same
 MuJoCo model and data and the stock task objects' state:
 
 - the physics calls are the stock ones, in the stock order: ``mj_step`` once

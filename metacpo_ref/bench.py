@@ -1,0 +1,214 @@
+"""Speed figures of metacpo_ref: each a ratio of two timings taken in the same run.
+
+Both sides of a ratio are measured in one process, one after the other, so
+the speed of the machine (which varies several-fold on shared machines)
+cancels out. One plain function per figure; :func:`run_bench` runs them all.
+
+Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
+
+- ``cpo_layer_speedup_vs_cvxpy``: cvxpy + diffcp solve and backward of the CPO
+  problem ``max g.x  s.t. 0.5 |x|^2 <= delta, b + a.x <= 0`` at n = 2516 (the
+  Point-Button policy size), over our ``cpo_layer`` forward + VJP (autograd
+  ``make_vjp``). cvxpy is timed warm (its DPP canonicalisation cached after a
+  first solve, as a layer would reuse it): the conservative figure.
+- ``fast_reset_speedup``: stock ``reset()`` over ours (fast reset + lean step
+  set-up), Point-Circle, after one untimed reset of each.
+- ``rollout_speedup_vs_stock``: steps per second of :func:`~metacpo_ref.rollouts.collect`
+  (Point-Circle, whole episodes with resets, ``act_fn`` of an initial policy)
+  over a plain stock loop (``safety_gymnasium.make("SafetyPointCircle1-v0")``,
+  stock reset and step) with the same policy.
+- ``rollout_fraction_of_physics``: that rollout rate over raw ``mj_step`` with
+  the env's frame skip (the physics alone, one env step = frame-skip ``mj_step``).
+- ``lean_step_speedup_<family>``: stock step over lean step, random actions,
+  resets not timed (envs/lean.py).
+- ``rollout_steps_per_s``: our rollout rate itself (machine-dependent, for context).
+
+Reserved for later issues, and deliberately absent until they are measured
+(no placeholder values): ``meta_gradient_cost_ratio`` and the per-family
+meta-iteration wall-time split (see the ``--- later`` section at the end).
+
+cvxpy is imported inside :func:`cpo_layer_speedup_vs_cvxpy` only: the package
+never imports it.
+"""
+import time
+
+import numpy as np
+
+from metacpo_ref.envs import FAMILY_NAMES, make_env
+from metacpo_ref.envs.compat import import_safety_gymnasium
+from metacpo_ref.policy import PolicySpec, act_fn, init_theta
+from metacpo_ref.rollouts import collect
+
+BUTTON_POLICY_SIZE = 2516     # theta of the Point-Button policy (policy.py docstring)
+
+
+def _seconds(fn, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# --- the CPO layer against cvxpy + diffcp --------------------------------------
+
+def cpo_problem(n=BUTTON_POLICY_SIZE, seed=0):
+    """``(g, a, b, delta, xbar)`` of a CPO step with both constraints active."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(n)
+    a = 0.6 * g + 0.8 * rng.standard_normal(n)
+    return g, a, -0.05, 0.01, rng.standard_normal(n)
+
+
+def cpo_layer_speedup_vs_cvxpy(n=BUTTON_POLICY_SIZE, repeats=5):
+    """cvxpy + diffcp (solve, backward) time over ``cpo_layer`` forward + VJP time."""
+    import cvxpy as cp
+    from autograd import make_vjp
+
+    from metacpo_ref.dco import cpo_layer
+
+    g, a, b, delta, xbar = cpo_problem(n)
+
+    def ours():
+        vjp, x = make_vjp(lambda p: cpo_layer(p[0], p[1], p[2], p[3]))((g, a, b, delta))
+        return vjp(xbar)
+
+    x = cp.Variable(n)
+    gp, ap, bp, dp = cp.Parameter(n), cp.Parameter(n), cp.Parameter(), cp.Parameter(nonneg=True)
+    problem = cp.Problem(cp.Maximize(gp @ x), [0.5 * cp.sum_squares(x) <= dp, bp + ap @ x <= 0])
+    gp.value, ap.value, bp.value, dp.value = g, a, b, delta
+
+    def theirs():
+        problem.solve(requires_grad=True)
+        x.gradient = xbar
+        problem.backward()
+
+    theirs()    # canonicalise once (cached afterwards)
+    ours()
+    return _seconds(theirs, repeats) / _seconds(ours, 20 * repeats)
+
+
+# --- resets ----------------------------------------------------------------------
+
+def fast_reset_speedup(stock_resets=3, fast_resets=20):
+    """Stock ``reset()`` time over our fast reset's, Point-Circle, seeds varied."""
+    stock, fast = make_env("point-circle", fast=False), make_env("point-circle")
+    stock.reset(seed=0)
+    fast.reset(seed=0)
+    seeds = iter(range(1, 10_000))
+    t_stock = _seconds(lambda: stock.reset(seed=next(seeds)), stock_resets)
+    t_fast = _seconds(lambda: fast.reset(seed=next(seeds)), fast_resets)
+    return t_stock / t_fast
+
+
+# --- rollouts --------------------------------------------------------------------
+
+def initial_policy(obs_dim, seed=0):
+    """``act_fn`` of an initial policy (``init_theta``) for observations of ``obs_dim``."""
+    spec = PolicySpec(obs_dim, 2)
+    return act_fn(spec, init_theta(spec, seed))
+
+
+def rollout_rate(episodes=6, family="point-circle"):
+    """Steps per second of :func:`collect` with an initial policy, resets included."""
+    env = make_env(family)
+    act = initial_policy(env.observation_space.shape[0])
+    collect(env, act, 1, seed=0)       # first build of the world, untimed
+    t0 = time.perf_counter()
+    batch = collect(env, act, episodes, seed=1)
+    return len(batch) / (time.perf_counter() - t0)
+
+
+def stock_rollout_rate(episodes=3, env_id="SafetyPointCircle1-v0"):
+    """Steps per second of a plain stock Safety-Gymnasium loop with the same policy."""
+    env = import_safety_gymnasium().make(env_id)
+    act = initial_policy(env.observation_space.shape[0])
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)                   # first build of the world, untimed
+    steps = 0
+    t0 = time.perf_counter()
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode + 1)
+        done = False
+        while not done:
+            action, _ = act(obs, rng)
+            obs, _, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+            steps += 1
+    return steps / (time.perf_counter() - t0)
+
+
+def physics_rate(env_steps=2000, family="point-circle"):
+    """Env steps per second of raw ``mj_step`` (frame skip per env step), nothing else."""
+    import mujoco
+
+    env = make_env(family)
+    env.reset(seed=0)
+    task = env.unwrapped.task
+    model, data, frames = task.model, task.data, task.sim_conf.frameskip_binom_n
+    data.ctrl[:] = 0.5
+    t0 = time.perf_counter()
+    for _ in range(env_steps):
+        for _ in range(frames):
+            mujoco.mj_step(model, data)
+    return env_steps / (time.perf_counter() - t0)
+
+
+def rollout_speedup_vs_stock(ours=None, episodes=6, stock_episodes=3):
+    """Our rollout rate over the stock loop's (``ours``: a rate measured already)."""
+    ours = rollout_rate(episodes) if ours is None else ours
+    return ours / stock_rollout_rate(stock_episodes)
+
+
+def rollout_fraction_of_physics(ours=None, episodes=6, env_steps=2000):
+    """Our rollout rate over the raw physics rate (``ours``: a rate measured already)."""
+    ours = rollout_rate(episodes) if ours is None else ours
+    return ours / physics_rate(env_steps)
+
+
+# --- the lean step ------------------------------------------------------------------
+
+def lean_step_speedup(family, steps=1000, seed=0):
+    """Stock step time over lean step time (fast reset for both, resets untimed)."""
+    def step_time(lean):
+        env = make_env(family, fast=True, lean=lean)
+        actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 2))
+        env.reset(seed=seed)
+        total = 0.0
+        for a in actions:
+            t0 = time.perf_counter()
+            out = env.step(a)
+            total += time.perf_counter() - t0
+            if out[3] or out[4]:
+                env.reset(seed=seed)
+        return total
+    return step_time(False) / step_time(True)
+
+
+# --- everything ----------------------------------------------------------------------
+
+def run_bench(quick=False):
+    """Every figure of this module, as a dict (see the module docstring for the keys)."""
+    n = dict(cvxpy=2, resets=(1, 5), episodes=2, stock_episodes=1, physics=500, steps=300) if quick else \
+        dict(cvxpy=5, resets=(3, 20), episodes=6, stock_episodes=3, physics=3000, steps=1500)
+    ours = rollout_rate(n["episodes"])     # shared by the two rollout figures
+    out = {
+        "cpo_layer_speedup_vs_cvxpy": cpo_layer_speedup_vs_cvxpy(repeats=n["cvxpy"]),
+        "fast_reset_speedup": fast_reset_speedup(*n["resets"]),
+        "rollout_speedup_vs_stock": rollout_speedup_vs_stock(ours, stock_episodes=n["stock_episodes"]),
+        "rollout_fraction_of_physics": rollout_fraction_of_physics(ours, env_steps=n["physics"]),
+        "rollout_steps_per_s": ours,
+    }
+    for family in FAMILY_NAMES:
+        out[f"lean_step_speedup_{family.replace('-', '_')}"] = lean_step_speedup(family, n["steps"])
+    return out
+
+
+# --- later: figures of the meta-training issues --------------------------------------
+# ``meta_gradient_cost_ratio`` (the meta-gradient through the CPO layer over one
+# plain policy gradient) and the per-family meta-iteration wall-time split
+# (rollouts / local CPO steps / meta step) are added here, and to run_bench,
+# when they can be measured on the finished meta-training loop. Until then
+# run_bench does not report them.
