@@ -188,6 +188,21 @@ def gradcheck(as_json):
         sys.exit(1)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--quick", is_flag=True, help="Fewer repeats: seconds instead of about half a minute.")
+def bench(as_json, quick):
+    """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/bench.py)."""
+    from metacpo_ref.bench import run_bench
+
+    figures = run_bench(quick=quick)
+    if as_json:
+        click.echo(json.dumps(figures, indent=1))
+    else:
+        for name, value in figures.items():
+            click.echo(f"{name:40s} {value:12.3f}")
+
+
 @main.command("export-fixtures")
 @click.argument("directory", type=click.Path(file_okay=False))
 def export_fixtures(directory):
