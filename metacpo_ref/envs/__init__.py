@@ -19,7 +19,7 @@ Speed switches, both on by default, neither changes a result:
   (``compat.fast_skybox``), ~100x faster ``reset()``;
 - ``lean`` (default: the value of ``fast``): steps by
   :class:`~metacpo_ref.envs.lean.LeanStep`, the stock step's results without
-  its Python overhead (same observations to ~1e-16, same rewards, costs,
+  its Python overhead (same observations to ~1e-15, same rewards, costs,
   episode ends, goal resampling and builder bookkeeping; tests/test_lean_step.py).
 
 ``fast=False`` is the fully stock code; ``fast=True, lean=False`` is the fast

@@ -3,8 +3,9 @@
 Stock ``Builder.step`` spends most of its time outside the physics (the
 MuJoCo calls are 11-28% of it in our three families): observation dict
 building, ``Box.contains`` checks, Python loops over lidar objects, hazards
-and contacts with name lookups and string comparisons. :class:`LeanStep` computes the same step from the same
-MuJoCo model and data and the stock task objects' state:
+and contacts with name lookups and string comparisons. :class:`LeanStep`
+computes the same step from the same MuJoCo model and data and the stock
+task objects' state:
 
 - the physics calls are the stock ones, in the stock order: ``mj_step`` once
   per frame (the frame-skip draw still consumes the task's random stream),
@@ -15,7 +16,7 @@ MuJoCo model and data and the stock task objects' state:
 - reward, costs and the goal test read positions, velocities and contacts by
   id (ids are looked up once per built world) with the stock formulas;
 - the observation is filled by :class:`~metacpo_ref.envs.observe.ObservationPlan`
-  (all lidars in one vectorised call);
+  (sensors in one gather, each lidar from one read of its objects' positions);
 - the rare goal event calls the stock task methods (``update_layout``,
   ``update_world``: new goal button, timer, ``last_dist_goal``), and the
   builder's ``steps``, ``terminated``, ``truncated`` (hence ``done``) and
