@@ -200,7 +200,8 @@ def bench(as_json, quick):
         click.echo(json.dumps(figures, indent=1))
     else:
         for name, value in figures.items():
-            click.echo(f"{name:40s} {value:12.3f}")
+            for sub, v in (value.items() if isinstance(value, dict) else [("", value)]):
+                click.echo(f"{(name + ' ' + sub).strip():48s} {v:12.3f}")
 
 
 @main.command("export-fixtures")

@@ -23,9 +23,13 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
   resets not timed (envs/lean.py).
 - ``rollout_steps_per_s``: our rollout rate itself (machine-dependent, for context).
 
-Reserved for later issues, and deliberately absent until they are measured
-(no placeholder values): ``meta_gradient_cost_ratio`` and the per-family
-meta-iteration wall-time split (see the ``--- later`` section at the end).
+- ``meta_gradient_cost_ratio``: for two policy sizes, one ``meta_gradient`` over
+  one ``meta_objective`` on synthetic traces (reverse mode: a small constant).
+- ``meta_iteration_learner_share``: per family, the learner's share of one
+  Meta-CPO iteration (summed per-task env + learner time; quick mode uses a tiny
+  iteration, the full bench the default 5 tasks x 5 local steps).
+- ``workers_2_speedup``: wall time of one Meta-CPO iteration (Point-Circle) with
+  one worker over two.
 
 cvxpy is imported inside :func:`cpo_layer_speedup_vs_cvxpy` only: the package
 never imports it.
@@ -36,7 +40,7 @@ import numpy as np
 
 from metacpo_ref.envs import FAMILY_NAMES, make_env
 from metacpo_ref.envs.compat import import_safety_gymnasium
-from metacpo_ref.policy import PolicySpec, act_fn, init_theta
+from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
 from metacpo_ref.rollouts import collect
 
 BUTTON_POLICY_SIZE = 2516     # theta of the Point-Button policy (policy.py docstring)
@@ -203,12 +207,56 @@ def run_bench(quick=False):
     }
     for family in FAMILY_NAMES:
         out[f"lean_step_speedup_{family.replace('-', '_')}"] = lean_step_speedup(family, n["steps"])
+    T = 200 if quick else 1000
+    out["meta_gradient_cost_ratio"] = {f"n={n_params(PolicySpec(d, 2, h))}": meta_gradient_cost_ratio(d, h, T=T)
+                                       for d, h in ((28, (32, 16)), (60, (64, 32)))}
+    size = dict(tasks=2, local_steps=1, episodes=1) if quick else dict(tasks=5, local_steps=5, episodes=None)
+    out["meta_iteration_learner_share"] = {family: meta_iteration_split(family, **size)[1] for family in FAMILY_NAMES}
+    out["workers_2_speedup"] = workers_speedup(tasks=2 if quick else 4, local_steps=1 if quick else 2,
+                                               episodes=1 if quick else 2)
     return out
 
 
-# --- later: figures of the meta-training issues --------------------------------------
-# ``meta_gradient_cost_ratio`` (the meta-gradient through the CPO layer over one
-# plain policy gradient) and the per-family meta-iteration wall-time split
-# (rollouts / local CPO steps / meta step) are added here, and to run_bench,
-# when they can be measured on the finished meta-training loop. Until then
-# run_bench does not report them.
+# --- the meta-gradient and the meta-iteration ------------------------------------------
+
+def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2):
+    """One ``meta_gradient`` (eq. 11: forward and two reverse passes) over one
+    ``meta_objective`` on seeded synthetic traces: reverse mode keeps it a small
+    constant whatever the policy size."""
+    from metacpo_ref.config import Config
+    from metacpo_ref.meta import meta_gradient, meta_objective, synthetic_traces
+
+    cfg = Config(hidden=hidden)
+    spec = PolicySpec(obs_dim, 2, hidden)
+    theta, traces = synthetic_traces(spec, tasks, K, 0, cfg, T=T)
+    t_obj = _seconds(lambda: meta_objective(theta, traces, cfg), repeats)
+    t_grad = _seconds(lambda: meta_gradient(theta, traces, cfg), repeats)
+    return t_grad / t_obj
+
+
+def meta_iteration_split(family, tasks, local_steps, episodes, workers=1):
+    """One Meta-CPO iteration of ``family``: ``(seconds, learner share, env share)``,
+    the shares of the summed per-task env and learner time."""
+    import tempfile
+
+    from metacpo_ref.config import Config
+    from metacpo_ref.training import read_metrics, train
+
+    cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=1)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        train(cfg, d, workers=workers)
+        wall = time.perf_counter() - t0
+        row = read_metrics(d)[0]
+    busy = row["time_env"] + row["time_learner"]
+    return row["time_total"], row["time_learner"] / busy, wall
+
+
+def workers_speedup(family="point-circle", tasks=2, local_steps=1, episodes=1):
+    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2``
+    (process start-up included)."""
+    one = meta_iteration_split(family, tasks, local_steps, episodes, workers=1)[2]
+    two = meta_iteration_split(family, tasks, local_steps, episodes, workers=2)[2]
+    return one / two
+
+

@@ -13,9 +13,13 @@ KEYS = ("cpo_layer_speedup_vs_cvxpy", "fast_reset_speedup", "rollout_speedup_vs_
 def test_quick_bench_reports_every_figure():
     out = run_bench(quick=True)
     assert set(KEYS) <= set(out)
-    assert "meta_gradient_cost_ratio" not in out      # reserved, not measured yet
-    for key in KEYS:
+    for key in KEYS + ("workers_2_speedup",):
         assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0, (key, out[key])
+    assert len(out["meta_gradient_cost_ratio"]) == 2
+    assert set(out["meta_iteration_learner_share"]) == {"point-circle", "car-circle-hazard", "point-button"}
+    for value in [*out["meta_gradient_cost_ratio"].values(), *out["meta_iteration_learner_share"].values()]:
+        assert math.isfinite(value) and value > 0
+    assert all(v < 1 for v in out["meta_iteration_learner_share"].values())
 
 
 def test_bench_does_not_import_cvxpy():
