@@ -43,7 +43,7 @@ from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, in
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
 from metacpo_ref.dco import cpo_layer, cpo_step_vjp, qp_vjp, solve_qp
-from metacpo_ref.gradcheck import meta_problem, qp_instance, step_margin
+from metacpo_ref.gradcheck import cpo_instance, meta_problem, qp_instance, step_margin
 from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
@@ -447,21 +447,12 @@ def make_cg():
 
 
 def _cpo_inputs(case, dense, seed, n=6):
-    """An eq. 9 instance well inside ``case`` (as gradcheck's): ``b = t sqrt(2 delta s)``
-    with t = -1.5 (trust), 0.3 (both: g = u + a, u H^{-1}-orthogonal to a, so the
-    trust step violates the constraint) or 1.5 (recovery)."""
-    rng = np.random.default_rng(seed)
-    M = rng.standard_normal((n, n))
-    H = M @ M.T / n + 0.5 * np.eye(n) if dense else None
-    a, u = rng.standard_normal(n), rng.standard_normal(n)
-    hinv = (lambda v: np.linalg.solve(H, v)) if dense else (lambda v: v)
-    s = a @ hinv(a)
-    u = u - (u @ hinv(a)) / s * a
-    delta = 0.5
-    t = {"trust": -1.5, "both": 0.3, "recovery": 1.5}[case]
-    inp = {"g": _f(u + a), "a": _f(a), "b": _f(t * np.sqrt(2 * delta * s)), "delta": _f(delta)}
+    """An eq. 9 instance well inside ``case``: gradcheck's :func:`cpo_instance`
+    (``b = t sqrt(2 delta s)`` with t = -1.5, 0.3 or 1.5)."""
+    inst = cpo_instance(case, dense, seed, n)
+    inp = {k: _f(inst[k]) for k in ("g", "a", "b", "delta")}
     if dense:
-        inp["H"] = _f(0.5 * (H + H.T))   # exactly symmetric
+        inp["H"] = _f(0.5 * (inst["H"] + inst["H"].T))   # exactly symmetric
     return inp
 
 

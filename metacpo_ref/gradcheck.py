@@ -35,7 +35,7 @@ def result(name, err, tol):
 
 
 # --- checks of the CPO layer (cpo.py, dco.py) --------------------------------
-def _cpo_instance(case, dense, seed=0, n=5):
+def cpo_instance(case, dense, seed=0, n=5):
     """A seeded eq. 9 instance in ``case`` well away from the case boundaries:
     ``b = t sqrt(2 delta s)`` with t = -1.5 (trust), 0.3 (both; g = u + a with u
     H^{-1}-orthogonal to a, so the trust step violates the constraint), 1.5 (recovery)."""
@@ -61,7 +61,7 @@ def _cpo_check(case, arg, tol=1e-6):
         from metacpo_ref.cpo import solve_step
         from metacpo_ref.dco import cpo_layer
 
-        p = _cpo_instance(case, dense=arg == "H")
+        p = cpo_instance(case, dense=arg == "H")
         if solve_step(**p).case != case:
             return result(f"cpo_layer_{case}_{arg}", np.inf, tol)
         f = lambda v: cpo_layer(**{**p, arg: v})
