@@ -6,7 +6,7 @@ Sources: "paper" is Meta-CPO (arXiv 2312.10230, Table 1, Section 5, Fig. 5);
 "measured" means chosen here from a measurement, described beside it.
 Cost limits are on the UNDISCOUNTED sum of costs over one episode.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # --- policy and estimates -------------------------------------------------
 HIDDEN = (32, 16)        # paper, Section 5 (the authors' code uses (24, 12))

@@ -12,7 +12,7 @@ from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F, check_me
                                    meta_problem, meta_step_report, rel_error, step_margin)
 from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step, synthetic_traces
 from metacpo_ref.update import step_problem
-from metacpo_ref.policy import PolicySpec, log_prob
+from metacpo_ref.policy import PolicySpec
 
 SPEC = PolicySpec(3, 2, (4,))
 CFG = Config(hidden=(4,))
