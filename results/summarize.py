@@ -1,0 +1,59 @@
+"""Markdown tables for docs/results.md from the run directories of one family.
+
+    python results/summarize.py results/point-circle [test.json]
+
+For each algorithm (from each run's config.json): training return and cost
+(pre-adaptation) over the last 10 iterations, and the meta-testing return and
+cost after k = 0..K adaptation steps (mean over seeds of each seed's mean over
+test tasks, +- standard error across seeds, or over test tasks for one seed).
+"""
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def mean_se(values, se_one=None):
+    """``mean ± s.e.`` across seeds; with one seed, ``se_one`` (the s.e. over test
+    tasks, marked with a *) or nothing."""
+    v = np.asarray(values, dtype=float)
+    if len(v) > 1:
+        return f"{v.mean():.2f} ± {v.std(ddof=1) / np.sqrt(len(v)):.2f}"
+    return f"{v.mean():.2f}" + (f" ± {se_one:.2f}*" if se_one is not None else "")
+
+
+def main(root, test_name="test.json"):
+    runs = defaultdict(list)
+    for d in sorted(Path(root).iterdir()):
+        if (d / "config.json").exists():
+            runs[json.loads((d / "config.json").read_text())["algo"]].append(d)
+    print("| algorithm | seeds | env steps | train return (last 10 its) | train cost (last 10 its) |")
+    print("|---|---|---|---|---|")
+    for algo, dirs in runs.items():
+        rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
+        print(f"| {algo} | {len(dirs)} | {rows[0][-1]['env_steps']:,} | "
+              f"{mean_se([np.mean([r['return'] for r in rs[-10:]]) for rs in rows])} | "
+              f"{mean_se([np.mean([r['cost'] for r in rs[-10:]]) for rs in rows])} |")
+    print()
+    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+             for algo, dirs in runs.items()}
+    K = min(len(t[0]) for t in tests.values() if t) - 1
+    limit = next(t[0][0]["cost_limit"] for t in tests.values() if t)
+    print(f"Meta-testing on 5 unseen test tasks, cost limit {limit:g} per episode: "
+          "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
+    print()
+    print("| algorithm | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
+    print("|---|" + "---|" * (K + 1))
+    for algo, t in tests.items():
+        if t:
+            one = len(t) == 1
+            cells = [f"{mean_se([s[k]['return'] for s in t], t[0][k]['return_se'] if one else None)} / "
+                     f"{mean_se([s[k]['cost'] for s in t], t[0][k]['cost_se'] if one else None)}"
+                     for k in range(K + 1)]
+            print(f"| {algo} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
