@@ -3,8 +3,8 @@ on unseen tasks (the paper's Fig. 5, third row), and a small Python API.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON row per
 iteration) and ``checkpoint.npz`` (everything needed to continue exactly:
-``theta``, the value-function parameters, the next iteration, the cumulative
-env steps, the config). All randomness is keyed by (seed, iteration, task,
+``theta``, the value-function parameters, the frozen observation normaliser,
+the next iteration, the cumulative env steps, the config). All randomness is keyed by (seed, iteration, task,
 step) (see :mod:`metacpo_ref.rollouts`), so a resumed run gives the same
 numbers as an uninterrupted one. Checkpoints are written to a temporary file
 and renamed, so an interruption never leaves a broken one.
