@@ -195,13 +195,33 @@ def bench(as_json, quick):
     """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/bench.py)."""
     from metacpo_ref.bench import run_bench
 
-    figures = run_bench(quick=quick)
+    figures = run_bench(cvxpy_cpo_oracle, quick=quick)
     if as_json:
         click.echo(json.dumps(figures, indent=1))
     else:
         for name, value in figures.items():
             for sub, v in (value.items() if isinstance(value, dict) else [("", value)]):
                 click.echo(f"{(name + ' ' + sub).strip():48s} {v:12.3f}")
+
+
+def cvxpy_cpo_oracle(g, a, b, delta, xbar):
+    """cvxpy + diffcp on the CPO problem (what cvxpylayers runs): a function that solves
+    ``max g.x s.t. 0.5 |x|^2 <= delta, b + a.x <= 0`` and back-propagates ``xbar``.
+    Only the bench command imports cvxpy (a test oracle, never a runtime dependency)."""
+    import cvxpy as cp
+
+    n = len(g)
+    x = cp.Variable(n)
+    gp, ap, bp, dp = cp.Parameter(n), cp.Parameter(n), cp.Parameter(), cp.Parameter(nonneg=True)
+    problem = cp.Problem(cp.Maximize(gp @ x), [0.5 * cp.sum_squares(x) <= dp, bp + ap @ x <= 0])
+    gp.value, ap.value, bp.value, dp.value = g, a, b, delta
+
+    def solve_and_backward():
+        problem.solve(requires_grad=True)
+        x.gradient = xbar
+        problem.backward()
+
+    return solve_and_backward
 
 
 @main.command("export-fixtures")

@@ -31,8 +31,8 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
 - ``workers_2_speedup``: wall time of one Meta-CPO iteration (Point-Circle) with
   one worker over two (pool start-up excluded).
 
-cvxpy is imported inside :func:`cpo_layer_speedup_vs_cvxpy` only: the package
-never imports it.
+The package never imports cvxpy: the cvxpy + diffcp side of the CPO-layer
+figure is passed in by the ``bench`` command (``cli.cvxpy_cpo_oracle``).
 """
 import time
 
@@ -66,9 +66,12 @@ def cpo_problem(n=BUTTON_POLICY_SIZE, seed=0):
     return g, a, -0.05, 0.01, rng.standard_normal(n)
 
 
-def cpo_layer_speedup_vs_cvxpy(n=BUTTON_POLICY_SIZE, repeats=5):
-    """cvxpy + diffcp (solve, backward) time over ``cpo_layer`` forward + VJP time."""
-    import cvxpy as cp
+def cpo_layer_speedup_vs_cvxpy(oracle, n=BUTTON_POLICY_SIZE, repeats=5):
+    """cvxpy + diffcp (solve, backward) time over ``cpo_layer`` forward + VJP time.
+
+    ``oracle(g, a, b, delta, xbar)`` returns a function that solves and
+    differentiates the same problem with cvxpy + diffcp. The package never
+    imports cvxpy: the ``bench`` command (cli.py) and the tests pass it in."""
     from autograd import make_vjp
 
     from metacpo_ref.dco import cpo_layer
@@ -79,16 +82,7 @@ def cpo_layer_speedup_vs_cvxpy(n=BUTTON_POLICY_SIZE, repeats=5):
         vjp, x = make_vjp(lambda p: cpo_layer(p[0], p[1], p[2], p[3]))((g, a, b, delta))
         return vjp(xbar)
 
-    x = cp.Variable(n)
-    gp, ap, bp, dp = cp.Parameter(n), cp.Parameter(n), cp.Parameter(), cp.Parameter(nonneg=True)
-    problem = cp.Problem(cp.Maximize(gp @ x), [0.5 * cp.sum_squares(x) <= dp, bp + ap @ x <= 0])
-    gp.value, ap.value, bp.value, dp.value = g, a, b, delta
-
-    def theirs():
-        problem.solve(requires_grad=True)
-        x.gradient = xbar
-        problem.backward()
-
+    theirs = oracle(g, a, b, delta, xbar)
     theirs()    # canonicalise once (cached afterwards)
     ours()
     return _seconds(theirs, repeats) / _seconds(ours, 20 * repeats)
@@ -193,13 +187,14 @@ def lean_step_speedup(family, steps=1000, seed=0):
 
 # --- everything ----------------------------------------------------------------------
 
-def run_bench(quick=False):
-    """Every figure of this module, as a dict (see the module docstring for the keys)."""
+def run_bench(cvxpy_oracle, quick=False):
+    """Every figure of this module, as a dict (see the module docstring for the keys);
+    ``cvxpy_oracle`` as in :func:`cpo_layer_speedup_vs_cvxpy`."""
     n = dict(cvxpy=2, resets=(1, 5), episodes=2, stock_episodes=1, physics=500, steps=300) if quick else \
         dict(cvxpy=5, resets=(3, 20), episodes=6, stock_episodes=3, physics=3000, steps=1500)
     ours = rollout_rate(n["episodes"])     # shared by the two rollout figures
     out = {
-        "cpo_layer_speedup_vs_cvxpy": cpo_layer_speedup_vs_cvxpy(repeats=n["cvxpy"]),
+        "cpo_layer_speedup_vs_cvxpy": cpo_layer_speedup_vs_cvxpy(cvxpy_oracle, repeats=n["cvxpy"]),
         "fast_reset_speedup": fast_reset_speedup(*n["resets"]),
         "rollout_speedup_vs_stock": rollout_speedup_vs_stock(ours, stock_episodes=n["stock_episodes"]),
         "rollout_fraction_of_physics": rollout_fraction_of_physics(ours, env_steps=n["physics"]),

@@ -3,6 +3,7 @@ import math
 import subprocess
 import sys
 
+from cli import cvxpy_cpo_oracle
 from metacpo_ref.bench import run_bench
 
 KEYS = ("cpo_layer_speedup_vs_cvxpy", "fast_reset_speedup", "rollout_speedup_vs_stock",
@@ -11,7 +12,7 @@ KEYS = ("cpo_layer_speedup_vs_cvxpy", "fast_reset_speedup", "rollout_speedup_vs_
 
 
 def test_quick_bench_reports_every_figure():
-    out = run_bench(quick=True)
+    out = run_bench(cvxpy_cpo_oracle, quick=True)
     assert set(KEYS) <= set(out)
     for key in KEYS + ("workers_2_speedup",):
         assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0, (key, out[key])
