@@ -20,6 +20,7 @@ ours: Ray schedules, we submit.
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 
 from metacpo_ref.envs import make_env
 from metacpo_ref.rollouts import NormalizedEnv
@@ -36,6 +37,11 @@ def _env(family, obs_norm):
 
 def _run(fn, family, obs_norm, job):
     return fn(_env(family, obs_norm), *job)
+
+
+def _ignore_sigint():
+    """Workers leave Ctrl-C to the parent, which stops them (no tracebacks from each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class WorkerError(RuntimeError):
@@ -70,7 +76,8 @@ class Workers:
         if backend == "ray":
             self._start_ray(ray_address)
         elif self.n > 1:
-            self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_ignore_sigint)
 
     def _start_ray(self, address):
         try:
