@@ -152,10 +152,7 @@ def rollout(family, split, n_tasks, episodes, seed):
     import numpy as np
 
     from metacpo_ref.envs import make_env, sample_tasks
-    from metacpo_ref.rollouts import batch_seed, collect
-
-    def act(obs, rng):
-        return rng.uniform(-1.0, 1.0, 2), 0.0
+    from metacpo_ref.rollouts import batch_seed, collect, random_act
 
     tasks = sample_tasks(family, n_tasks, split, seed=seed)
     env = make_env(family, tasks[0])
@@ -163,7 +160,7 @@ def rollout(family, split, n_tasks, episodes, seed):
     for i, task in enumerate(tasks):
         env.set_task(task)
         t0 = time.perf_counter()
-        b = collect(env, act, episodes, seed=batch_seed(seed, 0, i, 0))
+        b = collect(env, random_act, episodes, seed=batch_seed(seed, 0, i, 0))
         rate = len(b) / (time.perf_counter() - t0)
         params = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
         click.echo(f"{params:50s} {np.mean(b.ep_return):8.2f} {np.mean(b.ep_cost):8.1f} {rate:8.0f}")

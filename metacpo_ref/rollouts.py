@@ -108,6 +108,15 @@ def batch_seed(seed, iteration=0, task=0, step=0):
     return np.random.SeedSequence([int(seed), int(iteration), int(task), int(step)])
 
 
+LOG_UNIFORM_2D = float(np.log(0.25))   # log-density of the uniform law on [-1, 1]^2
+
+
+def random_act(obs, rng):
+    """A uniformly random policy on the action box [-1, 1]^2 in the ``act(obs, rng)``
+    form: the action and its log-density log(1/4)."""
+    return rng.uniform(-1.0, 1.0, 2), LOG_UNIFORM_2D
+
+
 def task_seed(seed, iteration):
     """The integer seed of the tasks sampled at ``iteration`` (Algorithm 1, line 4)."""
     return int(np.random.SeedSequence([int(seed), int(iteration), 2**31 - 1]).generate_state(1)[0])

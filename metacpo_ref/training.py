@@ -25,7 +25,7 @@ from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Confi
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
-from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm
+from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
 from metacpo_ref.update import collect_step_data, policy_update
 from metacpo_ref.workers import Workers
 
@@ -70,11 +70,6 @@ def initial_state(config):
     norm = fit_obs_norm(np.concatenate(obs), OBS_STD_FLOOR)
     return State(config, init_theta(spec, int(seeds[0])),
                  (init_value(vspec, int(seeds[1])), init_value(vspec, int(seeds[2]))), norm, 0, 0)
-
-
-def random_act(obs, rng):
-    """Uniform random actions in the action box [-1, 1]^2 (for the normaliser's fit)."""
-    return rng.uniform(-1.0, 1.0, 2), 0.0
 
 
 def config_to_json(config):

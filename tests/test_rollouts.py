@@ -4,7 +4,7 @@ import pytest
 
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.rollouts import batch_seed, collect, concat_batches
-from tests.conftest import random_act
+from metacpo_ref.rollouts import random_act
 
 
 @pytest.fixture(scope="module")
