@@ -1,6 +1,6 @@
 """metacpo_ref: a reference implementation of Meta-CPO (arXiv 2312.10230).
 
-Runtime dependencies are pinned as in ../shared/notes/envs.md. safety-gymnasium
+Runtime dependencies are pinned to the versions tested here. safety-gymnasium
 and gymnasium-robotics are installed by the Makefile with --no-deps (their own
 pins, pygame 2.1.0 and numpy<1.24, do not install on Python 3.11).
 """

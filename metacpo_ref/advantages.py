@@ -10,10 +10,10 @@ whose log-probabilities ``logp_beh`` were stored at collection):
 - GAE(gamma, lambda) advantages for reward and cost (Schulman et al. 2016),
   reset at every episode end: bootstrapped from ``V(bootstrap_obs)`` at a
   time-limit cut, from zero at a true termination;
-- reward advantages standardised, cost advantages only centred (CPO notes,
-  section 4); their statistics are plain floats, constants for every
+- reward advantages standardised, cost advantages only centred
+  (docs/derivations.md, section 6); their statistics are plain floats, constants for every
   derivative;
-- the importance-weighted per-step surrogates
+- the importance-weighted per-step surrogates (D15)
 
       L_R(theta) = mean_t exp(log pi_theta(a_t|s_t) - logp_beh_t) A_R_t
       L_C(theta) = mean_t exp(log pi_theta(a_t|s_t) - logp_beh_t) A_C_t
@@ -22,7 +22,7 @@ whose log-probabilities ``logp_beh`` were stored at collection):
   (and whose values after adaptation are the meta objective ``F`` and
   constraint ``G`` of eq. 10);
 - ``b`` of eq. 9 in the same per-step units: (mean episode cost - limit) /
-  mean episode length (CPO notes, section 4).
+  mean episode length (D16).
 
 Observations arrive already normalised (training wraps the env in
 :class:`metacpo_ref.rollouts.NormalizedEnv` with a normaliser frozen for the
@@ -249,7 +249,7 @@ def constraint_value(batch, cost_limit):
     leaves one open), so all of ``batch.ep_cost`` and ``batch.ep_len``
     count; this is checked. Dividing by the mean length puts ``b`` in the
     units of ``L_C`` (a mean over steps), as safety-starter-agents does
-    (CPO notes, section 4).
+    (docs/derivations.md, D16).
     """
     ends = batch.episode_ends
     n_ep = len(batch.ep_cost)

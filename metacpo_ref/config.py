@@ -1,8 +1,9 @@
 """Every default of metacpo_ref, in one place, each with its source.
 
 Sources: "paper" is Meta-CPO (arXiv 2312.10230, Table 1, Section 5, Fig. 5);
-"authors' code" is the paper's repository as summarised in
-../shared/notes/prior-art.md; "CPO notes" is ../shared/notes/cpo-step.md;
+"authors' code" is the paper's public repository (its settings as we read
+them); "derivations" is docs/derivations.md in this repository (the CPO step,
+its line search and its derivative, with numbered equations D1-D33);
 "measured" means chosen here from a measurement, described beside it.
 Cost limits are on the UNDISCOUNTED sum of costs over one episode.
 """
@@ -25,12 +26,13 @@ OBS_STD_FLOOR = 1.0      # measured: never magnify a feature (gravity's std is 0
 INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
 KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL: the baselines' radius, and
                          # the mean-KL bound every line search enforces (paper, Section 4:
-                         # "updates may violate ... KL-divergence, requiring a backtracking line search")
+                         # "updates may violate ... KL-divergence, requiring a backtracking line search";
+                         # derivations D19)
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
-CG_ITERS = 10            # CPO notes, section 3 (10-15)
-CG_DAMPING = 0.1         # CPO notes, section 3
-LINE_SEARCH_DECAY = 0.8  # CPO notes, section 3
-LINE_SEARCH_STEPS = 15   # CPO notes, section 3
+CG_ITERS = 10            # derivations, section 7 (10-15 iterations)
+CG_DAMPING = 0.1         # derivations, section 7
+LINE_SEARCH_DECAY = 0.8  # derivations, section 7 (D18, D19)
+LINE_SEARCH_STEPS = 15   # derivations, section 7 (D18)
 
 # --- meta-training (Algorithm 1) --------------------------------------------
 META_TASKS = 5           # paper: 5 tasks per meta-iteration
@@ -62,9 +64,9 @@ FAMILIES = {
     "point-circle": Family(
         name="point-circle",
         base_id="SafetyPointCircle1-v0",
-        obs_dim=28,          # envs notes
-        episode_len=500,     # envs notes (stock circle task)
-        # authors' code uses 10 (prior-art notes). Measured here: a uniformly
+        obs_dim=28,          # Safety-Gymnasium 1.0.0, stock circle task
+        episode_len=500,     # Safety-Gymnasium 1.0.0, stock circle task
+        # authors' code uses 10. Measured here: a uniformly
         # random policy collects 13.3 per episode on train tasks (30 episodes,
         # heavy-tailed: median 0) and 2.3 on test tasks; a reward-greedy policy
         # that circles at r_c spends about half of each lap beyond the walls at
@@ -89,10 +91,10 @@ FAMILIES = {
     ),
     "point-button": Family(
         name="point-button",
-        base_id="SafetyPointButton0-v0",   # level 0: no gremlins (envs notes)
+        base_id="SafetyPointButton0-v0",   # level 0: no gremlins
         obs_dim=60,
         episode_len=1000,
-        # authors' code uses 10 (prior-art notes). Measured here: a uniformly
+        # authors' code uses 10. Measured here: a uniformly
         # random policy collects 36.3 per episode on train tasks (30 episodes,
         # heavy-tailed: median 0) and 3.2 on test tasks; a reward-greedy policy
         # drives through hazards and wrong buttons on its way. 10 binds for
@@ -106,7 +108,8 @@ FAMILIES = {
     ),
 }
 
-# Hazards added to the car-circle and point-button tasks (envs notes).
+# Hazards added to the car-circle and point-button tasks: Safety-Gymnasium's Hazards
+# geom with these sizes (added in metacpo_ref/envs).
 HAZARD_SIZE = 0.2
 CAR_HAZARD_KEEPOUT = 0.3
 CAR_HAZARD_EXTENT = 1.4

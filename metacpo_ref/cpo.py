@@ -1,17 +1,20 @@
 """The CPO step (paper eqs. 3-4 and 9), reward convention.
 
     maximize   g^T x
-    subject to 0.5 x^T H x <= delta,    b + a^T x <= 0            (eq. 9)
+    subject to 0.5 x^T H x <= delta,    b + a^T x <= 0            (eq. 9, D1)
 
-and, when no x in the trust region satisfies the linear constraint, the
-recovery step of eq. 4, ``x = -sqrt(2 delta / s) H^{-1} a``.
+and, when no x in the trust region satisfies the linear constraint (D11), the
+recovery step of eq. 4, ``x = -sqrt(2 delta / s) H^{-1} a`` (D12).
 
-With ``q = g'H^{-1}g``, ``r = g'H^{-1}a``, ``s = a'H^{-1}a`` the dual is
-``D(lam, nu) = -(q - 2 nu r + nu^2 s) / (2 lam) - lam delta + nu b``; the
-optimal ``nu(lam) = max(0, (r + lam b) / s)`` leaves a concave problem in
-``lam`` alone, solved here either by scipy or by the exact case analysis of
-Achiam et al. (2017). The primal step is ``x = H^{-1}(g - nu a) / lam``.
-See ../shared/notes/cpo-step.md for the derivation and the degenerate cases.
+With ``q = g'H^{-1}g``, ``r = g'H^{-1}a``, ``s = a'H^{-1}a`` (D4) the dual is
+``D(lam, nu) = -(q - 2 nu r + nu^2 s) / (2 lam) - lam delta + nu b`` (D5); the
+optimal ``nu(lam) = max(0, (r + lam b) / s)`` (D6) leaves a concave problem in
+``lam`` alone, solved here either by scipy (D7) or by the exact case analysis of
+Achiam et al. (2017) (D8-D10). The primal step is ``x = H^{-1}(g - nu a) / lam`` (D3).
+Derivations, the sign trap and the degenerate cases: docs/derivations.md,
+sections 1-5.
+
+Shapes: ``g, a, x`` (n,); ``b``, ``delta`` scalars.
 
 The metric ``H`` is the identity (``H=None, hinv=None``, the paper's local
 steps), a dense SPD matrix ``H``, or a callable ``hinv: v -> H^{-1} v``
@@ -26,7 +29,7 @@ import scipy.optimize
 
 CASES = ("trust", "both", "recovery", "degenerate")
 
-# g is treated as parallel to a when A = q - r^2/s <= PARALLEL_TOL * q (notes, section 5).
+# g is treated as parallel to a when A = q - r^2/s <= PARALLEL_TOL * q (derivations, D13).
 PARALLEL_TOL = 1e-12
 
 
@@ -120,12 +123,12 @@ def metric_solver(H=None, hinv=None):
 
 
 def _nu(lam, r, s, b):
-    """Optimal cost multiplier for a given ``lam``: ``max(0, (r + lam b) / s)``."""
+    """Optimal cost multiplier for a given ``lam``: ``max(0, (r + lam b) / s)`` (D6)."""
     return max(0.0, (r + lam * b) / s) if s > 0 else 0.0
 
 
 def dual(lam, q, r, s, b, delta):
-    """The dual of eq. 9 with ``nu`` eliminated, ``D(lam, nu(lam))``."""
+    """The dual of eq. 9 with ``nu`` eliminated, ``D(lam, nu(lam))`` (D5, D6)."""
     nu = _nu(lam, r, s, b)
     return -(q - 2 * nu * r + nu**2 * s) / (2 * lam) - lam * delta + nu * b
 
@@ -134,7 +137,7 @@ def lam_closed_form(q, r, s, b, delta, A):
     """Exact maximiser of the 1-D dual (Achiam et al. 2017, reward convention): the
     trust candidate ``sqrt(q / 2 delta)`` (``nu = 0``) or the both-active candidate
     ``sqrt(A / B)``, ``A = q - r^2/s``, ``B = 2 delta - b^2/s``; the dual is concave,
-    so the one with the larger dual value is the maximiser."""
+    so the one with the larger dual value is the maximiser (D8-D10)."""
     candidates = [np.sqrt(q / (2 * delta))]
     B = 2 * delta - b**2 / s if s > 0 else 0.0
     if A > 0 and B > 0:
@@ -144,7 +147,7 @@ def lam_closed_form(q, r, s, b, delta, A):
 
 def lam_scipy(q, r, s, b, delta):
     """Maximiser of the 1-D dual by ``brentq`` on ``dD/dlam = 0.5 x'Hx - delta``
-    (decreasing, as D is concave), to machine precision."""
+    (decreasing, as D is concave; D7), to machine precision."""
 
     def slope(lam):
         nu = _nu(lam, r, s, b)
@@ -195,7 +198,7 @@ def step_from_solver(g, a, b, delta, solve, method="scipy"):
 
 
 def _degenerate_step(q, r, s, b, hinv_a):
-    """Minimum-norm optimum when ``g = 0`` or ``g`` is parallel to ``a`` (notes, section 5)."""
+    """Minimum-norm optimum when ``g = 0`` or ``g`` is parallel to ``a`` (D13)."""
     warnings.warn(
         "degenerate CPO step (g = 0, or g parallel to a with the constraint binding): "
         "the optimum is not unique, returning its minimum-norm point; the step is not "

@@ -17,10 +17,10 @@ Each block is a pair of plain functions:
 - ``compute_<block>(inputs) -> outputs``: the reference code on stored inputs.
 
 :data:`BLOCKS` lists ``(name, make, compute)``. Adding a block is one entry
-there and its two functions. Not yet covered: the generic QP layer of paper
-eq. 5 (``qp_layer`` does not exist yet), the L-BFGS value fit (scipy's
+there and its two functions. Not covered: the L-BFGS value fit (scipy's
 L-BFGS-B iterates are not reproducible by another optimiser; its loss and
 gradient are a block), the sampling of actions and tasks (numpy's generators).
+The generic QP layer of paper eq. 5 is the block ``qp_layer``.
 
 Arrays: float64, int64 or bool, C order, little-endian; scalars are 0-d
 arrays. The hash of an array is SHA-256 of those raw bytes
@@ -42,10 +42,11 @@ from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, in
                                     surrogates, value_loss_and_grad)
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
-from metacpo_ref.dco import cpo_layer, cpo_step_vjp, qp_vjp, solve_qp
+from metacpo_ref.dco import cpo_layer, cpo_step_vjp
 from metacpo_ref.gradcheck import cpo_instance, meta_problem, qp_instance, step_margin
 from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.qp_layer import qp_vjp, solve_qp
 from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
 from metacpo_ref.update import StepData, policy_update, step_problem
 
@@ -514,7 +515,7 @@ def make_cpo_layer(case, metric):
          "Hbar": "xbar' dx/dH as a symmetric matrix (n, n): the derivative through sym(H)"})
 
 
-# --- qp_layer (paper eq. 5) ------------------------------------------------------
+# --- qp_layer.py (paper eq. 5) ------------------------------------------------------
 
 QP_TOL = (1e-7, 1e-10, "z comes from an interior-point method polished on its active set to ~1e-12 "
                        "(KKT residual at rounding level); a port with another QP solver agrees to the "
@@ -536,7 +537,7 @@ def make_qp_layer():
         "the generic differentiable QP of eq. 5, min 0.5 z'Qz + q'z s.t. Az = b, Gz <= h: solution, "
         "multipliers, and the VJP from one KKT solve (eq. 7) for the cotangent zbar; two of the five "
         "inequalities are active, with clear margins",
-        "metacpo_ref.dco.qp_layer, solve_qp, qp_vjp", QP_TOL,
+        "metacpo_ref.qp_layer.qp_layer, solve_qp, qp_vjp", QP_TOL,
         {"Q": "SPD matrix (n, n)", "q": "linear term (n,)", "A": "equality matrix (p, n)",
          "b": "equality right-hand side (p,)", "G": "inequality matrix (m, n)",
          "h": "inequality right-hand side (m,)", "zbar": "cotangent dL/dz (n,)",

@@ -16,7 +16,7 @@ def rel_error(an, fd):
 def central_diff(f, p, eps_scale=1e-6):
     """Jacobian of ``f`` at the array ``p`` by central differences, shape (f.size, p.size).
 
-    The step is ``eps_scale * max(1, |p_j|)`` per coordinate (CPO notes, section 5).
+    The step is ``eps_scale * max(1, |p_j|)`` per coordinate (docs/derivations.md, end of section 8).
     """
     p = np.asarray(p, dtype=np.float64)
     f0 = np.ravel(f(p))
@@ -192,7 +192,7 @@ POLICY_CHECKS = [check_policy_log_prob, check_policy_mean_kl, check_policy_fvp,
 
 def step_margin(g, a, b, delta):
     """Distance of the eq. 9 instance ``(g, a, b, delta)`` (identity metric) from its
-    nearest case boundary, in the scaled units of the CPO notes (section 5):
+    nearest case boundary, in the scaled units of docs/derivations.md (end of section 8):
     ``|1 - b^2 / (2 delta s)|`` (feasibility), ``|r + lam_t b| / sqrt(q s)``
     (cost constraint active or not), ``A / q`` (g parallel to a)."""
     q, r, s = float(g @ g), float(g @ a), float(a @ a)
@@ -259,7 +259,7 @@ def check_meta_gradient_G(tol=1e-5):
 META_CHECKS = [check_meta_gradient_F, check_meta_gradient_G]
 
 
-# --- checks of the QP layer (dco.qp_layer, eqs. 5-7) --------------------------
+# --- checks of the QP layer (qp_layer.py, eqs. 5-7) ---------------------------
 
 def qp_instance(seed=0, n=6, m=5, p=2, k=2, psd=False):
     """A seeded instance ``dict(Q, q, A, b, G, h)`` of eq. 5 with known solution
@@ -285,7 +285,7 @@ def _qp_check(arg, tol=1e-6):
     def check():
         from autograd import jacobian
 
-        from metacpo_ref.dco import qp_layer
+        from metacpo_ref.qp_layer import qp_layer
 
         data, _ = qp_instance()
         wrap = (lambda P: 0.5 * (P + P.T)) if arg == "Q" else (lambda v: v)

@@ -1,5 +1,5 @@
 """One CPO (or TRPO) policy update on one batch: eq. 9 on the surrogates, then a
-backtracking line search (Algorithm 1, lines 8-9; CPO notes, section 3).
+backtracking line search (Algorithm 1, lines 8-9; docs/derivations.md, section 7).
 
 Shared by Meta-CPO's inner loop and meta-testing (:mod:`metacpo_ref.meta`)
 and by the CPO and TRPO baselines (:mod:`metacpo_ref.baselines`).
@@ -69,7 +69,7 @@ def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
 
 
 def step_problem(spec, phi, data, constrained=True):
-    """``(g, a, b)`` of eq. 9 at ``phi`` on one batch, differentiable in ``phi``:
+    """``(g, a, b)`` of eq. 9 at ``phi`` on one batch, differentiable in ``phi`` (D15-D17):
 
         g = grad L_R(phi),  a = grad L_C(phi),  b = b_hat + L_C(phi) - L_C(phi^collected)
 
@@ -95,7 +95,7 @@ def backtrack(accept, decay, max_steps):
 
 
 def cost_ok(G_new, G):
-    """Line-search test on the cost: ``G_new - G <= max(-G, 0)`` (CPO notes, section 3):
+    """Line-search test on the cost: ``G_new - G <= max(-G, 0)`` (D19):
     stay feasible when feasible, get no worse when not."""
     return G_new - G <= max(-G, 0.0)
 
@@ -129,7 +129,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
     Accept when the mean KL on the batch is within ``delta`` (Fisher) or
     ``config.kl_delta`` (Euclidean: the paper's line search guards the KL
     too), the cost surrogate change is within ``max(-b, 0)`` and, unless
-    recovering, the reward surrogate improves (CPO notes, section 3).
+    recovering, the reward surrogate improves (D19).
     """
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b = step_problem(spec, phi, data, constrained)

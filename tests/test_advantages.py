@@ -209,7 +209,7 @@ def test_surrogates_freeze_behaviour_logp_and_second_order():
         surrogates(spec, b, adv_r[:-1], adv_c, b.logp)
 
 
-# --- constraint value b (CPO notes, section 4) -----------------------------------
+# --- constraint value b (docs/derivations.md, D16) ----------------------------------
 
 def test_constraint_value_units():
     rng = np.random.default_rng(4)

@@ -102,7 +102,7 @@ def default_task(family):
     return Task(family, params)
 
 
-# --- configuring a Safety-Gymnasium task object (envs notes, "Building") ----
+# --- configuring a Safety-Gymnasium task object ----------------------------
 def _configure(task_obj, task, first):
     """Set the knobs of ``task`` on a safety-gymnasium task object."""
     sg = import_safety_gymnasium()
