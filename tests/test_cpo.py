@@ -12,10 +12,10 @@ import warnings
 import cvxpy as cp
 import numpy as np
 import pytest
-import scipy.linalg
 
 import metacpo_ref.cpo as cpo
 from metacpo_ref.cpo import DegenerateStepWarning, cg, solve_step
+from tests.conftest import hinv_of, random_spd
 
 TOL = 1e-6  # relative error of x, lam, nu vs the (polished) oracle
 RAW_TOL = 1e-4  # relative error of x vs raw Clarabel: ~sqrt(gap), worst in the trust case
@@ -30,11 +30,6 @@ def rel(x, y):
 # --- random instances --------------------------------------------------------
 
 
-def random_spd(rng, n):
-    M = rng.normal(size=(n, n))
-    return M @ M.T / n + 0.1 * np.eye(n)
-
-
 def random_instance(rng, n, dense):
     """``(g, a, b, delta, H)``; ``b = t sqrt(2 delta s)`` with ``t`` in (-2, 2) puts
     about a quarter of the instances in recovery (t > 1), the rest in trust or both."""
@@ -45,11 +40,6 @@ def random_instance(rng, n, dense):
     s = a @ (a if H is None else np.linalg.solve(H, a))
     b = rng.uniform(-2, 2) * np.sqrt(2 * delta * s)
     return g, a, b, delta, H
-
-
-def hinv_of(H):
-    factor = scipy.linalg.cho_factor(H)
-    return lambda v: scipy.linalg.cho_solve(factor, v)
 
 
 # --- the oracle --------------------------------------------------------------

@@ -2,7 +2,7 @@
 the forward, every argument, every case, every metric; against diffcp (cvxpy's
 ``requires_grad`` / ``backward``) on the Euclidean case; inside autograd.
 
-Instances keep away from case boundaries (margins 1e-2, notes section 5), where
+Instances keep away from case boundaries (margins 1e-2, docs/derivations.md, end of section 8), where
 the map is only one-sided differentiable and finite differences lose accuracy.
 The error is norm-wise over the whole Jacobian, ``||J_an - J_fd|| / ||J_fd||``.
 """
@@ -16,29 +16,13 @@ from autograd import grad, jacobian
 
 from metacpo_ref.cpo import DegenerateStepWarning, solve_step
 from metacpo_ref.dco import cpo_layer, cpo_step_vjp
-from tests.test_cpo import hinv_of, random_spd
+from metacpo_ref.gradcheck import central_diff, rel_error
+from tests.conftest import hinv_of, random_spd
 
 TOL = 1e-6  # norm-wise relative error of the Jacobian vs finite differences
 DIFFCP_TOL = 1e-6  # vs diffcp on SCS at eps 1e-10
 MARGIN = 1e-2
 ARGS = ("g", "a", "b", "delta", "H")
-
-
-def rel_error(an, fd):
-    an, fd = np.ravel(an), np.ravel(fd)
-    return float(np.linalg.norm(an - fd) / max(np.linalg.norm(fd), 1e-12))
-
-
-def central_diff(f, p):
-    """Jacobian of ``f`` at ``p`` by central differences, step ``1e-6 max(1, |p_j|)``."""
-    p = np.asarray(p, dtype=np.float64)
-    cols = []
-    for j in range(p.size):
-        e = np.zeros(p.size)
-        e[j] = 1e-6 * max(1.0, abs(p.flat[j]))
-        fp, fm = f(p + e.reshape(p.shape)), f(p - e.reshape(p.shape))
-        cols.append((np.ravel(fp) - np.ravel(fm)) / (2 * e[j]))
-    return np.stack(cols, axis=1)
 
 
 # --- instances away from the case boundaries -----------------------------------
