@@ -4,8 +4,8 @@ One policy is trained on batches pooled over the tasks sampled at each
 iteration (the paper's comparison): per task a batch collected with
 ``theta``, advantages estimated per task, then one update of eq. 9 on the
 pooled batch with the Fisher metric (conjugate gradient on Fisher-vector
-products) and a KL trust region of ``config.kl_delta``. CPO keeps the cost
-constraint; TRPO drops it. Both reuse :func:`metacpo_ref.update.policy_update`.
+products) and a KL trust region of ``config.baseline_delta``. CPO keeps the
+cost constraint; TRPO drops it. Both reuse :func:`metacpo_ref.update.policy_update`.
 """
 import time
 
@@ -46,7 +46,7 @@ def baseline_iteration(theta, vf, config, iteration, workers, vspec):
     collected = workers.map(collect_task, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
     t0 = time.perf_counter()
     data = pooled_data(collected, theta, limit)
-    upd = policy_update(spec, theta, data, config.kl_delta, config, config.constrained, metric="fisher")
+    upd = policy_update(spec, theta, data, config.baseline_delta, config, config.constrained, metric="fisher")
     obs = data.obs
     vf = tuple(fit_value(vspec, p, obs, np.concatenate([getattr(c.adv, t) for c in collected]), config.vf_iters)
                for p, t in zip(vf, ("targets_r", "targets_c")))

@@ -24,10 +24,11 @@ OBS_STD_FLOOR = 1.0      # measured: never magnify a feature (gravity's std is 0
 
 # --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
 INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
-KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL: the baselines' radius, and
-                         # the mean-KL bound every line search enforces (paper, Section 4:
-                         # "updates may violate ... KL-divergence, requiring a backtracking line search";
-                         # derivations D19)
+BASELINE_DELTA = 0.01    # safety-starter-agents' CPO/TRPO target KL: the KL trust radius of the
+                         # baselines' Fisher-metric steps (0.5 x'Hx <= delta, H the Fisher matrix)
+LINE_SEARCH_KL = 0.01    # safety-starter-agents' target KL again, as the mean-KL bound every line
+                         # search enforces with the Euclidean metric (paper, Section 4: "updates may
+                         # violate ... KL-divergence, requiring a backtracking line search"); derivations D19
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
 CG_ITERS = 10            # derivations, section 7 (10-15 iterations)
 CG_DAMPING = 0.1         # derivations, section 7
@@ -144,8 +145,9 @@ class Config:
     vf_iters: int = VF_ITERS
     inner_delta: float = INNER_DELTA
     outer_delta: float = OUTER_DELTA
-    kl_delta: float = KL_DELTA
+    baseline_delta: float = BASELINE_DELTA
     outer_metric: str = "identity"
+    ls_kl: float = LINE_SEARCH_KL
     ls_decay: float = LINE_SEARCH_DECAY
     ls_steps: int = LINE_SEARCH_STEPS
     cg_iters: int = CG_ITERS
@@ -161,7 +163,7 @@ class Config:
         for name in ("iterations", "tasks", "local_steps", "vf_iters", "ls_steps", "cg_iters"):
             if int(getattr(self, name)) < (0 if name == "iterations" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("inner_delta", "outer_delta", "kl_delta", "ls_decay"):
+        for name in ("inner_delta", "outer_delta", "baseline_delta", "ls_kl", "ls_decay"):
             v = getattr(self, name)
             if not (v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")

@@ -22,6 +22,10 @@ L-BFGS-B iterates are not reproducible by another optimiser; its loss and
 gradient are a block), the sampling of actions and tasks (numpy's generators).
 The generic QP layer of paper eq. 5 is the block ``qp_layer``.
 
+The stored inputs keep the name ``kl_delta`` (the format of the committed
+sets): in ``policy_update_*`` and ``outer_step`` it is the line search's
+mean-KL bound, ``Config.ls_kl``.
+
 Arrays: float64, int64 or bool, C order, little-endian; scalars are 0-d
 arrays. The hash of an array is SHA-256 of those raw bytes
 (``x.tobytes(order="C")``). An output passes when
@@ -392,7 +396,7 @@ POLICY_UPDATE_MEANINGS = {
 
 
 def compute_policy_update(inp, metric):
-    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), kl_delta=float(inp["kl_delta"]),
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), ls_kl=float(inp["kl_delta"]),
                     ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
                     **({"cg_iters": int(inp["cg_iters"]), "cg_damping": float(inp["cg_damping"])}
                        if metric == "fisher" else {}))
@@ -638,7 +642,7 @@ def make_meta_gradient():
 def compute_outer_step(inp):
     spec, config, traces = _traces_from(inp)
     config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]),
-                    kl_delta=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]))
+                    ls_kl=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]))
     res = outer_step(inp["theta"], traces, config)
     return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
             "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
@@ -647,7 +651,7 @@ def compute_outer_step(inp):
 
 def make_outer_step():
     config, inp, meanings = _meta_inputs()
-    inp.update(outer_delta=_f(config.outer_delta), kl_delta=_f(config.kl_delta), ls_decay=_f(config.ls_decay),
+    inp.update(outer_delta=_f(config.outer_delta), kl_delta=_f(config.ls_kl), ls_decay=_f(config.ls_decay),
                ls_steps=_i(config.ls_steps))
     meanings.update(outer_delta="Euclidean radius of the meta step (eq. 12)",
                     kl_delta="line search bound on the mean KL from theta on the pre-adaptation batches",

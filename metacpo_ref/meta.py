@@ -126,7 +126,7 @@ def outer_step(theta, traces, config):
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then a
     backtracking line search that re-evaluates :func:`meta_objective` on the same
     traces (and keeps the mean KL from ``theta`` on the pre-adaptation batches
-    within ``config.kl_delta``, or ``outer_delta`` with the Fisher metric).
+    within ``config.ls_kl``, or ``outer_delta`` with the Fisher metric).
     Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
     the pre-adaptation batches). Meta-TRPO (``config.constrained``
     False) takes the trust-region step on ``dF`` alone."""
@@ -134,7 +134,7 @@ def outer_step(theta, traces, config):
     spec = policy_spec(traces, config)
     F, G, dF, dG = meta_gradient(theta, traces, config)
     obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
-    hinv, kl_bound = None, config.kl_delta
+    hinv, kl_bound = None, config.ls_kl
     if config.outer_metric == "fisher":
         hinv, kl_bound = fisher_hinv(spec, theta, obs0, config), config.outer_delta
     if config.constrained:

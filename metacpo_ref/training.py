@@ -76,8 +76,19 @@ def config_to_json(config):
     return json.dumps(dataclasses.asdict(config), indent=1)
 
 
+RENAMED = {"kl_delta": ("baseline_delta", "ls_kl")}   # old config key -> the fields that took over its jobs
+
+
 def config_from_dict(d):
+    """A :class:`Config` from its JSON form. Configs written before ``kl_delta`` was split
+    (every run under results/) load with its value in both fields that took over its
+    two jobs (:data:`RENAMED`), so they resume exactly as before."""
     d = dict(d)
+    for old, new in RENAMED.items():
+        if old in d:
+            value = d.pop(old)
+            for name in new:
+                d.setdefault(name, value)
     d["hidden"] = tuple(d["hidden"])
     return Config(**d)
 
@@ -214,7 +225,7 @@ def adaptation_update(spec, phi, data, config):
     update of the baselines."""
     if config.meta:
         return policy_update(spec, phi, data, config.inner_delta, config, config.constrained)
-    return policy_update(spec, phi, data, config.kl_delta, config, config.constrained, metric="fisher")
+    return policy_update(spec, phi, data, config.baseline_delta, config, config.constrained, metric="fisher")
 
 
 def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=False):

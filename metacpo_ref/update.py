@@ -127,7 +127,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
     kept by every fraction of the step). ``metric="fisher"``: CPO's KL trust
     region (Fisher matrix by CG with ``config``'s settings).
     Accept when the mean KL on the batch is within ``delta`` (Fisher) or
-    ``config.kl_delta`` (Euclidean: the paper's line search guards the KL
+    ``config.ls_kl`` (Euclidean: the paper's line search guards the KL
     too), the cost surrogate change is within ``max(-b, 0)`` and, unless
     recovering, the reward surrogate improves (D19).
     """
@@ -143,7 +143,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
         cand = phi + beta * step.x
         dR, dC = L_R(cand) - R0, L_C(cand) - C0
         found[beta] = (dR, dC)
-        if mean_kl(spec, phi, cand, data.obs) > (delta if metric == "fisher" else config.kl_delta):
+        if mean_kl(spec, phi, cand, data.obs) > (delta if metric == "fisher" else config.ls_kl):
             return False
         improves = step.case == "recovery" or dR > 0
         return improves and (not constrained or dC <= max(-b, 0.0))

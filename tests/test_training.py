@@ -1,6 +1,8 @@
 """End to end: tiny training runs of every algorithm, exact resume, safe checkpoints,
 meta-testing, and clear errors."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import cli
 from metacpo_ref.config import Config
 from metacpo_ref.envs import sample_tasks
 from metacpo_ref.training import (CheckpointError, State, load_checkpoint, load_policy, meta_test,
-                                  read_metrics, save_checkpoint, train)
+                                  prepare_run, read_metrics, save_checkpoint, train)
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 
@@ -48,6 +50,31 @@ def test_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(full.theta, resumed.theta)
     np.testing.assert_array_equal(full.vf[0], resumed.vf[0])
     assert _strip(read_metrics(tmp_path / "full")) == _strip(read_metrics(tmp_path / "split"))
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("run", ["point-circle/cpo-s0", "point-circle/meta-cpo-s0"])
+def test_committed_run_from_before_the_kl_delta_split_loads_and_resumes(tmp_path, run):
+    """Every committed run's config has "kl_delta", which did two jobs; it loads into
+    both fields that took them over, so the run resumes with the same settings."""
+    src = RESULTS / run
+    old = json.loads((src / "config.json").read_text())
+    assert "kl_delta" in old and "baseline_delta" not in old
+    state = load_checkpoint(src / "checkpoint.npz")
+    assert state.config.baseline_delta == state.config.ls_kl == old["kl_delta"]
+    assert not hasattr(state.config, "kl_delta")
+    shutil.copytree(src, tmp_path / "run")
+    cfg = Config(family="point-circle", algo=old["algo"], tasks=old["tasks"], local_steps=old["local_steps"],
+                 episodes=old["episodes"], seed=old["seed"], iterations=old["iterations"] + 1)
+    resumed = prepare_run(cfg, tmp_path / "run", resume=True)   # refuses any config change but iterations
+    np.testing.assert_array_equal(resumed.theta, state.theta)
+    assert resumed.iteration == state.iteration == old["iterations"]
+    new = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "kl_delta" not in new and new["baseline_delta"] == new["ls_kl"] == old["kl_delta"]
+    with pytest.raises(CheckpointError, match="ls_kl 0.01 -> 0.02"):
+        prepare_run(Config(**{**cfg.__dict__, "ls_kl": 0.02}), tmp_path / "run", resume=True)
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
