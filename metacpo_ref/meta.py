@@ -43,7 +43,7 @@ from metacpo_ref.dco import cpo_layer
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.envs import sample_tasks
 from metacpo_ref.rollouts import batch_seed, task_seed
-from metacpo_ref.update import (StepData, backtrack, collect_step_data, cost_ok, fisher_hinv,
+from metacpo_ref.update import (Acceptance, Candidate, StepData, backtrack, collect_step_data, fisher_hinv,
                                 policy_update, step_problem)
 
 
@@ -123,9 +123,9 @@ class OuterResult:
 
 def outer_step(theta, traces, config):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
-    ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then a
-    backtracking line search that re-evaluates :func:`meta_objective` on the same
-    traces (and keeps the mean KL from ``theta`` on the pre-adaptation batches
+    ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then the
+    backtracking line search of :func:`metacpo_ref.update.backtrack` (D18, D19) that
+    re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL from ``theta`` on the pre-adaptation batches
     within ``config.ls_kl``, or ``outer_delta`` with the Fisher metric).
     Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
     the pre-adaptation batches). Meta-TRPO (``config.constrained``
@@ -141,19 +141,15 @@ def outer_step(theta, traces, config):
         step = solve_step(dF, dG, G, config.outer_delta, hinv=hinv)
     else:
         step = solve_step(dF, np.zeros_like(dF), -1.0, config.outer_delta, hinv=hinv)
-    found = {}
 
-    def accept(beta):
+    def evaluate(beta):
         cand = theta + beta * step.x
         F1, G1 = meta_objective(cand, traces, config)
-        found[beta] = (F1, G1)
-        if mean_kl(spec, theta, cand, obs0) > kl_bound:
-            return False
-        improves = step.case == "recovery" or F1 > F
-        return improves and (not config.constrained or cost_ok(G1, G))
+        return Candidate(beta, mean_kl(spec, theta, cand, obs0), F1, G1)
 
-    beta = backtrack(accept, config.ls_decay, config.ls_steps)
-    F1, G1 = found.get(beta, (F, G))
+    accepts = Acceptance(F, G, G, kl_bound, step.case == "recovery", config.constrained)
+    found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
+    beta, F1, G1 = (0.0, F, G) if found is None else (found.beta, found.R, found.C)
     return OuterResult(theta + beta * step.x, step.case, beta, F, G, F1, G1, dF, dG)
 
 

@@ -1,5 +1,7 @@
 """One CPO (or TRPO) policy update on one batch: eq. 9 on the surrogates, then a
 backtracking line search (Algorithm 1, lines 8-9; docs/derivations.md, section 7).
+The line search (:func:`backtrack` with the rule :class:`Acceptance`) is also the
+outer step's (:func:`metacpo_ref.meta.outer_step`).
 
 Shared by Meta-CPO's inner loop and meta-testing (:mod:`metacpo_ref.meta`)
 and by the CPO and TRPO baselines (:mod:`metacpo_ref.baselines`).
@@ -84,20 +86,48 @@ def step_problem(spec, phi, data, constrained=True):
     return g, grad(L_C)(phi), data.b_hat + L_C(phi) - L_C(data.phi)
 
 
-def backtrack(accept, decay, max_steps):
-    """Backtracking line search: the first ``beta = decay^j`` (j < max_steps) that
-    ``accept(beta)`` takes, or 0.0 (keep the old parameters)."""
+# --- the line search (D18, D19) -------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """One line-search fraction ``beta``: the mean KL from the old policy, and the
+    reward and cost values there (surrogates ``L_R, L_C``; in the outer step ``F, G``)."""
+
+    beta: float
+    kl: float
+    R: float
+    C: float
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The acceptance rule (D19) of a step from values ``R0, C0`` with constraint value
+    ``b``: mean KL within ``kl_bound``; unless unconstrained, cost change within
+    ``max(-b, 0)``; unless ``recovery``, the reward improves."""
+
+    R0: float
+    C0: float
+    b: float
+    kl_bound: float
+    recovery: bool
+    constrained: bool
+
+    def __call__(self, cand):
+        if cand.kl > self.kl_bound:
+            return False
+        improves = self.recovery or cand.R - self.R0 > 0
+        return improves and (not self.constrained or cand.C - self.C0 <= max(-self.b, 0.0))
+
+
+def backtrack(evaluate, accepts, decay, max_steps):
+    """Backtracking line search (D18): the first :class:`Candidate` ``evaluate(beta)``,
+    ``beta = decay^j`` (j < max_steps), that ``accepts`` takes, or ``None`` (keep the
+    old parameters)."""
     for j in range(int(max_steps)):
-        beta = float(decay) ** j
-        if accept(beta):
-            return beta
-    return 0.0
-
-
-def cost_ok(G_new, G):
-    """Line-search test on the cost: ``G_new - G <= max(-G, 0)`` (D19):
-    stay feasible when feasible, get no worse when not."""
-    return G_new - G <= max(-G, 0.0)
+        cand = evaluate(float(decay) ** j)
+        if accepts(cand):
+            return cand
+    return None
 
 
 def fisher_hinv(spec, theta, obs, config):
@@ -129,7 +159,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
     Accept when the mean KL on the batch is within ``delta`` (Fisher) or
     ``config.ls_kl`` (Euclidean: the paper's line search guards the KL
     too), the cost surrogate change is within ``max(-b, 0)`` and, unless
-    recovering, the reward surrogate improves (D19).
+    recovering, the reward surrogate improves (:class:`Acceptance`, D19).
     """
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b = step_problem(spec, phi, data, constrained)
@@ -137,17 +167,15 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
     R0, C0 = L_R(phi), L_C(phi)
-    found = {}
 
-    def accept(beta):
+    def evaluate(beta):
         cand = phi + beta * step.x
-        dR, dC = L_R(cand) - R0, L_C(cand) - C0
-        found[beta] = (dR, dC)
-        if mean_kl(spec, phi, cand, data.obs) > (delta if metric == "fisher" else config.ls_kl):
-            return False
-        improves = step.case == "recovery" or dR > 0
-        return improves and (not constrained or dC <= max(-b, 0.0))
+        R, C = L_R(cand), L_C(cand)
+        return Candidate(beta, mean_kl(spec, phi, cand, data.obs), R, C)
 
-    beta = backtrack(accept, config.ls_decay, config.ls_steps)
-    dR, dC = found.get(beta, (0.0, 0.0)) if beta > 0 else (0.0, 0.0)
-    return Update(phi + beta * step.x, step.case, beta, float(dR), float(dC))
+    accepts = Acceptance(R0, C0, b, delta if metric == "fisher" else config.ls_kl,
+                         step.case == "recovery", constrained)
+    found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
+    if found is None:
+        return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0)
+    return Update(phi + found.beta * step.x, step.case, found.beta, float(found.R - R0), float(found.C - C0))
