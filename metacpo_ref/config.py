@@ -59,6 +59,7 @@ class Family:
     test: dict
     int_params: tuple = ()
     episodes: int = 6    # episodes per batch: about 3000 steps (authors' code)
+    act_dim: int = 2     # Safety-Gymnasium's point and car robots both have two actuators
 
 
 FAMILIES = {

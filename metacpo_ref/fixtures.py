@@ -396,11 +396,14 @@ POLICY_UPDATE_MEANINGS = {
 
 
 def compute_policy_update(inp, metric):
+    # identity: the meta algorithms' local rule (radius inner_delta); fisher: the CPO baseline's
+    # (KL radius baseline_delta); see metacpo_ref.update.local_rule
+    radius = {"inner_delta": float(inp["delta"])} if metric == "identity" else \
+        {"algo": "cpo", "baseline_delta": float(inp["delta"]), "cg_iters": int(inp["cg_iters"]),
+         "cg_damping": float(inp["cg_damping"])}
     config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), ls_kl=float(inp["kl_delta"]),
-                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
-                    **({"cg_iters": int(inp["cg_iters"]), "cg_damping": float(inp["cg_damping"])}
-                       if metric == "fisher" else {}))
-    upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), float(inp["delta"]), config, metric=metric)
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]), **radius)
+    upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
     return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
             "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C)}
 

@@ -29,30 +29,18 @@ Not included: the derivative of the sampling distribution of the batches
 behaviour log-probs are stored data, never recomputed from the ``phi`` being
 differentiated (that would make every ratio 1 and silently drop terms).
 """
-import dataclasses
-import time
 from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
 from autograd import make_vjp
 
-from metacpo_ref.advantages import center, fit_value, standardize, surrogates
+from metacpo_ref.advantages import center, standardize, surrogates
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
+from metacpo_ref.iteration import Trace, run_iteration
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.envs import sample_tasks
-from metacpo_ref.rollouts import batch_seed, task_seed
-from metacpo_ref.update import (Acceptance, Candidate, StepData, backtrack, collect_step_data, fisher_hinv,
-                                policy_update, step_problem)
-
-
-@dataclass(frozen=True, eq=False)
-class Trace:
-    """A task's K local batches and its evaluation batch."""
-
-    steps: tuple
-    eval: StepData
+from metacpo_ref.update import Acceptance, Candidate, StepData, backtrack, fisher_hinv, step_problem
 
 
 def policy_spec(traces, config):
@@ -125,8 +113,9 @@ def outer_step(theta, traces, config):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then the
     backtracking line search of :func:`metacpo_ref.update.backtrack` (D18, D19) that
-    re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL from ``theta`` on the pre-adaptation batches
-    within ``config.ls_kl``, or ``outer_delta`` with the Fisher metric).
+    re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL
+    from ``theta`` on the pre-adaptation batches within ``config.ls_kl``, or
+    ``outer_delta`` with the Fisher metric).
     Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
     the pre-adaptation batches). Meta-TRPO (``config.constrained``
     False) takes the trust-region step on ``dF`` alone."""
@@ -155,102 +144,24 @@ def outer_step(theta, traces, config):
 
 # --- Algorithm 1: one meta-iteration on the simulator ---------------------------
 
-@dataclass(frozen=True, eq=False)
-class TaskRun:
-    """One task's inner loop: its trace, per-batch returns/costs/steps (K + 1
-    batches: k = 0..K-1 local, then evaluation), the local steps' cases and
-    line-search fractions, the pre-adaptation value targets, and timings."""
+def meta_iteration(theta, vf, config, iteration, workers):
+    """Algorithm 1, lines 3-14: the frame of :func:`metacpo_ref.iteration.run_iteration`
+    (``config.tasks`` sampled training tasks, each with ``config.local_steps`` local
+    CPO steps of eq. 9, value functions refitted on the pre-adaptation batches) with
+    the outer step of eq. 12 on the recorded traces as the algorithm's own step.
+    Returns ``(theta_new, vf_new, metrics)``."""
 
-    trace: Trace
-    returns: list
-    costs: list
-    steps: list
-    cases: list
-    betas: list
-    obs0: np.ndarray
-    targets0: tuple
-    env_time: float
-    learner_time: float
+    def learn(theta, runs):
+        outer = outer_step(theta, [r.trace for r in runs], config)
+        cases = [c for r in runs for c in r.cases]
+        return outer.theta, {
+            "return_adapted": float(np.mean([r.returns[-1] for r in runs])),
+            "cost_adapted": float(np.mean([r.costs[-1] for r in runs])),
+            "cases": {c: cases.count(c) for c in sorted(set(cases))},
+            "outer_case": outer.case, "outer_beta": outer.beta, "F": outer.F, "G": outer.G, "F_new": outer.F_new,
+            "G_new": outer.G_new}
 
-
-def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index, cost_limit):
-    """Algorithm 1, lines 6-10 for one task: K local updates of eq. 9 (Euclidean
-    metric, ``config.inner_delta``, backtracking), each on a fresh batch collected
-    with ``phi_k``, then the evaluation batch of ``phi_K``. Value functions start
-    from ``vf`` and are refitted on each batch in turn."""
-    env.set_task(task)
-    phi, steps = np.asarray(theta, dtype=np.float64), []
-    out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": []}
-    env_time = learner_time = 0.0
-    for k in range(config.local_steps + 1):
-        c = collect_step_data(env, spec, vspec, phi, vf, config,
-                              batch_seed(config.seed, iteration, task_index, k), cost_limit)
-        vf = c.vf
-        if k == 0:
-            obs0, targets0 = c.batch.obs, (c.adv.targets_r, c.adv.targets_c)
-        out["returns"].append(float(np.mean(c.batch.ep_return)))
-        out["costs"].append(float(np.mean(c.batch.ep_cost)))
-        out["steps"].append(len(c.batch))
-        t0 = time.perf_counter()
-        if k < config.local_steps:
-            upd = policy_update(spec, phi, c.data, config.inner_delta, config, config.constrained)
-            steps.append(dataclasses.replace(c.data, beta=upd.beta))
-            out["cases"].append(upd.case)
-            out["betas"].append(upd.beta)
-            phi = upd.phi
-        env_time += c.env_time
-        learner_time += c.learner_time + time.perf_counter() - t0
-    return TaskRun(Trace(tuple(steps), c.data), obs0=obs0, targets0=targets0,
-                   env_time=env_time, learner_time=learner_time, **out)
-
-
-def meta_iteration(theta, vf, config, iteration, workers, vspec):
-    """Algorithm 1, lines 3-14: sample ``config.tasks`` training tasks, run each
-    task's inner loop (in parallel on ``workers``, a :class:`metacpo_ref.workers.Workers`),
-    then the outer step of eq. 12 on the recorded traces.
-    The value functions ``vf = (vf_r, vf_c)`` are refitted at the end on the
-    pre-adaptation batches (the batches of ``theta``). Returns
-    ``(theta_new, vf_new, metrics)``."""
-    spec = PolicySpec(vspec.obs_dim, 2, tuple(config.hidden))
-    tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, iteration))
-    jobs = [(task, theta, vf, spec, vspec, config, iteration, i, config.train_cost_limit)
-            for i, task in enumerate(tasks)]
-    runs = workers.map(inner_loop, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
-    t0 = time.perf_counter()
-    outer = outer_step(theta, [r.trace for r in runs], config)
-    vf = refit_values(vspec, vf, runs, config)
-    outer_time = time.perf_counter() - t0
-    metrics = iteration_metrics(tasks, runs, config)
-    metrics.update(outer_case=outer.case, outer_beta=outer.beta, F=outer.F, G=outer.G,
-                   F_new=outer.F_new, G_new=outer.G_new,
-                   time_learner=metrics["time_learner"] + outer_time)
-    return outer.theta, vf, metrics
-
-
-def refit_values(vspec, vf, runs, config):
-    """Value functions of ``theta``: one fit on all pre-adaptation batches, warm-started."""
-    obs = np.concatenate([r.obs0 for r in runs])
-    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters)
-                 for j, p in enumerate(vf))
-
-
-def iteration_metrics(tasks, runs, config):
-    """One ``metrics.jsonl`` row (less the iteration counters): pre-adaptation
-    (k = 0) and adapted (last batch) return and cost, per-task numbers, step cases, times."""
-    cases = [c for r in runs for c in r.cases]
-    return {
-        "return": float(np.mean([r.returns[0] for r in runs])),
-        "cost": float(np.mean([r.costs[0] for r in runs])),
-        "return_adapted": float(np.mean([r.returns[-1] for r in runs])),
-        "cost_adapted": float(np.mean([r.costs[-1] for r in runs])),
-        "cost_limit": config.train_cost_limit,
-        "steps": int(sum(sum(r.steps) for r in runs)),
-        "cases": {c: cases.count(c) for c in sorted(set(cases))},
-        "tasks": [{"params": t.params, "returns": r.returns, "costs": r.costs, "betas": r.betas}
-                  for t, r in zip(tasks, runs)],
-        "time_env": float(sum(r.env_time for r in runs)),
-        "time_learner": float(sum(r.learner_time for r in runs)),
-    }
+    return run_iteration(theta, vf, config, iteration, workers, config.local_steps, learn)
 
 
 # --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from metacpo_ref.advantages import ValueSpec, init_value
+from metacpo_ref.advantages import init_value
 from metacpo_ref.baselines import baseline_iteration
 from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.meta import meta_iteration
-from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
+from metacpo_ref.policy import act_fn, init_theta, n_params
 from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
-from metacpo_ref.update import collect_step_data, policy_update
+from metacpo_ref.update import collect_step_data, policy_update, specs
 from metacpo_ref.workers import Workers
 
 TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing batches (never a training iteration)
@@ -48,12 +48,6 @@ class State:
     obs_norm: ObsNorm
     iteration: int
     env_steps: int
-
-
-def specs(config):
-    """``(PolicySpec, ValueSpec)`` of a config's family."""
-    obs_dim = FAMILIES[config.family].obs_dim
-    return PolicySpec(obs_dim, 2, tuple(config.hidden)), ValueSpec(obs_dim)
 
 
 def initial_state(config):
@@ -194,12 +188,11 @@ def run_iterations(state, out_dir, workers=1, backend="process", ray_address=Non
 def _iterations(state, out_dir, workers):
     config = state.config
     out = Path(out_dir)
-    _, vspec = specs(config)
     iterate = meta_iteration if config.meta else baseline_iteration
     theta, vf, env_steps = state.theta, state.vf, state.env_steps
     for it in range(state.iteration, config.iterations):
         t0 = time.perf_counter()
-        theta, vf, metrics = iterate(theta, vf, config, it, workers, vspec)
+        theta, vf, metrics = iterate(theta, vf, config, it, workers)
         env_steps += metrics["steps"]
         row = {"iteration": it, "env_steps": env_steps, **metrics,
                "time_total": time.perf_counter() - t0}
@@ -218,15 +211,6 @@ def train(config, out_dir, resume=False, workers=1, backend="process", ray_addre
 
 
 # --- meta-testing -------------------------------------------------------------------
-
-def adaptation_update(spec, phi, data, config):
-    """One adaptation step with the algorithm's own inner rule: the Euclidean CPO
-    (meta-cpo) or TRPO (meta-trpo) step of eq. 9, or the Fisher-metric CPO / TRPO
-    update of the baselines."""
-    if config.meta:
-        return policy_update(spec, phi, data, config.inner_delta, config, config.constrained)
-    return policy_update(spec, phi, data, config.baseline_delta, config, config.constrained, metric="fisher")
-
 
 def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=False):
     """Adapt ``theta`` on ``task`` for ``k`` steps in ``env`` (a job for the workers).
@@ -248,7 +232,7 @@ def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=Fa
         stats.append((float(np.mean(batch.ep_return)), float(np.mean(batch.ep_cost)),
                       float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
         if j < k:
-            phi = adaptation_update(spec, phi, c.data, config).phi
+            phi = policy_update(spec, phi, c.data, config).phi   # the algorithm's own rule
     return phi, stats
 
 

@@ -3,8 +3,8 @@ backtracking line search (Algorithm 1, lines 8-9; docs/derivations.md, section 7
 The line search (:func:`backtrack` with the rule :class:`Acceptance`) is also the
 outer step's (:func:`metacpo_ref.meta.outer_step`).
 
-Shared by Meta-CPO's inner loop and meta-testing (:mod:`metacpo_ref.meta`)
-and by the CPO and TRPO baselines (:mod:`metacpo_ref.baselines`).
+Shared by the inner loop of every algorithm (:mod:`metacpo_ref.iteration`), meta-testing
+(:mod:`metacpo_ref.training`) and the CPO and TRPO baselines' pooled update.
 """
 import time
 from dataclasses import dataclass
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from autograd import grad
 
-from metacpo_ref.advantages import advantages, constraint_value, surrogates
+from metacpo_ref.advantages import ValueSpec, advantages, constraint_value, surrogates
+from metacpo_ref.config import FAMILIES
 from metacpo_ref.cpo import cg, solve_step
-from metacpo_ref.policy import act_fn, fvp, mean_kl
+from metacpo_ref.policy import PolicySpec, act_fn, fvp, mean_kl
 from metacpo_ref.rollouts import collect
 
 
@@ -86,6 +87,12 @@ def step_problem(spec, phi, data, constrained=True):
     return g, grad(L_C)(phi), data.b_hat + L_C(phi) - L_C(data.phi)
 
 
+def specs(config):
+    """``(PolicySpec, ValueSpec)`` of a config's family (its observation and action sizes)."""
+    family = FAMILIES[config.family]
+    return PolicySpec(family.obs_dim, family.act_dim, tuple(config.hidden)), ValueSpec(family.obs_dim)
+
+
 # --- the line search (D18, D19) -------------------------------------------------
 
 @dataclass(frozen=True)
@@ -150,19 +157,27 @@ class Update:
     dL_C: float
 
 
-def policy_update(spec, phi, data, delta, config, constrained=True, metric="identity"):
-    """One update of eq. 9 on ``data`` with backtracking.
+def local_rule(config):
+    """``(metric, delta)`` of the algorithm's own update: the Euclidean step of radius
+    ``inner_delta`` (meta-cpo, meta-trpo: the paper's local steps) or the Fisher-metric
+    step of KL radius ``baseline_delta`` (the cpo and trpo baselines)."""
+    return ("identity", config.inner_delta) if config.meta else ("fisher", config.baseline_delta)
 
-    ``metric="identity"``: the paper's Euclidean local step (0.5 ||x||^2 <= delta,
-    kept by every fraction of the step). ``metric="fisher"``: CPO's KL trust
-    region (Fisher matrix by CG with ``config``'s settings).
-    Accept when the mean KL on the batch is within ``delta`` (Fisher) or
-    ``config.ls_kl`` (Euclidean: the paper's line search guards the KL
-    too), the cost surrogate change is within ``max(-b, 0)`` and, unless
-    recovering, the reward surrogate improves (:class:`Acceptance`, D19).
+
+def policy_update(spec, phi, data, config):
+    """One update of eq. 9 on ``data`` with backtracking, by the algorithm's own rule
+    (:func:`local_rule`; CPO steps for meta-cpo and cpo, trust-region steps for
+    meta-trpo and trpo).
+
+    ``identity``: the paper's Euclidean local step (0.5 ||x||^2 <= delta, kept by
+    every fraction of the step); the line search bounds the mean KL by
+    ``config.ls_kl``. ``fisher``: CPO's KL trust region (Fisher matrix by CG with
+    ``config``'s settings); the line search bounds the mean KL by ``delta``.
+    Acceptance: (D19).
     """
+    metric, delta = local_rule(config)
     phi = np.asarray(phi, dtype=np.float64)
-    g, a, b = step_problem(spec, phi, data, constrained)
+    g, a, b = step_problem(spec, phi, data, config.constrained)
     hinv = fisher_hinv(spec, phi, data.obs, config) if metric == "fisher" else None
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
@@ -174,7 +189,7 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
         return Candidate(beta, mean_kl(spec, phi, cand, data.obs), R, C)
 
     accepts = Acceptance(R0, C0, b, delta if metric == "fisher" else config.ls_kl,
-                         step.case == "recovery", constrained)
+                         step.case == "recovery", config.constrained)
     found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
     if found is None:
         return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0)

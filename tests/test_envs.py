@@ -21,7 +21,7 @@ def test_sizes_and_episode_length(envs, family):
     env = envs[family]
     obs, _ = env.reset(seed=0)
     assert obs.shape == (OBS[family],) == env.observation_space.shape
-    assert env.action_space.shape == (2,)
+    assert env.action_space.shape == (2,) == (FAMILIES[family].act_dim,)   # the policy's act_dim (update.specs)
     b = collect(env, random_act, 1, seed=0)
     assert b.ep_len[0] == EP_LEN[family] and b.truncated[-1] and not b.terminated.any()
 

@@ -1,7 +1,19 @@
-"""The one line search (D18, D19) shared by every update and the outer step."""
+"""The one line search (D18, D19) shared by every update and the outer step, and
+policy_update by the algorithm's own rule."""
 import dataclasses
 
-from metacpo_ref.update import Acceptance, Candidate, backtrack
+import numpy as np
+import pytest
+
+from metacpo_ref.advantages import surrogates
+from metacpo_ref.config import Config
+from metacpo_ref.cpo import solve_step
+from metacpo_ref.meta import synthetic_traces
+from metacpo_ref.policy import PolicySpec, mean_kl
+from metacpo_ref.update import (Acceptance, Candidate, backtrack, fisher_hinv, local_rule, policy_update,
+                                step_problem)
+
+SPEC = PolicySpec(3, 2, (4,))
 
 
 def rule(**change):
@@ -31,3 +43,32 @@ def test_backtrack_returns_what_it_accepted():
     found = backtrack(evaluate, rule(kl_bound=0.5), 0.5, 15)
     assert found == Candidate(0.5, 0.5, 2.0, 0.0) and seen == [1.0, 0.5]
     assert backtrack(evaluate, rule(kl_bound=1e-9), 0.5, 4) is None and seen[2:] == [1.0, 0.5, 0.25, 0.125]
+
+
+@pytest.mark.parametrize("algo, metric", [("meta-cpo", "identity"), ("cpo", "fisher")])
+def test_policy_update_reports_its_step(algo, metric):
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.05)
+    assert local_rule(config) == ((metric, 0.05) if metric == "identity" else (metric, config.baseline_delta))
+    _, traces = synthetic_traces(SPEC, 1, 1, 1, config, b_fracs=[[0.3, 0.0]])   # both constraints active
+    data = traces[0].steps[0]
+    upd = policy_update(SPEC, data.phi, data, config)
+    g, a, b = step_problem(SPEC, data.phi, data)
+    hinv = fisher_hinv(SPEC, data.phi, data.obs, config) if metric == "fisher" else None
+    step = solve_step(g, a, b, local_rule(config)[1], hinv=hinv)
+    assert upd.case == step.case == "both"
+    assert upd.beta > 0
+    np.testing.assert_array_equal(upd.phi, data.phi + upd.beta * step.x)
+    L_R, L_C = surrogates(SPEC, data, data.adv_r, data.adv_c, data.logp_beh)
+    assert (upd.dL_R, upd.dL_C) == (L_R(upd.phi) - L_R(data.phi), L_C(upd.phi) - L_C(data.phi))
+    assert upd.dL_R > 0 and upd.dL_C <= max(-b, 0.0)
+    bound = config.ls_kl if metric == "identity" else config.baseline_delta
+    assert mean_kl(SPEC, data.phi, upd.phi, data.obs) <= bound
+
+
+def test_policy_update_rejects_when_nothing_passes():
+    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=1e-12, ls_steps=3)
+    _, traces = synthetic_traces(SPEC, 1, 1, 3, config)
+    data = traces[0].steps[0]
+    upd = policy_update(SPEC, data.phi, data, config)
+    assert upd.beta == 0.0 and upd.dL_R == upd.dL_C == 0.0
+    np.testing.assert_array_equal(upd.phi, data.phi)

@@ -1,0 +1,151 @@
+"""One training iteration's frame, shared by Meta-CPO (:mod:`metacpo_ref.meta`) and
+the CPO / TRPO baselines (:mod:`metacpo_ref.baselines`).
+
+Every algorithm's iteration (Algorithm 1, lines 3-14) has the same frame:
+sample ``config.tasks`` training tasks, run each task's inner loop in parallel
+(:func:`inner_loop`: K local updates for the meta algorithms, none for the
+baselines), learn from the results (the algorithm's own step: Meta-CPO's outer
+step of eq. 12, or the baselines' update on the pooled batches), refit the
+value functions on the pre-adaptation batches, and write one metrics row.
+:func:`run_iteration` is that frame; each algorithm passes only its own step.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from metacpo_ref.advantages import fit_value
+from metacpo_ref.envs import sample_tasks
+from metacpo_ref.rollouts import batch_seed, task_seed
+from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A task's K local batches and its evaluation batch (the batch of ``phi_K``)."""
+
+    steps: tuple
+    eval: StepData
+
+
+@dataclass(frozen=True, eq=False)
+class TaskJob:
+    """One task's work in an iteration: the task, its index in the iteration, the
+    parameters ``theta`` and value functions ``vf = (vf_r, vf_c)`` it starts from,
+    the run's config, the iteration, and the number of local updates."""
+
+    task: object
+    index: int
+    theta: np.ndarray
+    vf: tuple
+    config: object
+    iteration: int
+    local_steps: int
+
+
+@dataclass(frozen=True, eq=False)
+class TaskRun:
+    """One task's inner loop: its trace, per-batch returns/costs/steps (K + 1
+    batches: k = 0..K-1 local, then evaluation), each local step's case and
+    line-search fraction, the pre-adaptation batch
+    ``batch0`` and its value targets, and timings."""
+
+    trace: Trace
+    returns: list
+    costs: list
+    steps: list
+    cases: list
+    betas: list
+    batch0: object
+    targets0: tuple
+    env_time: float
+    learner_time: float
+
+    @property
+    def obs0(self):
+        return self.batch0.obs
+
+
+def inner_loop(env, job):
+    """Algorithm 1, lines 6-10 for one task: ``job.local_steps`` local updates of
+    eq. 9 by the algorithm's own rule (:func:`metacpo_ref.update.policy_update`),
+    each on a fresh batch collected with ``phi_k``, then the evaluation batch of
+    ``phi_K``. With K = 0 (the baselines) it is the one batch of ``theta``. Value
+    functions start from ``job.vf`` and are refitted on each batch in turn."""
+    config = job.config
+    spec, vspec = specs(config)
+    env.set_task(job.task)
+    phi, vf, steps = np.asarray(job.theta, dtype=np.float64), job.vf, []
+    out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": []}
+    env_time = learner_time = 0.0
+    for k in range(job.local_steps + 1):
+        c = collect_step_data(env, spec, vspec, phi, vf, config,
+                              batch_seed(config.seed, job.iteration, job.index, k), config.train_cost_limit)
+        vf = c.vf
+        if k == 0:
+            batch0, targets0 = c.batch, (c.adv.targets_r, c.adv.targets_c)
+        out["returns"].append(float(np.mean(c.batch.ep_return)))
+        out["costs"].append(float(np.mean(c.batch.ep_cost)))
+        out["steps"].append(len(c.batch))
+        t0 = time.perf_counter()
+        if k < job.local_steps:
+            upd = policy_update(spec, phi, c.data, config)
+            steps.append(dataclasses.replace(c.data, beta=upd.beta))
+            out["cases"].append(upd.case)
+            out["betas"].append(upd.beta)
+            phi = upd.phi
+        env_time += c.env_time
+        learner_time += c.learner_time + time.perf_counter() - t0
+    return TaskRun(Trace(tuple(steps), c.data), batch0=batch0, targets0=targets0,
+                   env_time=env_time, learner_time=learner_time, **out)
+
+
+def refit_values(vspec, vf, runs, config):
+    """Value functions of ``theta``: one fit on all pre-adaptation batches, warm-started."""
+    obs = np.concatenate([r.obs0 for r in runs])
+    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters)
+                 for j, p in enumerate(vf))
+
+
+def iteration_metrics(tasks, runs, config):
+    """The frame's part of a ``metrics.jsonl`` row: pre-adaptation (k = 0) return
+    and cost, env steps, per-task numbers (with each local step's ``beta`` when
+    there are local steps), times."""
+    rows = []
+    for t, r in zip(tasks, runs):
+        row = {"params": t.params, "returns": r.returns, "costs": r.costs}
+        if r.cases:
+            row.update(betas=r.betas)
+        rows.append(row)
+    return {
+        "return": float(np.mean([r.returns[0] for r in runs])),
+        "cost": float(np.mean([r.costs[0] for r in runs])),
+        "cost_limit": config.train_cost_limit,
+        "steps": int(sum(sum(r.steps) for r in runs)),
+        "tasks": rows,
+        "time_env": float(sum(r.env_time for r in runs)),
+        "time_learner": float(sum(r.learner_time for r in runs)),
+    }
+
+
+def run_iteration(theta, vf, config, iteration, workers, local_steps, learn):
+    """One iteration (Algorithm 1, lines 3-14, for any algorithm): sample
+    ``config.tasks`` training tasks, run :func:`inner_loop` with ``local_steps``
+    local updates on each (in parallel on ``workers``, a
+    :class:`metacpo_ref.workers.Workers`), then the algorithm's own step
+    ``learn(theta, runs) -> (theta_new, metrics)``, then refit the value functions
+    ``vf = (vf_r, vf_c)`` on the pre-adaptation batches (the batches of ``theta``).
+    Returns ``(theta_new, vf_new, metrics)``; ``metrics`` is the frame's row
+    (:func:`iteration_metrics`) updated with the algorithm's own."""
+    _, vspec = specs(config)
+    tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, iteration))
+    jobs = [(TaskJob(task, i, theta, vf, config, iteration, local_steps),) for i, task in enumerate(tasks)]
+    runs = workers.map(inner_loop, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
+    t0 = time.perf_counter()
+    theta_new, own = learn(theta, runs)
+    vf = refit_values(vspec, vf, runs, config)
+    learn_time = time.perf_counter() - t0
+    metrics = iteration_metrics(tasks, runs, config)
+    metrics.update(own, time_learner=metrics["time_learner"] + learn_time)
+    return theta_new, vf, metrics
