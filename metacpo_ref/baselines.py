@@ -12,7 +12,7 @@ cost constraint; TRPO drops it. Both reuse the iteration frame
 import numpy as np
 
 from metacpo_ref.advantages import constraint_value
-from metacpo_ref.iteration import run_iteration
+from metacpo_ref.iteration import json_float, run_iteration
 from metacpo_ref.rollouts import concat_batches
 from metacpo_ref.update import StepData, policy_update, specs
 
@@ -36,6 +36,6 @@ def baseline_iteration(theta, vf, config, iteration, workers):
 
     def learn(theta, runs):
         upd = policy_update(spec, theta, pooled_data(runs, theta, config.train_cost_limit), config)
-        return upd.phi, {"cases": {upd.case: 1}, "beta": upd.beta}
+        return upd.phi, {"cases": {upd.case: 1}, "beta": upd.beta, "lam": upd.lam, "nu": json_float(upd.nu)}
 
     return run_iteration(theta, vf, config, iteration, workers, 0, learn)

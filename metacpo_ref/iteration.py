@@ -47,8 +47,8 @@ class TaskJob:
 @dataclass(frozen=True, eq=False)
 class TaskRun:
     """One task's inner loop: its trace, per-batch returns/costs/steps (K + 1
-    batches: k = 0..K-1 local, then evaluation), each local step's case and
-    line-search fraction, the pre-adaptation batch
+    batches: k = 0..K-1 local, then evaluation), each local step's case, multipliers
+    ``lam``, ``nu`` (eq. 9) and line-search fraction, the pre-adaptation batch
     ``batch0`` and its value targets, and timings."""
 
     trace: Trace
@@ -57,6 +57,8 @@ class TaskRun:
     steps: list
     cases: list
     betas: list
+    lams: list
+    nus: list
     batch0: object
     targets0: tuple
     env_time: float
@@ -77,7 +79,7 @@ def inner_loop(env, job):
     spec, vspec = specs(config)
     env.set_task(job.task)
     phi, vf, steps = np.asarray(job.theta, dtype=np.float64), job.vf, []
-    out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": []}
+    out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": [], "lams": [], "nus": []}
     env_time = learner_time = 0.0
     for k in range(job.local_steps + 1):
         c = collect_step_data(env, spec, vspec, phi, vf, config,
@@ -92,8 +94,8 @@ def inner_loop(env, job):
         if k < job.local_steps:
             upd = policy_update(spec, phi, c.data, config)
             steps.append(dataclasses.replace(c.data, beta=upd.beta))
-            out["cases"].append(upd.case)
-            out["betas"].append(upd.beta)
+            for key, v in (("cases", upd.case), ("betas", upd.beta), ("lams", upd.lam), ("nus", upd.nu)):
+                out[key].append(v)
             phi = upd.phi
         env_time += c.env_time
         learner_time += c.learner_time + time.perf_counter() - t0
@@ -108,15 +110,22 @@ def refit_values(vspec, vf, runs, config):
                  for j, p in enumerate(vf))
 
 
+def json_float(v):
+    """A float for ``metrics.jsonl``: NaN (``nu`` of a recovery step) becomes ``None``."""
+    v = float(v)
+    return None if np.isnan(v) else v
+
+
 def iteration_metrics(tasks, runs, config):
     """The frame's part of a ``metrics.jsonl`` row: pre-adaptation (k = 0) return
-    and cost, env steps, per-task numbers (with each local step's ``beta`` when
-    there are local steps), times."""
+    and cost, env steps, per-task numbers (with each local step's case, ``lam``,
+    ``nu`` and ``beta`` when there are local steps), times."""
     rows = []
     for t, r in zip(tasks, runs):
         row = {"params": t.params, "returns": r.returns, "costs": r.costs}
         if r.cases:
-            row.update(betas=r.betas)
+            row.update(betas=r.betas, cases=r.cases, lams=[json_float(v) for v in r.lams],
+                       nus=[json_float(v) for v in r.nus])
         rows.append(row)
     return {
         "return": float(np.mean([r.returns[0] for r in runs])),

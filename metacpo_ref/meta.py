@@ -38,7 +38,7 @@ from autograd import make_vjp
 from metacpo_ref.advantages import center, standardize, surrogates
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
-from metacpo_ref.iteration import Trace, run_iteration
+from metacpo_ref.iteration import Trace, json_float, run_iteration
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.update import Acceptance, Candidate, StepData, backtrack, fisher_hinv, step_problem
 
@@ -95,8 +95,9 @@ def meta_gradient(theta, traces, config):
 
 @dataclass(frozen=True, eq=False)
 class OuterResult:
-    """The outer step: new ``theta``, the step's ``case``, accepted fraction ``beta``
-    (0: rejected), ``(F, G)`` before and after, and the gradients."""
+    """The outer step: new ``theta``, the step's ``case`` and multipliers ``lam``, ``nu``
+    (eq. 9 with ``g = dF``, ``a = dG``, ``b = G``; ``nu`` NaN in recovery), accepted
+    fraction ``beta`` (0: rejected), ``(F, G)`` before and after, and the gradients."""
 
     theta: np.ndarray
     case: str
@@ -107,6 +108,8 @@ class OuterResult:
     G_new: float
     dF: np.ndarray
     dG: np.ndarray
+    lam: float
+    nu: float
 
 
 def outer_step(theta, traces, config):
@@ -139,7 +142,7 @@ def outer_step(theta, traces, config):
     accepts = Acceptance(F, G, G, kl_bound, step.case == "recovery", config.constrained)
     found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
     beta, F1, G1 = (0.0, F, G) if found is None else (found.beta, found.R, found.C)
-    return OuterResult(theta + beta * step.x, step.case, beta, F, G, F1, G1, dF, dG)
+    return OuterResult(theta + beta * step.x, step.case, beta, F, G, F1, G1, dF, dG, step.lam, step.nu)
 
 
 # --- Algorithm 1: one meta-iteration on the simulator ---------------------------
@@ -158,7 +161,8 @@ def meta_iteration(theta, vf, config, iteration, workers):
             "return_adapted": float(np.mean([r.returns[-1] for r in runs])),
             "cost_adapted": float(np.mean([r.costs[-1] for r in runs])),
             "cases": {c: cases.count(c) for c in sorted(set(cases))},
-            "outer_case": outer.case, "outer_beta": outer.beta, "F": outer.F, "G": outer.G, "F_new": outer.F_new,
+            "outer_case": outer.case, "outer_beta": outer.beta, "outer_lam": outer.lam,
+            "outer_nu": json_float(outer.nu), "F": outer.F, "G": outer.G, "F_new": outer.F_new,
             "G_new": outer.G_new}
 
     return run_iteration(theta, vf, config, iteration, workers, config.local_steps, learn)

@@ -147,7 +147,8 @@ def fisher_hinv(spec, theta, obs, config):
 
 @dataclass(frozen=True, eq=False)
 class Update:
-    """Result of :func:`policy_update`: new parameters, the step's case, the accepted
+    """Result of :func:`policy_update`: new parameters, the step's ``case``, its
+    multipliers ``lam`` and ``nu`` (eq. 9; ``nu`` NaN in recovery), the accepted
     fraction ``beta`` (0: rejected) and the surrogate changes it achieved."""
 
     phi: np.ndarray
@@ -155,6 +156,8 @@ class Update:
     beta: float
     dL_R: float
     dL_C: float
+    lam: float
+    nu: float
 
 
 def local_rule(config):
@@ -192,5 +195,6 @@ def policy_update(spec, phi, data, config):
                          step.case == "recovery", config.constrained)
     found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
     if found is None:
-        return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0)
-    return Update(phi + found.beta * step.x, step.case, found.beta, float(found.R - R0), float(found.C - C0))
+        return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0, step.lam, step.nu)
+    return Update(phi + found.beta * step.x, step.case, found.beta, float(found.R - R0), float(found.C - C0),
+                  step.lam, step.nu)

@@ -147,6 +147,10 @@ def test_outer_step_cases(target):
         assert res.G_new - res.G <= max(-res.G, 0.0)
     # the reported numbers are those of meta_objective at the new theta
     assert (res.F_new, res.G_new) == meta_objective(res.theta, traces, CFG)
+    # and the multipliers those of the step of eq. 12 (g = dF, a = dG, b = G)
+    ref = solve_step(res.dF, res.dG, res.G, CFG.outer_delta)
+    assert (res.lam, res.case) == (ref.lam, ref.case)
+    assert np.isnan(res.nu) if target == "recovery" else res.nu == ref.nu
 
 
 def test_outer_step_fisher_metric_stays_in_kl_trust_region():

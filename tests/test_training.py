@@ -35,6 +35,19 @@ def test_one_iteration_each_algorithm(tmp_path, algo):
     assert sum(row["cases"].values()) == (2 if algo.startswith("meta") else 1)
     if algo in ("meta-trpo", "trpo"):
         assert set(row["cases"]) == {"trust"}
+    # what every step decided: case, multipliers lam and nu (None: recovery has no nu)
+    if algo.startswith("meta"):
+        for t in row["tasks"]:
+            assert len(t["cases"]) == len(t["lams"]) == len(t["nus"]) == len(t["betas"]) == 1
+            assert t["lams"][0] > 0 and (t["nus"][0] is None) == (t["cases"][0] == "recovery")
+        assert row["outer_lam"] > 0 and (row["outer_nu"] is None) == (row["outer_case"] == "recovery")
+        assert sorted(c for t in row["tasks"] for c in t["cases"]) == sorted(
+            c for c, n in row["cases"].items() for _ in range(n))
+    else:
+        assert row["lam"] > 0 and (row["nu"] is None) == ("recovery" in row["cases"])
+        assert all(set(t) == {"params", "returns", "costs"} for t in row["tasks"])
+    if algo.endswith("trpo"):
+        assert (row["outer_nu"] if algo == "meta-trpo" else row["nu"]) == 0.0
     assert json.loads((tmp_path / "config.json").read_text())["algo"] == algo
     np.testing.assert_array_equal(state.theta, train(cfg, tmp_path / "again").theta)   # seeded
 

@@ -1,5 +1,5 @@
 """The one line search (D18, D19) shared by every update and the outer step, and
-policy_update by the algorithm's own rule."""
+policy_update's report of what its step decided."""
 import dataclasses
 
 import numpy as np
@@ -55,7 +55,7 @@ def test_policy_update_reports_its_step(algo, metric):
     g, a, b = step_problem(SPEC, data.phi, data)
     hinv = fisher_hinv(SPEC, data.phi, data.obs, config) if metric == "fisher" else None
     step = solve_step(g, a, b, local_rule(config)[1], hinv=hinv)
-    assert upd.case == step.case == "both"
+    assert (upd.case, upd.lam, upd.nu) == (step.case, step.lam, step.nu) and upd.case == "both"
     assert upd.beta > 0
     np.testing.assert_array_equal(upd.phi, data.phi + upd.beta * step.x)
     L_R, L_C = surrogates(SPEC, data, data.adv_r, data.adv_c, data.logp_beh)
@@ -72,3 +72,4 @@ def test_policy_update_rejects_when_nothing_passes():
     upd = policy_update(SPEC, data.phi, data, config)
     assert upd.beta == 0.0 and upd.dL_R == upd.dL_C == 0.0
     np.testing.assert_array_equal(upd.phi, data.phi)
+    assert upd.lam > 0   # the step was solved, only not taken
