@@ -7,6 +7,8 @@ import click
 
 from click.core import ParameterSource
 
+from metacpo_ref.bench import DURATION as BENCH_DURATION
+
 from metacpo_ref.config import (ALGOS, COUNT, FAMILIES, META_TEST_TASKS, OUTER_METRICS, Config, Range,
                                 field_doc, field_range)
 
@@ -265,7 +267,8 @@ def gradcheck(as_json):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--quick", is_flag=True, help="Fewer repeats: seconds instead of about half a minute.")
+@click.option("--quick", is_flag=True,
+              help=f"Fewer repeats: {BENCH_DURATION['quick']} instead of {BENCH_DURATION['full']}, noisier.")
 def bench(as_json, quick):
     """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/bench.py)."""
     from metacpo_ref.bench import run_bench

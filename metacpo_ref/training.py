@@ -10,6 +10,7 @@ numbers as an uninterrupted one. Checkpoints are written to a temporary file
 and renamed, so an interruption never leaves a broken one.
 """
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -190,6 +191,8 @@ def prepare_run(config, out_dir, resume=False, warn=_warn):
     """
     out = Path(out_dir)
     ckpt = out / "checkpoint.npz"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory (choose another --out)", str(out))
     if not resume:
         if ckpt.exists():
             raise CheckpointError(f"{out} already has a checkpoint: pass --resume to continue it, "
