@@ -33,7 +33,9 @@ class Number(click.ParamType):
         self.name = "integer" if valid.integer else "number"
 
     def get_metavar(self, param, ctx=None):
-        return self.name.upper()
+        """E.g. ``INTEGER>=1``: the valid range in every --help."""
+        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1]
+        return self.name.upper() + bound.replace(" ", "")
 
     def convert(self, value, param, ctx):
         v = value
@@ -156,7 +158,7 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
 @click.option("--checkpoint", "checkpoint", type=click.Path(), required=True,
               help="checkpoint.npz of a run of `cli.py train` on FAMILY.")
 @config_option("local_steps", "--adapt-steps", type=Number(Range(0, integer=True)),
-               help="Adaptation steps K on each test task (rows k = 0..K) [default: Config.local_steps].")
+               help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
 @click.option("--tasks", type=Number(COUNT), default=META_TEST_TASKS, show_default=True,
               help="Unseen test tasks (Table 1 test ranges).")
 @click.option("--episodes", type=Number(COUNT), default=None, help="Episodes per batch [default: the run's].")
