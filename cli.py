@@ -5,7 +5,12 @@ import sys
 
 import click
 
-from metacpo_ref.config import ALGOS, FAMILIES, OUTER_METRICS, Config
+from click.core import ParameterSource
+
+from metacpo_ref.bench import DURATION as BENCH_DURATION
+
+from metacpo_ref.config import (ALGOS, COUNT, FAMILIES, META_TEST_TASKS, OUTER_METRICS, Config, Range,
+                                field_doc, field_range)
 
 
 @click.group()
@@ -19,61 +24,130 @@ FAMILY = click.Choice(list(FAMILIES))
 ALGO = click.Choice(list(ALGOS))
 
 
+class Number(click.ParamType):
+    """A number in a :class:`config.Range`: NaN, +-inf and values outside the range
+    are refused while parsing, before any work, with the valid range."""
+
+    def __init__(self, valid):
+        self.valid = valid
+        self.name = "integer" if valid.integer else "number"
+
+    def get_metavar(self, param, ctx=None):
+        """E.g. ``INTEGER>=1``: the valid range in every --help."""
+        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1]
+        return self.name.upper() + bound.replace(" ", "")
+
+    def convert(self, value, param, ctx):
+        v = value
+        if isinstance(value, str):
+            try:
+                v = int(value) if self.valid.integer else float(value)
+            except ValueError:
+                v = None
+        if v is None or not self.valid.contains(v):
+            self.fail(f"{value!r} is not {self.valid.describe()}", param, ctx)
+        return v
+
+
+def config_option(name, flag=None, **kw):
+    """A click option for :class:`Config` field ``name``: default, help line and
+    valid range read from config.py (``kw`` overrides them)."""
+    valid = field_range(name)
+    default = getattr(Config, name)
+    opts = dict(default=default, show_default=default is not None, help=field_doc(name))
+    if valid is not None:
+        opts["type"] = Number(valid)
+    opts.update(kw)
+    decls = (flag, name) if flag else ("--" + name.replace("_", "-"),)
+    return click.option(*decls, **opts)
+
+
+def execution_options(fn):
+    """--workers, --backend, --ray-address: how the per-task work runs (never what it computes)."""
+    fn = click.option("--ray-address", default=None,
+                      help="Address HOST:PORT of an existing Ray cluster [default: start a local one].")(fn)
+    fn = click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
+                      help="process: a local process pool; ray: Ray actors (pip install '.[ray]').")(fn)
+    return click.option("--workers", type=Number(COUNT), default=os.cpu_count() or 1, show_default="cores",
+                        help="Processes (or Ray actors) for the per-task work; results do not depend on it.")(fn)
+
+
+def os_error(e):
+    """One line for an operating-system failure: the path and the cause."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
+
+
+# options a resumed run may change (the new total, and how the work runs)
+RESUME_FREE = ("iterations",)
+
+
 @main.command()
 @click.argument("family", type=FAMILY)
-@click.option("--algo", type=ALGO, default="meta-cpo", show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=Config.iterations, show_default=True)
-@click.option("--tasks", type=click.IntRange(min=1), default=Config.tasks, show_default=True,
-              help="Tasks sampled per iteration (M).")
-@click.option("--local-steps", type=click.IntRange(min=1), default=Config.local_steps, show_default=True,
-              help="Local CPO steps per task (K).")
-@click.option("--episodes", type=click.IntRange(min=1), default=None,
-              help="Episodes per batch [default: 6 for the circle families, 3 for point-button].")
-@click.option("--cost-limit", type=float, default=None,
-              help="Cost limit per episode [default: the family's training limit].")
-@click.option("--outer-metric", type=click.Choice(list(OUTER_METRICS)), default="identity", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@config_option("algo", type=ALGO)
+@config_option("iterations")
+@config_option("tasks")
+@config_option("local_steps")
+@config_option("episodes")
+@config_option("cost_limit")
+@config_option("outer_metric", type=click.Choice(list(OUTER_METRICS)))
+@config_option("seed")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
-              help="Processes (or Ray actors) for the per-task rollouts; results do not depend on it.")
-@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
-              help="ray: run the per-task work on a Ray cluster (pip install '.[ray]').")
-@click.option("--ray-address", default=None, help="An existing Ray cluster [default: start a local one].")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out with its stored settings; only --iterations (the new total) "
+                   "and --workers/--backend/--ray-address may change.")
+@execution_options
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
           workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
-    from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
+    from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
     from metacpo_ref.workers import WorkerError
 
-    config = Config(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
+    values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
+                  episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
+    ctx = click.get_current_context()
+    warn = lambda m: click.echo(f"warning: {m}", err=True)
     try:
-        state = prepare_run(config, out_dir, resume)
+        if resume:
+            given = {k: v for k, v in values.items()
+                     if k == "family" or ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+            config = resume_config(out_dir, given)
+        else:
+            config = Config(**values)
+        state = prepare_run(config, out_dir, resume, warn=warn)
     except CheckpointError as e:
         raise click.ClickException(str(e))
-    click.echo(f"{algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
-               f"{config.tasks} tasks x {config.n_episodes} episodes per batch, run directory {out_dir}")
+    except OSError as e:
+        raise click.ClickException(os_error(e))
+    iterations = config.iterations
+    click.echo(f"{config.algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
+               f"{config.tasks} tasks x {config.n_episodes} episodes per batch, "
+               f"cost limit {config.train_cost_limit:g}, run directory {out_dir}")
     last = {}
 
     def show(row):
         if not row:
             return ""
-        return f"it {row['iteration']} return {row['return']:.2f} cost {row['cost']:.1f}"
+        return (f"it {row['iteration']} return {row['return']:.2f} "
+                f"cost {row['cost']:.1f} (limit {row['cost_limit']:g})")
 
     try:
-        with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address), length=iterations - state.iteration,
+        with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address),
+                               length=iterations - state.iteration,
                                label="training", item_show_func=show, show_eta=True) as bar:
             for row in bar:
                 last = row
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; the checkpoint in {out_dir} is intact: continue with "
-                   f"--resume --out {out_dir}", err=True)
+                   f"cli.py train {family} --resume --out {out_dir}", err=True)
         sys.exit(130)
     except WorkerError as e:
         raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
+    except OSError as e:
+        raise click.ClickException(f"{os_error(e)}; the last checkpoint in {out_dir} is intact "
+                                   "(--resume continues)")
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}); {out_dir}/metrics.jsonl")
@@ -81,27 +155,30 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
 
 @main.command()
 @click.argument("family", type=FAMILY)
-@click.option("--checkpoint", "checkpoint", type=click.Path(), required=True)
-@click.option("--adapt-steps", type=click.IntRange(min=0), default=Config.local_steps, show_default=True)
-@click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Unseen test tasks.")
-@click.option("--episodes", type=click.IntRange(min=1), default=None,
-              help="Episodes per batch [default: the run's].")
-@click.option("--cost-limit", type=float, default=None, help="[default: the family's test limit]")
+@click.option("--checkpoint", "checkpoint", type=click.Path(), required=True,
+              help="checkpoint.npz of a run of `cli.py train` on FAMILY.")
+@config_option("local_steps", "--adapt-steps", type=Number(Range(0, integer=True)),
+               help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
+@click.option("--tasks", type=Number(COUNT), default=META_TEST_TASKS, show_default=True,
+              help="Unseen test tasks (Table 1 test ranges).")
+@click.option("--episodes", type=Number(COUNT), default=None, help="Episodes per batch [default: the run's].")
+@config_option("cost_limit", help="Cost limit per episode [default: the family's test limit]; "
+                                  "0 means no cost at all.")
 @click.option("--deterministic", is_flag=True, help="Report the mean action's episodes.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores")
-@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True)
-@click.option("--ray-address", default=None)
-@click.option("--json", "as_json", is_flag=True)
-def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, deterministic, seed, workers, backend,
+@config_option("seed", help="Seed of the test tasks and their batches.")
+@execution_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (what plot reads as RUN/test.json) instead of a table.")
+def test(family, checkpoint, local_steps, tasks, episodes, cost_limit, deterministic, seed, workers, backend,
          ray_address, as_json):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.training import CheckpointError, meta_test
+    from metacpo_ref.workers import WorkerError
 
     try:
-        rows = meta_test(checkpoint, family, tasks, adapt_steps, episodes, cost_limit, deterministic, seed, workers,
+        rows = meta_test(checkpoint, family, tasks, local_steps, episodes, cost_limit, deterministic, seed, workers,
                          backend, ray_address)
-    except CheckpointError as e:
+    except (CheckpointError, WorkerError) as e:
         raise click.ClickException(str(e))
     if as_json:
         click.echo(json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1))
@@ -113,15 +190,19 @@ def test(family, checkpoint, adapt_steps, tasks, episodes, cost_limit, determini
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Image file (.png, .pdf, .svg).")
-@click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True)
-@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True,
+              help="x axis of the training curves.")
+@click.option("--smooth", type=Number(COUNT), default=1, show_default=True,
               help="Moving average over N iterations of each run's training curves (1: none).")
 @click.option("--adapted/--no-adapted", default=True, show_default=True,
               help="Also draw the meta algorithms' curves after the local steps (dashed).")
 def plot(run_dirs, out, x_axis, smooth, adapted):
     """Plot training and meta-testing curves of RUN_DIRS (as the paper's Fig. 5).
+
+    RUN_DIRS may be a glob such as results/FAMILY/*: files among them (logs)
+    are skipped with a note.
 
     Runs are grouped by algorithm (config.json); mean and standard error over
     seeds, runs of different lengths on the x range they all cover (see
@@ -141,10 +222,11 @@ def plot(run_dirs, out, x_axis, smooth, adapted):
 
 @main.command()
 @click.argument("family", type=FAMILY)
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--episodes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Table 1 range the tasks are drawn from.")
+@click.option("--tasks", "n_tasks", type=Number(COUNT), default=3, show_default=True, help="Tasks sampled.")
+@click.option("--episodes", type=Number(COUNT), default=1, show_default=True, help="Episodes per task.")
+@config_option("seed", help="Seed of the tasks and episodes.")
 def rollout(family, split, n_tasks, episodes, seed):
     """Run a uniformly random policy on sampled tasks of FAMILY and print return, cost and speed."""
     import time
@@ -155,15 +237,15 @@ def rollout(family, split, n_tasks, episodes, seed):
     from metacpo_ref.rollouts import batch_seed, collect, random_act
 
     tasks = sample_tasks(family, n_tasks, split, seed=seed)
-    env = make_env(family, tasks[0])
     click.echo(f"{'task':50s} {'return':>8s} {'cost':>8s} {'steps/s':>8s}")
-    for i, task in enumerate(tasks):
-        env.set_task(task)
-        t0 = time.perf_counter()
-        b = collect(env, random_act, episodes, seed=batch_seed(seed, 0, i, 0))
-        rate = len(b) / (time.perf_counter() - t0)
-        params = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
-        click.echo(f"{params:50s} {np.mean(b.ep_return):8.2f} {np.mean(b.ep_cost):8.1f} {rate:8.0f}")
+    with make_env(family, tasks[0]) as env:
+        for i, task in enumerate(tasks):
+            env.set_task(task)
+            t0 = time.perf_counter()
+            b = collect(env, random_act, episodes, seed=batch_seed(seed, 0, i, 0))
+            rate = len(b) / (time.perf_counter() - t0)
+            params = ", ".join(f"{k}={v:.3g}" for k, v in task.params.items())
+            click.echo(f"{params:50s} {np.mean(b.ep_return):8.2f} {np.mean(b.ep_cost):8.1f} {rate:8.0f}")
 
 
 @main.command()
@@ -187,7 +269,8 @@ def gradcheck(as_json):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--quick", is_flag=True, help="Fewer repeats: seconds instead of about half a minute.")
+@click.option("--quick", is_flag=True,
+              help=f"Fewer repeats: {BENCH_DURATION['quick']} instead of {BENCH_DURATION['full']}, noisier.")
 def bench(as_json, quick):
     """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/bench.py)."""
     from metacpo_ref.bench import run_bench
@@ -227,7 +310,10 @@ def export_fixtures(directory):
     """Write golden fixtures for ports (one .npz per numerical block, manifest.json) to DIRECTORY."""
     from metacpo_ref.fixtures import export
 
-    manifest = export(directory)
+    try:
+        manifest = export(directory)
+    except OSError as e:
+        raise click.ClickException(os_error(e))
     click.echo(f"{len(manifest['blocks'])} blocks, metacpo_ref {manifest['version']}, written to {directory} "
                f"(see docs/porting.md)")
 
@@ -239,7 +325,10 @@ def verify_fixtures(directory):
     from metacpo_ref import __version__
     from metacpo_ref.fixtures import manifest_version, verify
 
-    rows = verify(directory)
+    try:
+        rows = verify(directory)
+    except OSError as e:
+        raise click.ClickException(os_error(e))
     written = manifest_version(directory)
     if written is not None and written != __version__:
         click.echo(f"note: fixtures written by metacpo_ref {written}, checking with {__version__}")

@@ -19,7 +19,6 @@ setup(
         "autograd>=1.6",
         "click>=8.1",
         "matplotlib>=3.7",
-        "tqdm>=4.60",
         # safety-gymnasium's own dependencies, pinned (envs.md)
         "gymnasium==0.28.1",
         "mujoco==2.3.3",

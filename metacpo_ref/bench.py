@@ -187,6 +187,10 @@ def lean_step_speedup(family, steps=1000, seed=0):
 
 # --- everything ----------------------------------------------------------------------
 
+# How long run_bench takes on the 2-core machine of the README (measured; cli.py bench --help and README say the same)
+DURATION = {"full": "about five minutes", "quick": "about 20 seconds"}
+
+
 def run_bench(cvxpy_oracle, quick=False):
     """Every figure of this module, as a dict (see the module docstring for the keys);
     ``cvxpy_oracle`` as in :func:`cpo_layer_speedup_vs_cvxpy`."""

@@ -7,7 +7,10 @@ its line search and its derivative, with numbered equations D1-D33);
 "measured" means chosen here from a measurement, described beside it.
 Cost limits are on the UNDISCOUNTED sum of costs over one episode.
 """
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 # --- policy and estimates -------------------------------------------------
 HIDDEN = (32, 16)        # paper, Section 5 (the authors' code uses (24, 12))
@@ -120,39 +123,104 @@ BUTTON_HAZARD_KEEPOUT = 0.18
 
 ALGOS = ("meta-cpo", "meta-trpo", "cpo", "trpo")
 OUTER_METRICS = ("identity", "fisher")
+META_TEST_TASKS = 5      # paper, Fig. 5 third row: meta-testing on unseen tasks (5 here, as in docs/results.md)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: ``low``..``high`` (``None``: unbounded),
+    each end open or closed, integers only with ``integer``; NaN and +-inf never."""
+
+    low: float = None
+    high: float = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def describe(self):
+        """E.g. ``an integer >= 1`` or ``a finite number in (0, 1]``."""
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return kind
+
+    def contains(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return False
+        if not math.isfinite(v) or (self.integer and v != int(v)):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def check(self, name, v):
+        """``v`` unchanged, or a ValueError naming ``name`` and the valid range."""
+        if not self.contains(v):
+            raise ValueError(f"{name} must be {self.describe()}, got {v!r}")
+        return v
+
+
+COUNT = Range(1, integer=True)              # 1, 2, ...
+SEED = Range(0, integer=True)               # numpy's SeedSequence takes non-negative integers
+POSITIVE = Range(0, low_open=True)          # finite, > 0
+COST_LIMIT = Range(0)                       # finite, >= 0: see Config.cost_limit
+
+
+def setting(default, doc, valid=None):
+    """A :class:`Config` field: its default, its one-line documentation (with the
+    source of the default) and, for numbers, its valid :class:`Range`. The CLI's
+    options read their defaults, help lines and ranges from here."""
+    return field(default=default, metadata={"doc": doc, "range": valid})
 
 
 @dataclass(frozen=True)
 class Config:
-    """One run's settings; every field defaults to the values above.
+    """One run's settings; each field's documentation is ``field_doc(name)``
+    (listed below) and its valid range ``field_range(name)``."""
 
-    ``cost_limit=None`` means the family's training limit. ``outer_metric``:
-    "identity" is the paper's Euclidean trust region for the meta step
-    (eq. 12, Limitations section); "fisher" uses conjugate gradient on
-    Fisher-vector products of the pre-adaptation batches.
-    """
-
-    family: str = "point-button"
-    algo: str = "meta-cpo"
-    iterations: int = 500
-    tasks: int = META_TASKS
-    local_steps: int = LOCAL_STEPS
-    episodes: int = None            # None: the family's default
-    seed: int = 0
-    cost_limit: float = None        # None: the family's training limit
-    hidden: tuple = HIDDEN
-    gamma: float = GAMMA
-    gae_lambda: float = GAE_LAMBDA
-    vf_iters: int = VF_ITERS
-    inner_delta: float = INNER_DELTA
-    outer_delta: float = OUTER_DELTA
-    baseline_delta: float = BASELINE_DELTA
-    outer_metric: str = "identity"
-    ls_kl: float = LINE_SEARCH_KL
-    ls_decay: float = LINE_SEARCH_DECAY
-    ls_steps: int = LINE_SEARCH_STEPS
-    cg_iters: int = CG_ITERS
-    cg_damping: float = CG_DAMPING
+    family: str = setting("point-button", f"Task family of Table 1: {', '.join(FAMILIES)}.")
+    algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
+                        "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
+    iterations: int = setting(500, "Meta-iterations (baselines: iterations) of the whole run, counted from 0; "
+                              "on --resume the new total (measured: ~21 s per default point-button "
+                              "iteration on 2 cores, README).", COUNT)
+    tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", COUNT)
+    local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", COUNT)
+    episodes: int = setting(None, "Episodes per batch; None: the family's (6 for the circle families, "
+                            "3 for point-button: ~3000 steps, authors' code).", COUNT)
+    seed: int = setting(0, "Seed of everything random: initial parameters, tasks, every batch "
+                        "(keyed by seed, iteration, task, step).", SEED)
+    cost_limit: float = setting(None, "Cost limit per episode (undiscounted sum of costs); None: the family's "
+                                "training limit (paper, Fig. 5). 0 is valid and means no cost at all: a batch "
+                                "with any cost event violates it (b > 0), so every step works on the cost "
+                                "first; negative limits are refused (costs are >= 0: nothing meets them).",
+                                COST_LIMIT)
+    hidden: tuple = setting(HIDDEN, "Hidden layer sizes of the policy MLP (paper, Section 5).")
+    gamma: float = setting(GAMMA, "Discount factor (authors' code).", Range(0, 1, low_open=True))
+    gae_lambda: float = setting(GAE_LAMBDA, "GAE lambda (authors' code).", Range(0, 1))
+    vf_iters: int = setting(VF_ITERS, "L-BFGS iterations per value-function fit (authors' code).", COUNT)
+    inner_delta: float = setting(INNER_DELTA, "Euclidean trust radius of the local steps, eq. 9 "
+                                 "(authors' code).", POSITIVE)
+    outer_delta: float = setting(OUTER_DELTA, "Trust radius of the meta step, eq. 12 (authors' code).", POSITIVE)
+    baseline_delta: float = setting(BASELINE_DELTA, "KL trust radius of the CPO / TRPO baselines' Fisher-metric "
+                                    "steps (safety-starter-agents' target KL).", POSITIVE)
+    outer_metric: str = setting("identity", "Metric of the meta step: identity, the paper's Euclidean trust "
+                                "region (eq. 12, Limitations section), or fisher (conjugate gradient on "
+                                "Fisher-vector products of the pre-adaptation batches).")
+    ls_kl: float = setting(LINE_SEARCH_KL, "Mean-KL bound every line search with the Euclidean metric "
+                           "enforces (safety-starter-agents' target KL; derivations D19).", POSITIVE)
+    ls_decay: float = setting(LINE_SEARCH_DECAY, "Backtracking factor of the line searches (derivations, "
+                              "section 7, D18).", Range(0, 1, low_open=True, high_open=True))
+    ls_steps: int = setting(LINE_SEARCH_STEPS, "Backtracking steps of the line searches (derivations, "
+                            "section 7, D18).", COUNT)
+    cg_iters: int = setting(CG_ITERS, "Conjugate-gradient iterations of Fisher solves (derivations, "
+                            "section 7).", COUNT)
+    cg_damping: float = setting(CG_DAMPING, "Damping added to Fisher-vector products (derivations, "
+                                "section 7).", Range(0))
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -161,15 +229,12 @@ class Config:
             raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
         if self.outer_metric not in OUTER_METRICS:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
-        for name in ("iterations", "tasks", "local_steps", "vf_iters", "ls_steps", "cg_iters"):
-            if int(getattr(self, name)) < (0 if name == "iterations" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("inner_delta", "outer_delta", "baseline_delta", "ls_kl", "ls_decay"):
-            v = getattr(self, name)
-            if not (v > 0):
-                raise ValueError(f"{name} must be > 0, got {v}")
-        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        for f in fields(self):
+            valid, v = f.metadata["range"], getattr(self, f.name)
+            if valid is not None and v is not None:
+                valid.check(f.name, v)
+        if not self.hidden or not all(COUNT.contains(h) for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty list of integers >= 1, got {self.hidden!r}")
 
     @property
     def n_episodes(self):
@@ -189,3 +254,18 @@ class Config:
     @property
     def meta(self):
         return self.algo.startswith("meta-")
+
+
+def field_doc(name):
+    """The documentation line of :class:`Config` field ``name``."""
+    return Config.__dataclass_fields__[name].metadata["doc"]
+
+
+def field_range(name):
+    """The valid :class:`Range` of :class:`Config` field ``name`` (``None``: not a number)."""
+    return Config.__dataclass_fields__[name].metadata["range"]
+
+
+Config.__doc__ += "\n\n" + "\n".join(
+    f"    ``{f.name}`` (default {f.default!r}{'; ' + f.metadata['range'].describe() if f.metadata['range'] else ''}): "
+    f"{f.metadata['doc']}" for f in fields(Config))

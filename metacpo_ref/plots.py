@@ -20,6 +20,7 @@ done and how the test rows are aggregated: see :func:`aggregate`,
 Pure functions apart from :func:`load_run` (reads a directory) and
 :func:`plot` (writes the image); matplotlib runs headless (Agg).
 """
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from metacpo_ref.config import ALGOS  # noqa: E402
-from metacpo_ref.training import read_metrics  # noqa: E402
+from metacpo_ref.training import scan_metrics  # noqa: E402
 
 COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}
 OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -85,7 +86,9 @@ def load_run(path):
     """``(Run, warnings)`` of a run directory; :class:`PlotError` if it has no
     ``metrics.jsonl``, no ``config.json`` or no metrics rows. An empty
     ``test.json`` (meta-testing still running) is left out with a warning; an
-    unreadable one is an error."""
+    unreadable one is an error. Every line of ``metrics.jsonl`` that is not a row
+    is named in a warning (never skipped silently), and so is a run without
+    ``test.json``, with the command that makes one."""
     d = Path(path)
     if not d.is_dir():
         raise PlotError(f"{path} is not a directory")
@@ -100,15 +103,21 @@ def load_run(path):
     if not isinstance(config, dict) or "family" not in config or "algo" not in config:
         raise PlotError(f"{path}/config.json is not a run config (no family or algo)")
     family = config["family"]
-    rows = read_metrics(d)
+    rows, bad = scan_metrics(d)
     if not rows:
         raise PlotError(f"{path}/metrics.jsonl has no rows yet")
+    warnings, test = [], None
+    if bad:
+        warnings.append(f"{path}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row "
+                        f"(damaged or cut off); left out, the other {len(rows)} rows are plotted")
     for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
         if key not in rows[0]:
             raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")
-    warnings, test = [], None
     tpath = d / "test.json"
-    if tpath.is_file():
+    if not tpath.exists():
+        warnings.append(f"{path} has no test.json, so no meta-testing curve; make one with `cli.py test {family} "
+                        f"--checkpoint {path}/checkpoint.npz --json > {path}/test.json`")
+    elif tpath.is_file():
         text = tpath.read_text()
         if not text.strip():
             warnings.append(f"{tpath} is empty (meta-testing still running?); its test rows are left out")
@@ -144,6 +153,12 @@ def load_runs(paths):
             raise PlotError(f"{p} is given twice (as {seen[key]} before); each run counts as one seed")
         seen[key] = p
     runs, warnings = [], []
+    for p in list(paths):
+        if Path(p).exists() and not Path(p).is_dir():   # e.g. the .log files of results/FAMILY/*
+            warnings.append(f"skipped {p}: a file, not a run directory")
+            paths.remove(p)
+    if not paths:
+        raise PlotError("no run directories among the paths given (" + ", ".join(map(str, seen.values())) + ")")
     for p in paths:
         run, w = load_run(p)
         runs.append(run)
@@ -345,11 +360,18 @@ def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120):
     runs, warnings = load_runs(paths)
     fig = figure(runs, x, n_smooth, adapted)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    image = io.BytesIO()
     try:
-        fig.savefig(out, dpi=dpi)
+        fig.savefig(image, dpi=dpi, format=out.suffix[1:] or None)
     except ValueError as e:   # an unknown extension
         raise PlotError(f"cannot write {out}: {e}") from None
     finally:
         plt.close(fig)
+    try:   # written here, not by matplotlib, so that every OS error surfaces (e.g. ENOSPC of /dev/full)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            f.write(image.getvalue())
+            f.flush()
+    except OSError as e:
+        raise PlotError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
     return runs, warnings

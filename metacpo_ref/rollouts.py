@@ -96,6 +96,12 @@ class NormalizedEnv:
     def __getattr__(self, name):
         return getattr(self.env, name)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.env.close()
+
 
 def concat_batches(batches):
     """One Batch holding the episodes of several batches, in the given order."""

@@ -10,9 +10,11 @@ numbers as an uninterrupted one. Checkpoints are written to a temporary file
 and renamed, so an interruption never leaves a broken one.
 """
 import dataclasses
+import errno
 import json
 import os
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 
 from metacpo_ref.advantages import init_value
 from metacpo_ref.baselines import baseline_iteration
-from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.config import COST_LIMIT, FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import act_fn, init_theta, n_params
@@ -87,18 +89,30 @@ def config_from_dict(d):
     return Config(**d)
 
 
-def save_checkpoint(path, state):
-    """Write ``state`` atomically: a temporary file, then a rename."""
+def write_atomic(path, write):
+    """Call ``write(f)`` on ``path + ".tmp"`` (binary), fsync, rename onto ``path``:
+    an interruption or an OS error (full disk, ...) leaves the previous ``path``
+    intact; the temporary file is removed on errors (and by :func:`prepare_run`
+    if a kill left it behind)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, theta=state.theta, vf_r=state.vf[0], vf_c=state.vf[1],
-                 obs_mean=state.obs_norm.mean, obs_std=state.obs_norm.std, obs_clip=state.obs_norm.clip,
-                 iteration=state.iteration, env_steps=state.env_steps,
-                 config=np.array(config_to_json(state.config)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: np.savez(
+        f, theta=state.theta, vf_r=state.vf[0], vf_c=state.vf[1],
+        obs_mean=state.obs_norm.mean, obs_std=state.obs_norm.std, obs_clip=state.obs_norm.clip,
+        iteration=state.iteration, env_steps=state.env_steps, config=np.array(config_to_json(state.config))))
 
 
 def load_checkpoint(path, family=None):
@@ -129,23 +143,70 @@ def load_checkpoint(path, family=None):
 RESUMABLE_CHANGES = ("iterations",)   # what --resume may change; everything else must match
 
 
-def prepare_run(config, out_dir, resume=False):
+def _effective(config, name):
+    """A field's value as the run uses it (``episodes=None`` is the family's, ...)."""
+    if name == "episodes":
+        return config.n_episodes
+    if name == "cost_limit":
+        return config.train_cost_limit
+    if name == "hidden":
+        return tuple(config.hidden)
+    return getattr(config, name)
+
+
+def resume_config(out_dir, given):
+    """The config to continue the run in ``out_dir``: the checkpoint's, with
+    ``iterations`` from ``given`` (the fields given explicitly, e.g. on the
+    command line) when present. Any other given field that differs from the
+    stored run is refused (:class:`CheckpointError` listing all differences)."""
+    stored = load_checkpoint(Path(out_dir) / "checkpoint.npz").config
+    try:
+        asked = dataclasses.replace(stored, **given)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot resume {out_dir}: {e}") from None
+    diff = [k for k in given if k not in RESUMABLE_CHANGES and _effective(asked, k) != _effective(stored, k)]
+    if diff:
+        raise CheckpointError(
+            f"cannot resume {out_dir} with other settings than it was started with: "
+            + ", ".join(f"{k} {_effective(stored, k)!r} -> {_effective(asked, k)!r}" for k in diff)
+            + " (only --iterations and --workers/--backend/--ray-address may change; "
+              "leave the others out to use the stored ones)")
+    return dataclasses.replace(stored, iterations=given.get("iterations", stored.iterations))
+
+
+class RunWarning(UserWarning):
+    """Something in a run directory was repaired (see :func:`prepare_run`)."""
+
+
+def _warn(message):
+    warnings.warn(message, RunWarning, stacklevel=3)
+
+
+def prepare_run(config, out_dir, resume=False, warn=_warn):
     """Create (or, with ``resume``, reopen) the run directory; returns the start :class:`State`.
 
     A fresh run refuses a directory that already has a checkpoint. A resumed run
-    must have the same config (only ``iterations`` may grow) and drops metric
-    rows past the checkpoint (written by an iteration that was then interrupted).
+    must have the same config (only ``iterations`` may grow, and must exceed the
+    iterations done). The checkpoint is the truth; repairs are reported through
+    ``warn(message)``: a ``config.json`` that is missing, unreadable or disagrees
+    with the checkpoint is rewritten from it; unparseable lines of
+    ``metrics.jsonl`` are moved to ``metrics.jsonl.bad``; rows past the
+    checkpoint (written by an iteration that was then interrupted) are dropped.
+    Temporary files left by a killed write (``*.tmp``) are removed.
     """
     out = Path(out_dir)
     ckpt = out / "checkpoint.npz"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory (choose another --out)", str(out))
     if not resume:
         if ckpt.exists():
             raise CheckpointError(f"{out} already has a checkpoint: pass --resume to continue it, "
                                   "or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config_to_json(config))
-        (out / "metrics.jsonl").write_text("")
+        _remove_stale_tmp(out)
         state = initial_state(config)
+        write_atomic(out / "config.json", lambda f: f.write(config_to_json(config).encode()))
+        write_atomic(out / "metrics.jsonl", lambda f: None)
         save_checkpoint(ckpt, state)
         return state
     state = load_checkpoint(ckpt)
@@ -154,25 +215,85 @@ def prepare_run(config, out_dir, resume=False):
     if diff:
         raise CheckpointError(f"cannot resume {out} with a different config: "
                               + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in diff))
-    rows = read_metrics(out)
-    with open(out / "metrics.jsonl", "w") as f:
-        for row in rows[:state.iteration]:
-            f.write(json.dumps(row) + "\n")
-    (out / "config.json").write_text(config_to_json(config))
+    if config.iterations <= state.iteration:
+        raise CheckpointError(f"run {out} already has {state.iteration} iterations; "
+                              f"pass --iterations N > {state.iteration} to continue")
+    _remove_stale_tmp(out)
+    _check_config_copy(out, state.config, warn)
+    rows, bad = scan_metrics(out)
+    if bad:
+        with open(out / "metrics.jsonl.bad", "a") as f:
+            f.writelines(line + "\n" for _, line in bad)
+        warn(f"{out}/metrics.jsonl: {len(bad)} unparseable line(s) (line {', '.join(str(n) for n, _ in bad)}) "
+             f"moved to {out}/metrics.jsonl.bad; the other rows are kept")
+    kept = [r for r in rows if r["iteration"] < state.iteration]
+    missing = sorted(set(range(state.iteration)) - {r["iteration"] for r in kept})
+    if missing:
+        warn(f"{out}/metrics.jsonl has no rows for iteration(s) {_ranges(missing)} of the checkpoint's "
+             f"{state.iteration}; the run continues without them")
+    write_atomic(out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+    write_atomic(out / "config.json", lambda f: f.write(config_to_json(config).encode()))
     return dataclasses.replace(state, config=config)
 
 
-def read_metrics(out_dir):
-    """The rows of ``metrics.jsonl`` (a torn last line is dropped)."""
-    rows = []
+def _ranges(ints):
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out, start = [], None
+    for i, v in enumerate(ints):
+        if start is None:
+            start = v
+        if i + 1 == len(ints) or ints[i + 1] != v + 1:
+            out.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+def _remove_stale_tmp(out):
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink()
+
+
+def _check_config_copy(out, config, warn):
+    """Warn (and let the caller rewrite it) if ``config.json`` is not the checkpoint's config."""
+    path = out / "config.json"
+    try:
+        copy = config_from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return warn(f"{path} is missing; rewritten from the checkpoint (which is trusted)")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return warn(f"{path} is unreadable ({type(e).__name__}); rewritten from the checkpoint (which is trusted)")
+    old, new = dataclasses.asdict(copy), dataclasses.asdict(config)
+    diff = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    if diff:
+        warn(f"{path} disagrees with the checkpoint ({', '.join(f'{k} {old.get(k)!r}' for k in diff)} "
+             f"instead of {', '.join(repr(new[k]) for k in diff)}); the checkpoint is trusted and "
+             "config.json rewritten from it")
+
+
+def scan_metrics(out_dir):
+    """``(rows, bad)`` of ``metrics.jsonl``: every parseable row (a JSON object with
+    an integer ``iteration``), and ``bad``, the ``(line number, text)`` of every
+    other non-empty line (a torn last line, a damaged one in the middle)."""
+    rows, bad = [], []
     path = Path(out_dir) / "metrics.jsonl"
     if path.exists():
-        for line in path.read_text().splitlines():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                break
-    return rows
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+                rows.append(row)
+            else:
+                bad.append((n, line))
+    return rows, bad
+
+
+def read_metrics(out_dir):
+    """The parseable rows of ``metrics.jsonl`` (see :func:`scan_metrics` for the others)."""
+    return scan_metrics(out_dir)[0]
 
 
 def run_iterations(state, out_dir, workers=1, backend="process", ray_address=None):
@@ -268,6 +389,8 @@ def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, 
     to the family's test limit."""
     state = load_checkpoint(checkpoint, family)
     config = state.config
+    if cost_limit is not None:
+        COST_LIMIT.check("cost_limit", cost_limit)
     if episodes is not None:
         config = dataclasses.replace(config, episodes=episodes)
     tasks = sample_tasks(config.family, n_tasks, "test", seed=seed)

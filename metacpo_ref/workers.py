@@ -10,7 +10,9 @@ results are the same for any number of workers.
 
 A job that raises, a worker that dies, or a job that runs past
 ``task_timeout`` seconds stops the map with a :class:`WorkerError` naming the
-task; the caller's last checkpoint is untouched.
+task; the caller's last checkpoint is untouched. Pool processes exit when
+their parent dies, even by SIGKILL (:func:`_worker_init`); an unreachable
+``ray_address`` is refused within seconds, naming it.
 
 ``backend="ray"`` (optional: ``pip install .[ray]``) submits the same jobs to
 ``n`` Ray actors, each holding its env: on an existing cluster
@@ -19,8 +21,13 @@ ours: Ray schedules, we submit.
 """
 import concurrent.futures as cf
 import multiprocessing
+import ctypes
 import os
 import signal
+import socket
+import sys
+import threading
+import time
 
 from metacpo_ref.envs import make_env
 from metacpo_ref.rollouts import NormalizedEnv
@@ -39,9 +46,43 @@ def _run(fn, family, obs_norm, job):
     return fn(_env(family, obs_norm), *job)
 
 
-def _ignore_sigint():
-    """Workers leave Ctrl-C to the parent, which stops them (no tracebacks from each)."""
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def _worker_init(parent_pid):
+    """Set up a pool process: leave Ctrl-C to the parent, which stops the workers
+    (no tracebacks from each), and exit when the parent dies, however it dies
+    (SIGKILL included): the kernel sends SIGKILL on the parent's death (Linux,
+    ``prctl(PR_SET_PDEATHSIG)``), and a watchdog thread polls ``os.getppid()``
+    every second (everywhere else, and in case the parent died before the prctl)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent_pid, interval=1.0):
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def check_ray_address(address, timeout=3.0):
+    """Refuse an unreachable ``HOST:PORT`` (optionally ``ray://HOST:PORT``) within
+    ``timeout`` seconds, naming the address (Ray itself retries for a long time
+    and then may crash). Other forms (``auto``) are left to Ray."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise WorkerError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
+                          "check --ray-address, or leave it out to start a local Ray") from None
 
 
 class WorkerError(RuntimeError):
@@ -77,9 +118,11 @@ class Workers:
             self._start_ray(ray_address)
         elif self.n > 1:
             self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_ignore_sigint)
+                                                initializer=_worker_init, initargs=(os.getpid(),))
 
     def _start_ray(self, address):
+        if address:
+            check_ray_address(address)
         try:
             import ray
         except ImportError:

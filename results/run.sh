@@ -18,8 +18,12 @@ mkdir -p "$OUT"
 run() {  # algo seed
   local its=$META_ITS
   case $1 in cpo|trpo) its=$((3 * META_ITS));; esac
-  $PY cli.py train "$FAMILY" --algo "$1" --iterations $its --seed "$2" $SMALL --out "$OUT/$1-s$2" \
-      $( [ -f "$OUT/$1-s$2/checkpoint.npz" ] && echo --resume ) >> "$OUT/$1-s$2.log" 2>&1
+  local dir=$OUT/$1-s$2
+  if [ ! -f "$dir/checkpoint.npz" ]; then
+    $PY cli.py train "$FAMILY" --algo "$1" --iterations $its --seed "$2" $SMALL --out "$dir" >> "$dir.log" 2>&1
+  elif [ "$(grep -c . "$dir/metrics.jsonl")" -lt "$its" ]; then   # --resume: the stored settings
+    $PY cli.py train "$FAMILY" --resume --iterations $its --out "$dir" >> "$dir.log" 2>&1
+  fi
   $PY cli.py test "$FAMILY" --checkpoint "$OUT/$1-s$2/checkpoint.npz" --adapt-steps 5 --tasks 5 \
       --episodes "$EPISODES" --workers 1 --json > "$OUT/$1-s$2/test.json.tmp"
   mv "$OUT/$1-s$2/test.json.tmp" "$OUT/$1-s$2/test.json"

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from metacpo_ref.training import scan_metrics  # noqa: E402
+
 
 def mean_se(values, se_one=None):
     """``mean ± s.e.`` across seeds; with one seed, ``se_one`` (the s.e. over test
@@ -24,15 +27,31 @@ def mean_se(values, se_one=None):
     return f"{v.mean():.2f}" + (f" ± {se_one:.2f}*" if se_one is not None else "")
 
 
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(root, test_name="test.json"):
     runs = defaultdict(list)
     for d in sorted(Path(root).iterdir()):
         if (d / "config.json").exists():
             runs[json.loads((d / "config.json").read_text())["algo"]].append(d)
+        elif d.is_dir():
+            warn(f"{d} has no config.json: not counted")
+    for dirs in runs.values():
+        for d in dirs:
+            if not (d / test_name).exists():
+                warn(f"{d} has no {test_name}: left out of the meta-testing table (make one with "
+                     f"`cli.py test FAMILY --checkpoint {d}/checkpoint.npz --json > {d}/{test_name}`)")
     print("| algorithm | seeds | env steps | train return (last 10 its) | train cost (last 10 its) |")
     print("|---|---|---|---|---|")
     for algo, dirs in runs.items():
-        rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
+        rows = []
+        for d in dirs:
+            good, bad = scan_metrics(d)
+            if bad:
+                warn(f"{d}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row; left out")
+            rows.append(good)
         print(f"| {algo} | {len(dirs)} | {rows[0][-1]['env_steps']:,} | "
               f"{mean_se([np.mean([r['return'] for r in rs[-10:]]) for rs in rows])} | "
               f"{mean_se([np.mean([r['cost'] for r in rs[-10:]]) for rs in rows])} |")

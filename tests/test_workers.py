@@ -1,5 +1,11 @@
 """Parallel per-task work: same numbers for any worker count; failures name the task."""
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +65,61 @@ def test_ray_backend_matches_one_worker(tmp_path):
     assert strip(read_metrics(tmp_path / "w1")) == strip(read_metrics(tmp_path / "ray"))
     with pytest.raises(ValueError, match="unknown backend"):
         Workers("point-circle", backend="dask")
+
+
+def pid_job(env):
+    return os.getpid()
+
+
+PARENT = """
+import json, os, sys, time
+sys.path.insert(0, {root!r})
+from multiprocessing import resource_tracker
+from metacpo_ref.workers import Workers
+from tests.test_workers import pid_job
+w = Workers("point-circle", n=2)
+pids = set(w.map(pid_job, [(), (), (), ()]))
+print(json.dumps({{"workers": sorted(pids), "tracker": resource_tracker._resource_tracker._pid}}), flush=True)
+time.sleep(120)
+"""
+
+
+def alive(pid):
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as exited)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_exit_when_parent_dies(sig):
+    root = str(Path(__file__).resolve().parents[1])
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(root=root)], stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(parent.stdout.readline())
+        pids = info["workers"] + [info["tracker"]]
+        assert len(info["workers"]) == 2 and all(alive(p) for p in pids)
+        parent.send_signal(sig)
+        parent.wait(timeout=10)
+        deadline = time.time() + 15
+        while any(alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p for p in pids if alive(p)]
+        assert not left, f"still running after the parent's {sig.name}: {left} (workers {info['workers']})"
+    finally:
+        parent.kill()
+        for p in info.get("workers", []) if "info" in locals() else []:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_unreachable_ray_address_fails_fast():
+    t0 = time.time()
+    with pytest.raises(WorkerError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        Workers("point-circle", n=2, backend="ray", ray_address="127.0.0.1:1")
+    assert time.time() - t0 < 10

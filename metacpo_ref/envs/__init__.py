@@ -10,8 +10,9 @@ Public API (later modules and users rely on it):
 
 A ``SafeEnv`` has ``reset(seed) -> (obs, info)``, ``step(a) -> (obs, reward,
 cost, terminated, truncated, info)``, ``observation_space``, ``action_space``
-and ``set_task(task)``, which switches it to another task (the layout is
-rebuilt at the next reset).
+``set_task(task)``, which switches it to another task (the layout is
+rebuilt at the next reset), and ``close()``; it is a context manager
+(``with make_env(...) as env:``).
 
 Speed switches, both on by default, neither changes a result:
 
@@ -195,6 +196,22 @@ class SafeEnv:
         if self._lean_step is not None:
             return self._lean_step(action)
         return self._env.step(action)
+
+    def close(self):
+        """Release the simulator and any viewer (as every Gymnasium env); idempotent."""
+        if self._env is not None:
+            self._env.close()
+            self._env, self._lean_step = None, None
+
+    @property
+    def closed(self):
+        return self._env is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def make_env(family, task=None, fast=True, lean=None):
