@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from metacpo_ref.config import ALGOS, FAMILIES, OUTER_METRICS, Config
+from metacpo_ref.config import ALGOS, FAMILIES, INNER_METRICS, OUTER_METRICS, Config
 
 
 @click.group()
@@ -32,6 +32,9 @@ ALGO = click.Choice(list(ALGOS))
 @click.option("--cost-limit", type=float, default=None,
               help="Cost limit per episode [default: the family's training limit].")
 @click.option("--outer-metric", type=click.Choice(list(OUTER_METRICS)), default="identity", show_default=True)
+@click.option("--inner-metric", type=click.Choice(list(INNER_METRICS)), default=Config.inner_metric,
+              show_default=True, help="Metric of the local steps: identity (the paper) or fisher "
+              "(KL trust region, differentiated exactly; docs/fisher-metric.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
@@ -41,14 +44,15 @@ ALGO = click.Choice(list(ALGOS))
 @click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
               help="ray: run the per-task work on a Ray cluster (pip install '.[ray]').")
 @click.option("--ray-address", default=None, help="An existing Ray cluster [default: start a local one].")
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
-          workers, backend, ray_address):
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed,
+          out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
     from metacpo_ref.workers import WorkerError
 
     config = Config(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
+                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric,
+                    inner_metric=inner_metric, seed=seed)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     try:
         state = prepare_run(config, out_dir, resume)

@@ -32,6 +32,16 @@ CG_DAMPING = 0.1         # CPO notes, section 3
 LINE_SEARCH_DECAY = 0.8  # CPO notes, section 3
 LINE_SEARCH_STEPS = 15   # CPO notes, section 3
 
+# --- the Fisher-metric local step (inner_metric="fisher", beyond the paper) -----
+# Its chain is differentiated exactly (metric_layer.py, docs/fisher-metric.md), so the
+# H^{-1} products must be exact to the gradient check's tolerance, not CG's usual 10
+# iterations (relative residual 0.06 at n = 1492 and 0.17 at n = 6052, measured on
+# synthetic batches of 1000 steps, damping 0.1).
+FISHER_DIRECT_MAX = 300    # n <= this: dense H from n Fisher-vector products, Cholesky (exact)
+FISHER_CG_TOL = 1e-10      # else CG to this relative residual; measured: 61 iterations at
+                           # n = 1492, 95 at n = 6052 (same batches as above)
+FISHER_CG_MAX_ITERS = 250  # CG's cap (a warning says when the tolerance was not reached)
+
 # --- meta-training (Algorithm 1) --------------------------------------------
 META_TASKS = 5           # paper: 5 tasks per meta-iteration
 LOCAL_STEPS = 5          # paper: 5 local updates
@@ -115,6 +125,7 @@ BUTTON_HAZARD_KEEPOUT = 0.18
 
 ALGOS = ("meta-cpo", "meta-trpo", "cpo", "trpo")
 OUTER_METRICS = ("identity", "fisher")
+INNER_METRICS = ("identity", "fisher")
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,13 @@ class Config:
     ``cost_limit=None`` means the family's training limit. ``outer_metric``:
     "identity" is the paper's Euclidean trust region for the meta step
     (eq. 12, Limitations section); "fisher" uses conjugate gradient on
-    Fisher-vector products of the pre-adaptation batches.
+    Fisher-vector products of the pre-adaptation batches. ``inner_metric``:
+    "identity" is the paper's Euclidean local step (eq. 9 with H = I, radius
+    ``inner_delta``); "fisher" is eq. 9 with the Fisher matrix ``H(phi_k)`` of
+    batch k (damping ``cg_damping``), ``inner_delta`` read as a KL radius, and its
+    chain differentiated exactly, terms through ``H(phi_k)`` included
+    (docs/fisher-metric.md). The default stays the paper's until the 2 x 2
+    comparison of issue 15 is measured.
     """
 
     family: str = "point-button"
@@ -143,6 +160,7 @@ class Config:
     outer_delta: float = OUTER_DELTA
     kl_delta: float = KL_DELTA
     outer_metric: str = "identity"
+    inner_metric: str = "identity"
     ls_decay: float = LINE_SEARCH_DECAY
     ls_steps: int = LINE_SEARCH_STEPS
     cg_iters: int = CG_ITERS
@@ -155,6 +173,8 @@ class Config:
             raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
         if self.outer_metric not in OUTER_METRICS:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
+        if self.inner_metric not in INNER_METRICS:
+            raise ValueError(f"unknown inner metric {self.inner_metric!r}; valid: {', '.join(INNER_METRICS)}")
         for name in ("iterations", "tasks", "local_steps", "vf_iters", "ls_steps", "cg_iters"):
             if int(getattr(self, name)) < (0 if name == "iterations" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")

@@ -42,6 +42,7 @@ from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.envs import sample_tasks
+from metacpo_ref.fisher_step import fisher_local_step, fisher_solver
 from metacpo_ref.rollouts import batch_seed, task_seed
 from metacpo_ref.update import (StepData, backtrack, collect_step_data, cost_ok, fisher_hinv,
                                 policy_update, step_problem)
@@ -67,11 +68,30 @@ def local_step(spec, phi, data, delta, constrained=True):
     return phi + data.beta * cpo_layer(g, a, b, delta)
 
 
+def inner_step(spec, phi, data, config):
+    """One local step of eq. 9 with ``config.inner_metric``: Euclidean (:func:`local_step`)
+    or Fisher (:func:`metacpo_ref.fisher_step.fisher_local_step`); differentiable in ``phi``."""
+    if config.inner_metric == "fisher":
+        return fisher_local_step(spec, phi, data, config, config.constrained)
+    return local_step(spec, phi, data, config.inner_delta, config.constrained)
+
+
+def inner_update(spec, phi, data, config):
+    """Algorithm 1 lines 8-9 (and meta-testing's adaptation): the step of :func:`inner_step`
+    with its line search; the Fisher step uses the same exact ``H^{-1}`` as the
+    differentiated chain, so the step taken is the step differentiated."""
+    hinv = None
+    if config.inner_metric == "fisher":
+        hinv = fisher_solver(spec, phi, data.obs, config.cg_damping)
+    return policy_update(spec, phi, data, config.inner_delta, config, config.constrained,
+                         metric=config.inner_metric, hinv=hinv)
+
+
 def adapted_params(theta, trace, spec, config):
     """``phi_K`` of one task: the K recorded local steps replayed from ``theta``."""
     phi = theta
     for data in trace.steps:
-        phi = local_step(spec, phi, data, config.inner_delta, config.constrained)
+        phi = inner_step(spec, phi, data, config)
     return phi
 
 
@@ -178,8 +198,8 @@ class TaskRun:
 
 
 def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index, cost_limit):
-    """Algorithm 1, lines 6-10 for one task: K local updates of eq. 9 (Euclidean
-    metric, ``config.inner_delta``, backtracking), each on a fresh batch collected
+    """Algorithm 1, lines 6-10 for one task: K local updates of eq. 9 (metric
+    ``config.inner_metric``, radius ``config.inner_delta``, backtracking: :func:`inner_update`), each on a fresh batch collected
     with ``phi_k``, then the evaluation batch of ``phi_K``. Value functions start
     from ``vf`` and are refitted on each batch in turn."""
     env.set_task(task)
@@ -197,7 +217,7 @@ def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index,
         out["steps"].append(len(c.batch))
         t0 = time.perf_counter()
         if k < config.local_steps:
-            upd = policy_update(spec, phi, c.data, config.inner_delta, config, config.constrained)
+            upd = inner_update(spec, phi, c.data, config)
             steps.append(dataclasses.replace(c.data, beta=upd.beta))
             out["cases"].append(upd.case)
             out["betas"].append(upd.beta)
@@ -264,7 +284,8 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
 
     Observations and actions are Gaussian; reward advantages standardised and
     cost advantages centred, as in training. ``b_fracs[i][k]`` (k = 0..K, the
-    last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``:
+    last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``
+    (``s = a'H^{-1}a`` in ``config.inner_metric``):
     ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
     makes the cost constraint inactive. Returns ``(theta, traces)``.
     """
@@ -284,11 +305,12 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
             beta = betas[i, k] if k < K else 1.0
             data = StepData(obs, act, logp, adv_r, adv_c, 0.0, phi, beta)
             _, a, _ = step_problem(spec, phi, data)
-            b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * (a @ a)))
+            s = a @ (fisher_solver(spec, phi, obs, config.cg_damping)(a) if config.inner_metric == "fisher" else a)
+            b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * s))
             data = StepData(obs, act, logp, adv_r, adv_c, b_hat, phi, beta)
             if k < K:
                 steps.append(data)
-                phi = local_step(spec, phi, data, config.inner_delta, config.constrained)
+                phi = inner_step(spec, phi, data, config)
             else:
                 traces.append(Trace(tuple(steps), data))
     return theta, traces

@@ -23,7 +23,7 @@ from metacpo_ref.advantages import ValueSpec, init_value
 from metacpo_ref.baselines import baseline_iteration
 from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
-from metacpo_ref.meta import meta_iteration
+from metacpo_ref.meta import inner_update, meta_iteration
 from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
 from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
 from metacpo_ref.update import collect_step_data, policy_update
@@ -78,6 +78,7 @@ def config_to_json(config):
 
 def config_from_dict(d):
     d = dict(d)
+    d.setdefault("inner_metric", "identity")   # checkpoints written before inner_metric existed
     d["hidden"] = tuple(d["hidden"])
     return Config(**d)
 
@@ -209,11 +210,11 @@ def train(config, out_dir, resume=False, workers=1, backend="process", ray_addre
 # --- meta-testing -------------------------------------------------------------------
 
 def adaptation_update(spec, phi, data, config):
-    """One adaptation step with the algorithm's own inner rule: the Euclidean CPO
-    (meta-cpo) or TRPO (meta-trpo) step of eq. 9, or the Fisher-metric CPO / TRPO
-    update of the baselines."""
+    """One adaptation step with the algorithm's own inner rule: the CPO (meta-cpo) or
+    TRPO (meta-trpo) step of eq. 9 in the run's ``inner_metric`` (stored in the
+    checkpoint), or the Fisher-metric CPO / TRPO update of the baselines."""
     if config.meta:
-        return policy_update(spec, phi, data, config.inner_delta, config, config.constrained)
+        return inner_update(spec, phi, data, config)
     return policy_update(spec, phi, data, config.kl_delta, config, config.constrained, metric="fisher")
 
 

@@ -120,12 +120,13 @@ class Update:
     dL_C: float
 
 
-def policy_update(spec, phi, data, delta, config, constrained=True, metric="identity"):
+def policy_update(spec, phi, data, delta, config, constrained=True, metric="identity", hinv=None):
     """One update of eq. 9 on ``data`` with backtracking.
 
     ``metric="identity"``: the paper's Euclidean local step (0.5 ||x||^2 <= delta,
     kept by every fraction of the step). ``metric="fisher"``: CPO's KL trust
-    region (Fisher matrix by CG with ``config``'s settings).
+    region (Fisher matrix by CG with ``config``'s settings, or ``hinv: v -> H^{-1} v``
+    when given).
     Accept when the mean KL on the batch is within ``delta`` (Fisher) or
     ``config.kl_delta`` (Euclidean: the paper's line search guards the KL
     too), the cost surrogate change is within ``max(-b, 0)`` and, unless
@@ -133,7 +134,8 @@ def policy_update(spec, phi, data, delta, config, constrained=True, metric="iden
     """
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b = step_problem(spec, phi, data, constrained)
-    hinv = fisher_hinv(spec, phi, data.obs, config) if metric == "fisher" else None
+    if hinv is None and metric == "fisher":
+        hinv = fisher_hinv(spec, phi, data.obs, config)
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
     R0, C0 = L_R(phi), L_C(phi)
