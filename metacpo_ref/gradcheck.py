@@ -4,6 +4,8 @@ Each check is a function ``() -> dict(name, max_rel_error, tol, passed)`` on a
 small seeded problem; the relative error is ``||an - fd|| / max(||fd||, 1e-12)``
 over the whole Jacobian (or VJP). ``python cli.py gradcheck`` runs them all.
 """
+import functools
+
 import numpy as np
 
 
@@ -257,14 +259,22 @@ def meta_step_report(config, spec, theta, traces):
     return report
 
 
-def _check_meta_gradient(which, tol, problem=meta_problem, suffix=""):
+@functools.lru_cache(maxsize=2)
+def _meta_numbers(problem):
+    """``(dF, dG, J, report)`` of a meta-problem: the analytic gradients, the central-
+    difference Jacobian of ``(F, G)`` (computed once for the F and the G check) and the
+    step report."""
     from metacpo_ref.meta import meta_gradient, meta_objective
 
     config, spec, theta, traces = problem()
     _, _, dF, dG = meta_gradient(theta, traces, config)
     J = central_diff(lambda t: np.array(meta_objective(t, traces, config)), theta)
+    return dF, dG, J, meta_step_report(config, spec, theta, traces)
+
+
+def _check_meta_gradient(which, tol, problem=meta_problem, suffix=""):
+    dF, dG, J, report = _meta_numbers(problem)
     err = rel_error(dF, J[0]) if which == "F" else rel_error(dG, J[1])
-    report = meta_step_report(config, spec, theta, traces)
     out = result(f"meta_gradient_{which}{suffix}", err, tol)
     out["detail"] = "steps " + ", ".join(f"{c} (margin {m:.2g})" for c, m in report)
     if min(m for _, m in report) < 1e-3:   # too close to a case boundary for central differences
