@@ -172,6 +172,18 @@ def test_inner_metric_config_and_old_checkpoints():
     assert config_from_dict({**d, "inner_metric": "fisher"}).inner_metric == "fisher"
 
 
+def test_committed_checkpoints_load_as_identity():
+    """Checkpoints written before inner_metric existed (results/) load with the paper's rule."""
+    from pathlib import Path
+
+    from metacpo_ref.training import load_checkpoint
+
+    path = next((Path(__file__).resolve().parents[1] / "results").rglob("checkpoint.npz"))
+    with np.load(path) as z:
+        assert "inner_metric" not in json.loads(str(z["config"]))
+    assert load_checkpoint(path).config.inner_metric == "identity"
+
+
 def test_meta_testing_adapts_with_the_stored_rule():
     """adaptation_update follows config.inner_metric: the Fisher step stays in the KL
     radius inner_delta and is the step of the differentiated chain."""
@@ -187,3 +199,18 @@ def test_meta_testing_adapts_with_the_stored_rule():
     np.testing.assert_allclose(fisher.phi, chain, rtol=1e-12, atol=1e-14)
     ident = policy_update(spec, theta, d, 0.01, Config(hidden=(4,)))
     np.testing.assert_array_equal(euclid.phi, ident.phi)
+
+
+def test_training_with_fisher_local_steps_stores_the_rule(tmp_path):
+    """One tiny Meta-CPO iteration with --inner-metric fisher (n = 1492: CG to 1e-10):
+    the rule is in config.json and the checkpoint, and a local step was taken."""
+    from metacpo_ref.training import read_metrics, train
+
+    cfg = Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, inner_metric="fisher")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InexactSolveWarning)
+        state = train(cfg, tmp_path)
+    assert state.config.inner_metric == "fisher"
+    assert json.loads((tmp_path / "config.json").read_text())["inner_metric"] == "fisher"
+    row = read_metrics(tmp_path)[0]
+    assert sum(row["cases"].values()) == 1 and row["tasks"][0]["betas"][0] > 0
