@@ -24,6 +24,12 @@ differentiated) and :func:`metacpo_ref.dco.cpo_layer`'s hand-written KKT VJP
 through each step. That is eq. 11's product of step Jacobians with "all of
 the partial derivatives" (through ``g``, ``a`` and ``b``), exactly.
 
+With ``config.inner_metric == "fisher"`` (beyond the paper) the local step is
+``phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))`` with the Fisher matrix of batch k
+at ``phi_k``, and the derivative adds the terms through ``H(phi_k)``
+(:mod:`metacpo_ref.fisher_step`, :mod:`metacpo_ref.metric_layer`,
+docs/fisher-metric.md).
+
 Not included: the derivative of the sampling distribution of the batches
 (the DiCE/ProMP terms). Eq. 11 does not have them, and neither do we; the
 behaviour log-probs are stored data, never recomputed from the ``phi`` being
@@ -199,8 +205,9 @@ class TaskRun:
 
 def inner_loop(env, task, theta, vf, spec, vspec, config, iteration, task_index, cost_limit):
     """Algorithm 1, lines 6-10 for one task: K local updates of eq. 9 (metric
-    ``config.inner_metric``, radius ``config.inner_delta``, backtracking: :func:`inner_update`), each on a fresh batch collected
-    with ``phi_k``, then the evaluation batch of ``phi_K``. Value functions start
+    ``config.inner_metric``, radius ``config.inner_delta``, backtracking:
+    :func:`inner_update`), each on a fresh batch collected with ``phi_k``, then the
+    evaluation batch of ``phi_K``. Value functions start
     from ``vf`` and are refitted on each batch in turn."""
     env.set_task(task)
     phi, steps = np.asarray(theta, dtype=np.float64), []
