@@ -22,7 +22,9 @@ OBS_NORM_EPISODES = 1    # random-policy episodes per sampled task for the fit
 OBS_STD_FLOOR = 1.0      # measured: never magnify a feature (gravity's std is 0)
 
 # --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
-INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
+INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps; with
+                         # inner_metric="fisher" the same 0.01 is a KL radius, equal to
+                         # KL_DELTA (safety-starter-agents' CPO/TRPO target KL)
 KL_DELTA = 0.01          # safety-starter-agents' CPO/TRPO target KL: the baselines' radius, and
                          # the mean-KL bound every line search enforces (paper, Section 4:
                          # "updates may violate ... KL-divergence, requiring a backtracking line search")
