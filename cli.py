@@ -9,7 +9,8 @@ from click.core import ParameterSource
 
 from metacpo_ref.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ALGOS, COUNT, FAMILIES, META_TEST_TASKS, OUTER_METRICS, Config, Range,
+from metacpo_ref.config import (ALGOS, COUNT, FAMILIES, INNER_METRICS, META_TEST_TASKS,
+                                OUTER_METRICS, Config, Range,
                                 field_doc, field_range)
 
 
@@ -91,6 +92,7 @@ RESUME_FREE = ("iterations",)
 @config_option("episodes")
 @config_option("cost_limit")
 @config_option("outer_metric", type=click.Choice(list(OUTER_METRICS)))
+@config_option("inner_metric", type=click.Choice(list(INNER_METRICS)))
 @config_option("seed")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
@@ -98,14 +100,15 @@ RESUME_FREE = ("iterations",)
               help="Continue the run in --out with its stored settings; only --iterations (the new total) "
                    "and --workers/--backend/--ray-address may change.")
 @execution_options
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
-          workers, backend, ray_address):
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed, out_dir,
+          resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
     from metacpo_ref.workers import WorkerError
 
     values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                  episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
+                  episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric,
+                  inner_metric=inner_metric, seed=seed)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     ctx = click.get_current_context()
     warn = lambda m: click.echo(f"warning: {m}", err=True)

@@ -25,6 +25,8 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
 
 - ``meta_gradient_cost_ratio``: for two policy sizes, one ``meta_gradient`` over
   one ``meta_objective`` on synthetic traces (reverse mode: a small constant).
+- ``meta_gradient_cost_ratio_fisher``: the same with Fisher-metric local steps
+  (``inner_metric="fisher"``, K = 2, two tasks; goal: <= 10, not growing with n).
 - ``meta_iteration_learner_share``: per family, the learner's share of one
   Meta-CPO iteration (summed per-task env + learner time; quick mode uses a tiny
   iteration, the full bench the default 5 tasks x 5 local steps).
@@ -209,6 +211,10 @@ def run_bench(cvxpy_oracle, quick=False):
     T = 200 if quick else 1000
     out["meta_gradient_cost_ratio"] = {f"n={n_params(PolicySpec(d, 2, h))}": meta_gradient_cost_ratio(d, h, T=T)
                                        for d, h in ((28, (32, 16)), (60, (64, 32)))}
+    fisher = dict(T=200, tasks=1, K=1, repeats=1) if quick else dict(T=1000, tasks=2, K=2, repeats=2)
+    out["meta_gradient_cost_ratio_fisher"] = {
+        f"n={n_params(PolicySpec(d, 2, h))}": meta_gradient_cost_ratio(d, h, inner_metric="fisher", **fisher)
+        for d, h in ((28, (32, 16)), (60, (64, 32)))}
     size = dict(tasks=2, local_steps=1, episodes=1) if quick else dict(tasks=5, local_steps=5, episodes=None)
     out["meta_iteration_learner_share"] = {family: meta_iteration_split(family, **size)[1] for family in FAMILY_NAMES}
     out["workers_2_speedup"] = workers_speedup(tasks=2 if quick else 4, local_steps=1 if quick else 2,
@@ -218,14 +224,17 @@ def run_bench(cvxpy_oracle, quick=False):
 
 # --- the meta-gradient and the meta-iteration ------------------------------------------
 
-def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2):
+def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2, inner_metric="identity"):
     """One ``meta_gradient`` (eq. 11: forward and two reverse passes) over one
     ``meta_objective`` on seeded synthetic traces: reverse mode keeps it a small
-    constant whatever the policy size."""
+    constant whatever the policy size. With ``inner_metric="fisher"`` both sides
+    solve with the Fisher matrix (CG to 1e-10 at these sizes, fisher_step.py); the
+    gradient adds one ``H^{-1}`` product and one reverse pass over a Fisher-vector
+    product per local step and reverse pass."""
     from metacpo_ref.config import Config
     from metacpo_ref.meta import meta_gradient, meta_objective, synthetic_traces
 
-    cfg = Config(hidden=hidden)
+    cfg = Config(hidden=hidden, inner_metric=inner_metric)
     spec = PolicySpec(obs_dim, 2, hidden)
     theta, traces = synthetic_traces(spec, tasks, K, 0, cfg, T=T)
     t_obj = _seconds(lambda: meta_objective(theta, traces, cfg), repeats)

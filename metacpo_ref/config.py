@@ -26,7 +26,9 @@ OBS_NORM_EPISODES = 1    # random-policy episodes per sampled task for the fit
 OBS_STD_FLOOR = 1.0      # measured: never magnify a feature (gravity's std is 0)
 
 # --- the CPO step (eq. 9) and its line search (Algorithm 1 lines 9, 14) -----
-INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps
+INNER_DELTA = 0.01       # authors' code: Euclidean trust radius of local steps; with
+                         # inner_metric="fisher" the same 0.01 is a KL radius, equal to
+                         # BASELINE_DELTA (safety-starter-agents' CPO/TRPO target KL)
 BASELINE_DELTA = 0.01    # safety-starter-agents' CPO/TRPO target KL: the KL trust radius of the
                          # baselines' Fisher-metric steps (0.5 x'Hx <= delta, H the Fisher matrix)
 LINE_SEARCH_KL = 0.01    # safety-starter-agents' target KL again, as the mean-KL bound every line
@@ -37,6 +39,16 @@ CG_ITERS = 10            # derivations, section 7 (10-15 iterations)
 CG_DAMPING = 0.1         # derivations, section 7
 LINE_SEARCH_DECAY = 0.8  # derivations, section 7 (D18, D19)
 LINE_SEARCH_STEPS = 15   # derivations, section 7 (D18)
+
+# --- the Fisher-metric local step (inner_metric="fisher", beyond the paper) -----
+# Its chain is differentiated exactly (metric_layer.py, docs/fisher-metric.md), so the
+# H^{-1} products must be exact to the gradient check's tolerance, not CG's usual 10
+# iterations (relative residual 0.06 at n = 1492 and 0.17 at n = 6052, measured on
+# synthetic batches of 1000 steps, damping 0.1).
+FISHER_DIRECT_MAX = 300    # n <= this: dense H from n Fisher-vector products, Cholesky (exact)
+FISHER_CG_TOL = 1e-10      # else CG to this relative residual; measured: 61 iterations at
+                           # n = 1492, 95 at n = 6052 (same batches as above)
+FISHER_CG_MAX_ITERS = 250  # CG's cap (a warning says when the tolerance was not reached)
 
 # --- meta-training (Algorithm 1) --------------------------------------------
 META_TASKS = 5           # paper: 5 tasks per meta-iteration
@@ -176,6 +188,8 @@ def setting(default, doc, valid=None):
     options read their defaults, help lines and ranges from here."""
     return field(default=default, metadata={"doc": doc, "range": valid})
 
+INNER_METRICS = ("identity", "fisher")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -211,6 +225,11 @@ class Config:
     outer_metric: str = setting("identity", "Metric of the meta step: identity, the paper's Euclidean trust "
                                 "region (eq. 12, Limitations section), or fisher (conjugate gradient on "
                                 "Fisher-vector products of the pre-adaptation batches).")
+    inner_metric: str = setting("identity", "Metric of the local steps: identity, the paper's Euclidean step "
+                                "(eq. 9 with H = I, radius inner_delta), or fisher: eq. 9 with the Fisher matrix "
+                                "H(phi_k) of batch k (damping cg_damping), inner_delta read as a KL radius, the "
+                                "chain differentiated exactly, terms through H(phi_k) included "
+                                "(docs/fisher-metric.md). The paper's until issue 15's 2 x 2 comparison is measured.")
     ls_kl: float = setting(LINE_SEARCH_KL, "Mean-KL bound every line search with the Euclidean metric "
                            "enforces (safety-starter-agents' target KL; derivations D19).", POSITIVE)
     ls_decay: float = setting(LINE_SEARCH_DECAY, "Backtracking factor of the line searches (derivations, "
@@ -229,6 +248,8 @@ class Config:
             raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
         if self.outer_metric not in OUTER_METRICS:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
+        if self.inner_metric not in INNER_METRICS:
+            raise ValueError(f"unknown inner metric {self.inner_metric!r}; valid: {', '.join(INNER_METRICS)}")
         for f in fields(self):
             valid, v = f.metadata["range"], getattr(self, f.name)
             if valid is not None and v is not None:

@@ -32,6 +32,7 @@ arrays. The hash of an array is SHA-256 of those raw bytes
 ``max|port - stored| <= atol + rtol * max|stored|`` (NaN where stored NaN;
 integer outputs exactly).
 """
+import dataclasses
 import hashlib
 import io
 import json
@@ -47,7 +48,8 @@ from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, in
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
 from metacpo_ref.dco import cpo_layer, cpo_step_vjp
-from metacpo_ref.gradcheck import cpo_instance, meta_problem, qp_instance, step_margin
+from metacpo_ref.fisher_solve import fisher_matrix
+from metacpo_ref.gradcheck import cpo_instance, meta_problem, meta_problem_fisher, qp_instance, step_margin
 from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.qp_layer import qp_vjp, solve_qp
@@ -558,11 +560,11 @@ def make_qp_layer():
 TRACE_FIELDS = ("obs", "act", "logp_beh", "adv_r", "adv_c", "b_hat", "phi", "beta")
 
 
-def _meta_inputs():
+def _meta_inputs(problem=meta_problem):
     """The synthetic meta-problem of gradcheck (policy 3 -> 4 -> 2, K = 2, two tasks),
     evaluated at theta = recording theta + 0.02 N(0, I) (so the ratios are not 1); its four
     local steps there are "trust", "recovery", "both", "both" (margins >= 0.1)."""
-    config, spec, theta0, traces = meta_problem()
+    config, spec, theta0, traces = problem()
     rng = np.random.default_rng(132)
     inp = {"sizes": _i(spec.sizes), "theta": _f(theta0 + 0.02 * rng.standard_normal(len(theta0))),
            "n_tasks": _i(len(traces)), "local_steps": _i(len(traces[0].steps)),
@@ -642,6 +644,61 @@ def make_meta_gradient():
 
 
 
+def compute_meta_gradient_fisher(inp):
+    spec, config, traces = _traces_from(inp)
+    config = dataclasses.replace(config, inner_metric="fisher", cg_damping=float(inp["cg_damping"]))
+    theta = inp["theta"]
+    F, G = meta_objective(theta, traces, config)
+    _, _, dF, dG = meta_gradient(theta, traces, config)
+    out = {"F": _f(F), "G": _f(G), "dF": _f(dF), "dG": _f(dG)}
+    for i, tr in enumerate(traces):          # the chain, for debugging a port step by step
+        phi = theta
+        for k, data in enumerate(tr.steps):
+            g, a, b = step_problem(spec, phi, data)
+            H = fisher_matrix(spec, phi, data.obs, config.cg_damping)
+            step = solve_step(g, a, b, config.inner_delta, H=H, method="closed_form")
+            out.update({f"task{i}_step{k}_phi_in": _f(phi), f"task{i}_step{k}_g": _f(g),
+                        f"task{i}_step{k}_a": _f(a), f"task{i}_step{k}_b": _f(b), f"task{i}_step{k}_H": _f(H),
+                        f"task{i}_step{k}_x": _f(step.x), f"task{i}_step{k}_case_index": _i(CASES.index(step.case))})
+            phi = phi + data.beta * step.x
+        out[f"task{i}_phi_K"] = _f(phi)
+    return out
+
+
+def make_meta_gradient_fisher():
+    _, inp, meanings = _meta_inputs(meta_problem_fisher)
+    inp["cg_damping"] = _f(CG_DAMPING)
+    meanings.update(inner_delta="KL trust radius of the local steps (0.5 x'H x <= delta)",
+                    cg_damping="damping d of the metric H(phi) = Fisher(phi) + d I")
+    out = compute_meta_gradient_fisher(inp)
+    margins = [step_margin(out[f"task{i}_step{k}_g"], out[f"task{i}_step{k}_a"], float(out[f"task{i}_step{k}_b"]),
+                           float(inp["inner_delta"]), partial(np.linalg.solve, out[f"task{i}_step{k}_H"]))
+               for i in range(2) for k in range(2)]
+    assert min(margins) > 0.1, "a local step sits near a case boundary"
+    assert {int(out[f"task{i}_step{k}_case_index"]) for i in range(2) for k in range(2)} == {0, 1, 2}
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)", "b": "b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
+                  "plus cg_damping I (symmetric, dense)",
+             "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
+                  "phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    for i in range(int(inp["n_tasks"])):
+        for k in range(int(inp["local_steps"])):
+            meanings.update({f"task{i}_step{k}_{w}": f"task {i}, local step k={k}: {m}" for w, m in chain.items()})
+        meanings[f"task{i}_phi_K"] = f"task {i}: phi_K, the adapted parameters"
+    meanings.update(F="meta objective F of eq. 10 (mean over tasks of L_R,eval(phi_K))",
+                    G="meta constraint G of eq. 10 "
+                      "(mean of b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_eval^collected))",
+                    dF="dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps including the "
+                       "terms through H(phi_k); docs/fisher-metric.md)", dG="dG/dtheta")
+    return inp, out, _meta(
+        "as meta_gradient, with Fisher-metric local steps (inner_metric='fisher'): eq. 9 with "
+        "H_k = Fisher(phi_k) + cg_damping I, KL radius inner_delta; the exact gradients include the "
+        "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9)",
+        "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher')", META, meanings)
+
+
 def compute_outer_step(inp):
     spec, config, traces = _traces_from(inp)
     config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]),
@@ -690,6 +747,7 @@ BLOCKS = [
     *[(f"policy_update_{metric}", partial(make_policy_update, metric), partial(compute_policy_update, metric=metric))
       for metric in ("identity", "fisher")],
     ("meta_gradient", make_meta_gradient, compute_meta_gradient),
+    ("meta_gradient_fisher", make_meta_gradient_fisher, compute_meta_gradient_fisher),
     ("outer_step", make_outer_step, compute_outer_step),
 ]
 

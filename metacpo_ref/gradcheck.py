@@ -4,6 +4,8 @@ Each check is a function ``() -> dict(name, max_rel_error, tol, passed)`` on a
 small seeded problem; the relative error is ``||an - fd|| / max(||fd||, 1e-12)``
 over the whole Jacobian (or VJP). ``python cli.py gradcheck`` runs them all.
 """
+import functools
+
 import numpy as np
 
 
@@ -190,12 +192,13 @@ POLICY_CHECKS = [check_policy_log_prob, check_policy_mean_kl, check_policy_fvp,
 
 # --- checks of the meta-gradient (meta.py, eq. 11) ----------------------------
 
-def step_margin(g, a, b, delta):
-    """Distance of the eq. 9 instance ``(g, a, b, delta)`` (identity metric) from its
-    nearest case boundary, in the scaled units of docs/derivations.md (end of section 8):
-    ``|1 - b^2 / (2 delta s)|`` (feasibility), ``|r + lam_t b| / sqrt(q s)``
-    (cost constraint active or not), ``A / q`` (g parallel to a)."""
-    q, r, s = float(g @ g), float(g @ a), float(a @ a)
+def step_margin(g, a, b, delta, solve=None):
+    """Distance of the eq. 9 instance ``(g, a, b, delta)`` (identity metric, or the metric
+    with ``solve: v -> H^{-1} v``) from its nearest case boundary, in the scaled units of
+    docs/derivations.md (end of section 8): ``|1 - b^2 / (2 delta s)|`` (feasibility),
+    ``|r + lam_t b| / sqrt(q s)`` (cost constraint active or not), ``A / q`` (g parallel to a)."""
+    hg, ha = (g, a) if solve is None else (solve(g), solve(a))
+    q, r, s = float(g @ hg), float(g @ ha), float(a @ ha)
     if s == 0:
         return np.inf
     margins = [abs(1 - b**2 / (2 * delta * s))] if b > 0 else []
@@ -221,30 +224,61 @@ def meta_problem(seed=3):
     return config, spec, theta, traces
 
 
+def meta_problem_fisher(seed=3):
+    """:func:`meta_problem` with Fisher-metric local steps (``inner_metric="fisher"``,
+    KL radius ``inner_delta``, damping ``cg_damping``; n = 28, so exact dense solves):
+    its four local steps are "trust", "recovery", "both", "both"."""
+    from metacpo_ref.config import Config
+    from metacpo_ref.meta import synthetic_traces
+    from metacpo_ref.policy import PolicySpec
+
+    config = Config(hidden=(4,), inner_metric="fisher")
+    spec = PolicySpec(3, 2, (4,))
+    theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=48,
+                                     b_fracs=[[0.5, 1.5, 0.2], [0.3, 0.6, -0.1]],
+                                     betas=[[1.0, 0.8], [0.64, 1.0]])
+    return config, spec, theta, traces
+
+
 def meta_step_report(config, spec, theta, traces):
-    """The case and the case-boundary margin of every local step along the chain."""
+    """The case and the case-boundary margin of every local step along the chain
+    (in the chain's metric, ``config.inner_metric``)."""
     from metacpo_ref.cpo import solve_step
+    from metacpo_ref.fisher_solve import fisher_solver
     from metacpo_ref.update import step_problem
 
     report = []
     for trace in traces:
         for data in trace.steps:
             g, a, b = step_problem(spec, data.phi, data)
-            report.append((solve_step(g, a, b, config.inner_delta).case,
-                           step_margin(g, a, b, config.inner_delta)))
+            solve = None
+            if config.inner_metric == "fisher":
+                solve = fisher_solver(spec, data.phi, data.obs, config.cg_damping)
+            report.append((solve_step(g, a, b, config.inner_delta, hinv=solve).case,
+                           step_margin(g, a, b, config.inner_delta, solve)))
     return report
 
 
-def _check_meta_gradient(which, tol):
+@functools.lru_cache(maxsize=2)
+def _meta_numbers(problem):
+    """``(dF, dG, J, report)`` of a meta-problem: the analytic gradients, the central-
+    difference Jacobian of ``(F, G)`` (computed once for the F and the G check) and the
+    step report."""
     from metacpo_ref.meta import meta_gradient, meta_objective
 
-    config, spec, theta, traces = meta_problem()
+    config, spec, theta, traces = problem()
     _, _, dF, dG = meta_gradient(theta, traces, config)
     J = central_diff(lambda t: np.array(meta_objective(t, traces, config)), theta)
+    return dF, dG, J, meta_step_report(config, spec, theta, traces)
+
+
+def _check_meta_gradient(which, tol, problem=meta_problem, suffix=""):
+    dF, dG, J, report = _meta_numbers(problem)
     err = rel_error(dF, J[0]) if which == "F" else rel_error(dG, J[1])
-    report = meta_step_report(config, spec, theta, traces)
-    out = result(f"meta_gradient_{which}", err, tol)
+    out = result(f"meta_gradient_{which}{suffix}", err, tol)
     out["detail"] = "steps " + ", ".join(f"{c} (margin {m:.2g})" for c, m in report)
+    if min(m for _, m in report) < 1e-3:   # too close to a case boundary for central differences
+        out["passed"] = False
     return out
 
 
@@ -256,7 +290,18 @@ def check_meta_gradient_G(tol=1e-5):
     return _check_meta_gradient("G", tol)
 
 
-META_CHECKS = [check_meta_gradient_F, check_meta_gradient_G]
+def check_meta_gradient_F_fisher(tol=1e-5):
+    """dF of eq. 11 with Fisher-metric local steps (terms through H(phi_k) included)."""
+    return _check_meta_gradient("F", tol, meta_problem_fisher, "_fisher")
+
+
+def check_meta_gradient_G_fisher(tol=1e-5):
+    """dG of eq. 11 with Fisher-metric local steps."""
+    return _check_meta_gradient("G", tol, meta_problem_fisher, "_fisher")
+
+
+META_CHECKS = [check_meta_gradient_F, check_meta_gradient_G, check_meta_gradient_F_fisher,
+               check_meta_gradient_G_fisher]
 
 
 # --- checks of the QP layer (qp_layer.py, eqs. 5-7) ---------------------------

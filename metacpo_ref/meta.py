@@ -24,6 +24,12 @@ differentiated) and :func:`metacpo_ref.dco.cpo_layer`'s hand-written KKT VJP
 through each step. That is eq. 11's product of step Jacobians with "all of
 the partial derivatives" (through ``g``, ``a`` and ``b``), exactly.
 
+With ``config.inner_metric == "fisher"`` (beyond the paper) the local step is
+``phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))`` with the Fisher matrix of batch k
+at ``phi_k``, and the derivative adds the terms through ``H(phi_k)``
+(:mod:`metacpo_ref.fisher_step`, :mod:`metacpo_ref.metric_layer`,
+docs/fisher-metric.md).
+
 Not included: the derivative of the sampling distribution of the batches
 (the DiCE/ProMP terms). Eq. 11 does not have them, and neither do we; the
 behaviour log-probs are stored data, never recomputed from the ``phi`` being
@@ -40,6 +46,8 @@ from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
 from metacpo_ref.iteration import Trace, json_float, run_iteration
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.fisher_step import fisher_local_step
+from metacpo_ref.fisher_solve import fisher_solver
 from metacpo_ref.update import Acceptance, Candidate, StepData, backtrack, fisher_hinv, step_problem
 
 
@@ -55,11 +63,19 @@ def local_step(spec, phi, data, delta, constrained=True):
     return phi + data.beta * cpo_layer(g, a, b, delta)
 
 
+def inner_step(spec, phi, data, config):
+    """One local step of eq. 9 with ``config.inner_metric``: Euclidean (:func:`local_step`)
+    or Fisher (:func:`metacpo_ref.fisher_step.fisher_local_step`); differentiable in ``phi``."""
+    if config.inner_metric == "fisher":
+        return fisher_local_step(spec, phi, data, config, config.constrained)
+    return local_step(spec, phi, data, config.inner_delta, config.constrained)
+
+
 def adapted_params(theta, trace, spec, config):
     """``phi_K`` of one task: the K recorded local steps replayed from ``theta``."""
     phi = theta
     for data in trace.steps:
-        phi = local_step(spec, phi, data, config.inner_delta, config.constrained)
+        phi = inner_step(spec, phi, data, config)
     return phi
 
 
@@ -175,7 +191,8 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
 
     Observations and actions are Gaussian; reward advantages standardised and
     cost advantages centred, as in training. ``b_fracs[i][k]`` (k = 0..K, the
-    last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``:
+    last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``
+    (``s = a'H^{-1}a`` in ``config.inner_metric``):
     ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
     makes the cost constraint inactive. Returns ``(theta, traces)``.
     """
@@ -195,11 +212,12 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
             beta = betas[i, k] if k < K else 1.0
             data = StepData(obs, act, logp, adv_r, adv_c, 0.0, phi, beta)
             _, a, _ = step_problem(spec, phi, data)
-            b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * (a @ a)))
+            s = a @ (fisher_solver(spec, phi, obs, config.cg_damping)(a) if config.inner_metric == "fisher" else a)
+            b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * s))
             data = StepData(obs, act, logp, adv_r, adv_c, b_hat, phi, beta)
             if k < K:
                 steps.append(data)
-                phi = local_step(spec, phi, data, config.inner_delta, config.constrained)
+                phi = inner_step(spec, phi, data, config)
             else:
                 traces.append(Trace(tuple(steps), data))
     return theta, traces

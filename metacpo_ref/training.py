@@ -85,6 +85,7 @@ def config_from_dict(d):
             value = d.pop(old)
             for name in new:
                 d.setdefault(name, value)
+    d.setdefault("inner_metric", "identity")   # checkpoints written before inner_metric existed
     d["hidden"] = tuple(d["hidden"])
     return Config(**d)
 

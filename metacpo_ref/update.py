@@ -15,6 +15,7 @@ from autograd import grad
 from metacpo_ref.advantages import ValueSpec, advantages, constraint_value, surrogates
 from metacpo_ref.config import FAMILIES
 from metacpo_ref.cpo import cg, solve_step
+from metacpo_ref.fisher_solve import fisher_solver
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, mean_kl
 from metacpo_ref.rollouts import collect
 
@@ -161,10 +162,11 @@ class Update:
 
 
 def local_rule(config):
-    """``(metric, delta)`` of the algorithm's own update: the Euclidean step of radius
-    ``inner_delta`` (meta-cpo, meta-trpo: the paper's local steps) or the Fisher-metric
-    step of KL radius ``baseline_delta`` (the cpo and trpo baselines)."""
-    return ("identity", config.inner_delta) if config.meta else ("fisher", config.baseline_delta)
+    """``(metric, delta)`` of the algorithm's own update: the local step of meta-cpo and
+    meta-trpo in ``config.inner_metric`` with radius ``inner_delta`` (the paper's Euclidean
+    step, or the Fisher-metric step with ``inner_delta`` read as a KL radius), or the
+    Fisher-metric step of KL radius ``baseline_delta`` (the cpo and trpo baselines)."""
+    return (config.inner_metric, config.inner_delta) if config.meta else ("fisher", config.baseline_delta)
 
 
 def policy_update(spec, phi, data, config):
@@ -174,14 +176,19 @@ def policy_update(spec, phi, data, config):
 
     ``identity``: the paper's Euclidean local step (0.5 ||x||^2 <= delta, kept by
     every fraction of the step); the line search bounds the mean KL by
-    ``config.ls_kl``. ``fisher``: CPO's KL trust region (Fisher matrix by CG with
-    ``config``'s settings); the line search bounds the mean KL by ``delta``.
+    ``config.ls_kl``. ``fisher``: CPO's KL trust region (the baselines: Fisher matrix by
+    CG with ``config``'s settings; Meta-CPO's local steps: the exact ``H^{-1}`` of
+    :mod:`metacpo_ref.fisher_solve`, so that the step taken is the step differentiated);
+    the line search bounds the mean KL by ``delta``.
     Acceptance: (D19).
     """
     metric, delta = local_rule(config)
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b = step_problem(spec, phi, data, config.constrained)
-    hinv = fisher_hinv(spec, phi, data.obs, config) if metric == "fisher" else None
+    hinv = None
+    if metric == "fisher":
+        hinv = (fisher_solver(spec, phi, data.obs, config.cg_damping) if config.meta
+                else fisher_hinv(spec, phi, data.obs, config))
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
     R0, C0 = L_R(phi), L_C(phi)

@@ -17,6 +17,8 @@ def test_quick_bench_reports_every_figure():
     for key in KEYS + ("workers_2_speedup",):
         assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0, (key, out[key])
     assert len(out["meta_gradient_cost_ratio"]) == 2
+    assert len(out["meta_gradient_cost_ratio_fisher"]) == 2
+    assert all(math.isfinite(v) and v > 0 for v in out["meta_gradient_cost_ratio_fisher"].values())
     assert set(out["meta_iteration_learner_share"]) == {"point-circle", "car-circle-hazard", "point-button"}
     for value in [*out["meta_gradient_cost_ratio"].values(), *out["meta_iteration_learner_share"].values()]:
         assert math.isfinite(value) and value > 0
