@@ -3,6 +3,7 @@
     .venv/bin/python results/campaign.py run [--families F,..] [--algos A,..] [--seeds 0,1,2]
                                              [--meta-iterations 50] [--jobs 2] [--dry-run]
     .venv/bin/python results/campaign.py status [same selection options]
+    .venv/bin/python results/campaign.py stop
 
 ``run`` plans every (family, seed, algorithm) run, families in the order
 car-circle-hazard, point-button, point-circle (seed-major within a family, so
@@ -362,7 +363,7 @@ class Campaign:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise CampaignError(f"another campaign is running on {show(self.root)}; watch it with "
-                                f"`results/campaign.py status`, stop it with kill -TERM PID") from None
+                                f"`results/campaign.py status`, stop it with `results/campaign.py stop`") from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
@@ -382,6 +383,12 @@ class Campaign:
         while (queue or self.active) and self.stopping is None:
             while queue and len(self.active) < self.jobs and self.stopping is None:
                 run = queue.pop(0)
+                busy = running(run)
+                if busy:
+                    self.log(f"skip {run.name}: pid {busy[0]} of an earlier campaign still works on it "
+                             f"({busy[1]}); run again when it has stopped")
+                    self.failed.append(run)
+                    continue
                 self.active[run] = [steps(run, self.budget, self.python), None, None, time.time()]
                 self._advance(run)
             for run in list(self.active):
@@ -434,7 +441,7 @@ class Campaign:
         err = open(run.log, "a")
         try:
             proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_sigint_when_parent_dies)
         finally:
             out.close()
             err.close()
@@ -496,6 +503,16 @@ class Campaign:
             os.replace(tmp, self.root / f"{family}.md")
 
 
+def _sigint_when_parent_dies():
+    """In a child, before exec: SIGINT it when the campaign dies (even by SIGKILL), so
+    that it stops at its checkpoint instead of running on unwatched (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _kill(proc, sig):
     try:
         os.killpg(proc.pid, sig)
@@ -538,6 +555,17 @@ def estimate(run, measured):
     return None
 
 
+def config_changes(run):
+    """The settings in which ``run``'s ``config.json`` differs from what the campaign
+    would start today (config.py's defaults), apart from the iteration count."""
+    stored = read_json(run.path / "config.json")
+    if not isinstance(stored, dict):
+        return []
+    planned = json.loads(json.dumps(dataclasses.asdict(run.config)))
+    return [k for k in planned if k != "iterations" and stored.get(k, "missing") != planned[k]] + \
+        [k for k in stored if k not in planned]
+
+
 def meta_test_mark(run, iteration, finished):
     """"yes" when every meta-test of ``run`` is of its final checkpoint; else the ones
     there are, with the iteration each is of (or "no")."""
@@ -548,18 +576,25 @@ def meta_test_mark(run, iteration, finished):
     return ", ".join(there) or ("no" if iteration else "-")
 
 
+def campaign_pid(root):
+    """The pid of the campaign running on ``root`` (it holds the lock), or ``None``."""
+    lock = resolve(root) / ".lock"
+    if not lock.is_file():
+        return None
+    with open(lock) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return None
+        except OSError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else None
+
+
 def status_lines(runs, budget, root, jobs):
     """The lines of ``status``: one per run, then the totals and the ETA."""
     root = resolve(root)
-    lock = root / ".lock"
-    pid = None
-    if lock.is_file():
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-            except OSError:
-                pid = f.read().strip() or "?"
+    pid = campaign_pid(root)
     lines = [f"campaign on {show(root)}: " + (f"running (pid {pid})" if pid else "not running")]
     lines.append(f"{'run':30s} {'iterations':>11s} {'env steps':>11s} {'planned':>11s} {'meta-tested':14s} state")
     measured = seconds_per_step(runs)
@@ -590,6 +625,9 @@ def status_lines(runs, budget, root, jobs):
         else:
             state = "stopped" if it or (run.path / "config.json").exists() else "not started"
         mark = meta_test_mark(run, it, finished)
+        changed = config_changes(run)
+        if changed:
+            state += f"; config.json differs from today's defaults in {', '.join(changed)}"
         lines.append(f"{run.name:30s} {f'{it}/{run.iterations}':>11s} {env_steps:>11,d} {planned:>11,d} "
                      f"{mark:14s} {state}")
         rate = estimate(run, measured)
@@ -705,6 +743,18 @@ def status(**kw):
     for line in status_lines(plan(kw["families"], kw["algos"], kw["seeds"], budget, kw["root"]), budget,
                              kw["root"], kw["jobs"]):
         click.echo(line)
+
+
+@main.command()
+@click.option("--root", default=DEFAULT_ROOT, show_default=True)
+def stop(root):
+    """Stop the campaign running on ROOT (SIGTERM: its children stop at their checkpoints)."""
+    pid = campaign_pid(root)
+    if pid is None:
+        raise CampaignError(f"no campaign is running on {show(resolve(root))}")
+    os.kill(pid, signal.SIGTERM)
+    click.echo(f"sent SIGTERM to the campaign (pid {pid}); it stops its children within {STOP_GRACE} s "
+               f"(see {show(resolve(root) / 'campaign.log')})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 resume and meta-test detection on hand-made run directories, the dry run, status,
 and two end-to-end runs on a tiny budget (equal env steps checked against real
 training, reruns that do nothing, a failed run beside a working one, SIGTERM)."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -72,10 +73,12 @@ def test_meta_tests_at_the_training_limit_only_where_it_differs():
 
 # --- hand-made run directories ------------------------------------------------------------
 
-def make_run(root, family, algo, seed, iteration, steps_per_it, tests=(), time_total=3.0):
+def make_run(root, family, algo, seed, iteration, steps_per_it, tests=(), time_total=3.0, config={}):
     d = root / family / f"{algo}-s{seed}"
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"family": family, "algo": algo, "seed": seed}))
+    its = iteration if algo.startswith("meta-") else 300
+    (d / "config.json").write_text(json.dumps(dataclasses.asdict(
+        Config(family=family, algo=algo, seed=seed, iterations=its, **config))))
     np.savez(d / "checkpoint.npz", iteration=iteration, env_steps=iteration * steps_per_it)
     with open(d / "metrics.jsonl", "w") as f:
         for i in range(iteration):
@@ -86,15 +89,25 @@ def make_run(root, family, algo, seed, iteration, steps_per_it, tests=(), time_t
     return d
 
 
+def sleeper(run_dir):
+    """A process whose command line names ``run_dir`` (as a campaign child's does),
+    returned once its command line is readable (it is empty for a moment after exec)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
+    deadline = time.time() + 10
+    while str(run_dir).encode() not in Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.time() < deadline:
+        time.sleep(0.01)
+    return child
+
+
 @pytest.fixture
 def handmade(tmp_path):
     """car-circle-hazard seed 0: meta-trpo finished and meta-tested at both limits,
     trpo stopped at 7 of 300, cpo finished but tested only at limit 5 and on an older
-    checkpoint, meta-cpo not started."""
+    checkpoint and with another gamma than today's default, meta-cpo not started."""
     make_run(tmp_path, "car-circle-hazard", "meta-trpo", 0, 50, 90_000,
              [("test.json", 50), ("test-limit10.json", 50)])
     make_run(tmp_path, "car-circle-hazard", "trpo", 0, 7, 15_000)
-    make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test.json", 200)])
+    make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test.json", 200)], config={"gamma": 0.9})
     return tmp_path
 
 
@@ -148,7 +161,7 @@ def test_dry_run(handmade):
 
 def test_status(handmade):
     run_dir = handmade / "car-circle-hazard" / "trpo-s0"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
+    child = sleeper(run_dir)
     try:
         (handmade / "car-circle-hazard" / "trpo-s0.pid").write_text(f"{child.pid} train\n")
         (handmade / "car-circle-hazard" / "cpo-s0.pid").write_text(f"{os.getpid()} test\n")   # not its cmdline
@@ -163,7 +176,8 @@ def test_status(handmade):
     assert rows["car-circle-hazard/trpo-s0"].split()[1:4] == ["7/300", "105,000", "4,500,000"]
     assert rows["car-circle-hazard/trpo-s0"].endswith(f"running (train, pid {child.pid})")
     assert "test@200" in rows["car-circle-hazard/cpo-s0"]
-    assert rows["car-circle-hazard/cpo-s0"].endswith("trained, not meta-tested")
+    assert rows["car-circle-hazard/cpo-s0"].endswith(
+        "trained, not meta-tested; config.json differs from today's defaults in gamma")
     assert rows["car-circle-hazard/meta-cpo-s0"].endswith("not started")
     # ETA: 3 s per 15,000-step iteration (2e-4 s per step) for trpo; meta-trpo's 3 s per 90,000 steps;
     # left: trpo 4,395,000 steps + cpo's 2 meta-tests + meta-cpo's 4.5M steps + 2 meta-tests
@@ -172,6 +186,22 @@ def test_status(handmade):
     left = 2e-4 * (4_395_000 + 2 * test_steps) + 2e-4 * 2 * test_steps + rate_meta * (4_500_000 + 2 * test_steps)
     assert out.splitlines()[-1].startswith(
         f"2 of 4 runs trained, 1 meta-tested; ETA {campaign.fmt_duration(left / 2)} at 2 jobs")
+
+
+def test_a_run_still_worked_on_is_skipped(handmade):
+    """A child of an earlier (killed) campaign still running on trpo-s0: not started twice."""
+    run_dir = handmade / "car-circle-hazard" / "trpo-s0"
+    child = sleeper(run_dir)
+    try:
+        (handmade / "car-circle-hazard" / "trpo-s0.pid").write_text(f"{child.pid} train\n")
+        r = CliRunner().invoke(campaign.main, ["run", "--families", "car-circle-hazard", "--algos", "trpo",
+                                               "--seeds", "0", "--root", str(handmade)])
+    finally:
+        child.kill()
+        child.wait()
+    assert r.exit_code == 1, r.output
+    assert f"skip car-circle-hazard/trpo-s0: pid {child.pid} of an earlier campaign still works on it" in r.output
+    assert "start " not in r.output and len(read_metrics(run_dir)) == 7
 
 
 def test_bad_selection_is_one_line():
@@ -218,8 +248,8 @@ def test_end_to_end_tiny(tmp_path):
 
 
 def test_failed_run_and_sigterm(tmp_path):
-    """trpo-s0 has a broken checkpoint: reported, while trpo-s1 trains; SIGTERM then
-    stops trpo-s1 with its checkpoint intact, and a rerun resumes it."""
+    """trpo-s0 has a broken checkpoint: reported, while trpo-s1 trains; `stop` (SIGTERM)
+    then stops trpo-s1 with its checkpoint intact, and a rerun resumes it."""
     bad = tmp_path / "point-circle" / "trpo-s0"
     bad.mkdir(parents=True)
     (bad / "checkpoint.npz").write_bytes(b"not a checkpoint")
@@ -234,7 +264,11 @@ def test_failed_run_and_sigterm(tmp_path):
         while time.time() < deadline and not ready():
             time.sleep(0.2)
         assert ready(), "trpo-s0 did not fail or trpo-s1 did not train"
-        proc.send_signal(signal.SIGTERM)
+        running = invoke("status", "--root", tmp_path, *TINY, "--families", "point-circle", "--algos", "trpo",
+                         "--seeds", "0,1", "--meta-iterations", "100")
+        assert f"running (pid {proc.pid})" in running.splitlines()[0]
+        assert "running (train, pid " in running, running
+        assert f"(pid {proc.pid})" in invoke("stop", "--root", tmp_path)    # SIGTERM to the campaign
         out = proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
@@ -251,6 +285,8 @@ def test_failed_run_and_sigterm(tmp_path):
                              "--families", "point-circle", "--algos", "trpo", "--seeds", "0,1",
                              "--meta-iterations", "100"], cwd=REPO, capture_output=True, text=True).stdout
     assert "checkpoint unreadable" in status and f"{state.iteration}/200" in status and "stopped" in status
+    assert status.splitlines()[0].endswith("not running")
+    assert CliRunner().invoke(campaign.main, ["stop", "--root", str(tmp_path)]).exit_code == 1
     dry = subprocess.run([sys.executable, str(SCRIPT), "run", "--dry-run", "--root", str(tmp_path), *TINY,
                           "--families", "point-circle", "--algos", "trpo", "--seeds", "1",
                           "--meta-iterations", "100"], cwd=REPO, capture_output=True, text=True).stdout
