@@ -371,6 +371,11 @@ class Campaign:
         old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._loop()
+        except Exception as e:   # a bug or a full disk: stop the children cleanly, then report it
+            self.stopping = self.stopping or signal.SIGTERM
+            self.log(f"campaign error ({type(e).__name__}: {e}); stopping")
+            self._stop()
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -425,6 +430,9 @@ class Campaign:
         entry = self.active[run]
         try:
             step = next(entry[0])
+        except (OSError, ValueError) as e:
+            self._fail(run, f"cannot plan its next step ({type(e).__name__}: {e})")
+            return
         except StopIteration:
             del self.active[run]
             run.pidfile.unlink(missing_ok=True)
@@ -434,18 +442,18 @@ class Campaign:
             self.finished.append(run)
             self.report(run.config.family)
             return
-        run.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(run.log, "a") as log:
-            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(step.argv)}\n")
-        out = open(step.stdout, "a" if step.stdout == run.log else "w")
-        err = open(run.log, "a")
         try:
-            proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_sigint_when_parent_dies)
-        finally:
-            out.close()
-            err.close()
-        run.pidfile.write_text(f"{proc.pid} {step.phase}\n")
+            run.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(run.log, "a") as log:
+                log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(step.argv)}\n")
+            with open(step.stdout, "a" if step.stdout == run.log else "w") as out, open(run.log, "a") as err:
+                proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=_sigint_when_parent_dies)
+            run.pidfile.write_text(f"{proc.pid} {step.phase}\n")
+        except OSError as e:
+            self.active[run][1:3] = [None, step]
+            self._fail(run, f"cannot start {step.phase} ({e})")
+            return
         entry[1], entry[2] = proc, step
         p = progress(run.path) or (0, 0)
         what = (f"train iterations {p[0]} -> {run.iterations}" + (" (resume)" if "--resume" in step.argv else "")
@@ -453,7 +461,10 @@ class Campaign:
         self.log(f"start {run.name}: {what} (pid {proc.pid})")
 
     def _fail(self, run, msg):
-        del self.active[run]
+        proc = self.active.pop(run)[1]
+        if proc is not None and proc.poll() is None:   # started, but its pid file could not be written
+            _kill(proc, signal.SIGINT)
+            proc.wait()
         run.pidfile.unlink(missing_ok=True)
         for name, _ in run.tests:
             (run.path / (name + ".tmp")).unlink(missing_ok=True)
@@ -468,7 +479,7 @@ class Campaign:
         deadline = time.time() + STOP_GRACE
         for run, (_, proc, _, _) in self.active.items():
             try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
+                proc is None or proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 _kill(proc, signal.SIGKILL)
                 proc.wait()
@@ -482,6 +493,12 @@ class Campaign:
 
     def report(self, family):
         """Redraw ``ROOT/FAMILY.png`` and ``ROOT/FAMILY.md`` (failures are logged, not fatal)."""
+        try:
+            self._report(family)
+        except OSError as e:
+            self.log(f"warning: the figure or tables of {family} not written ({e})")
+
+    def _report(self, family):
         self.reported.add(family)
         jobs = report_argvs(self.root, family, self.python)
         if not jobs:
@@ -514,6 +531,8 @@ def _sigint_when_parent_dies():
 
 
 def _kill(proc, sig):
+    if proc is None:
+        return
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
