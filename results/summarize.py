@@ -33,11 +33,15 @@ def warn(message):
 
 def main(root, test_name="test.json"):
     runs = defaultdict(list)
-    for d in sorted(Path(root).iterdir()):
-        if (d / "config.json").exists():
-            runs[json.loads((d / "config.json").read_text())["algo"]].append(d)
-        elif d.is_dir():
+    for d in sorted(Path(root).iterdir()):   # run directories with metrics rows (not logs, not fresh runs)
+        if not d.is_dir():
+            continue
+        if not (d / "config.json").exists():
             warn(f"{d} has no config.json: not counted")
+        elif not (d / "metrics.jsonl").exists() or not (d / "metrics.jsonl").stat().st_size:
+            warn(f"{d} has no metrics rows yet: not counted")
+        else:
+            runs[json.loads((d / "config.json").read_text())["algo"]].append(d)
     for dirs in runs.values():
         for d in dirs:
             if not (d / test_name).exists():
@@ -52,15 +56,21 @@ def main(root, test_name="test.json"):
             if bad:
                 warn(f"{d}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row; left out")
             rows.append(good)
-        print(f"| {algo} | {len(dirs)} | {rows[0][-1]['env_steps']:,} | "
+        steps = sorted({rs[-1]["env_steps"] for rs in rows})
+        steps = f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else "")
+        print(f"| {algo} | {len(dirs)} | {steps} | "
               f"{mean_se([np.mean([r['return'] for r in rs[-10:]]) for rs in rows])} | "
               f"{mean_se([np.mean([r['cost'] for r in rs[-10:]]) for rs in rows])} |")
     print()
     tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
              for algo, dirs in runs.items()}
+    if not any(tests.values()):
+        print(f"(no run is meta-tested yet: no {test_name})")
+        return
     K = min(len(t[0]) for t in tests.values() if t) - 1
-    limit = next(t[0][0]["cost_limit"] for t in tests.values() if t)
-    print(f"Meta-testing on 5 unseen test tasks, cost limit {limit:g} per episode: "
+    first = next(t[0] for t in tests.values() if t)
+    limit, n_tasks = first[0]["cost_limit"], len(first[0]["tasks"])
+    print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode: "
           "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
     print()
     print("| algorithm | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")

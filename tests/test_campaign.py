@@ -1,0 +1,293 @@
+"""results/campaign.py: the plan (runs, order, iteration counts at equal env steps),
+resume and meta-test detection on hand-made run directories, the dry run, status,
+and two end-to-end runs on a tiny budget (equal env steps checked against real
+training, reruns that do nothing, a failed run beside a working one, SIGTERM)."""
+import dataclasses
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from metacpo_ref.config import FAMILIES, Config
+from metacpo_ref.training import load_checkpoint, read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "results" / "campaign.py"
+_spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
+campaign = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(campaign)
+
+TINY = ["--tasks", "1", "--local-steps", "1", "--episodes", "1", "--test-tasks", "2", "--adapt-steps", "1"]
+
+
+def invoke(*args):
+    r = CliRunner().invoke(campaign.main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+# --- the plan ---------------------------------------------------------------------------
+
+def test_plan_is_the_papers_setting_at_equal_env_steps(tmp_path):
+    runs = campaign.plan(root=tmp_path)
+    assert len(runs) == 36
+    assert [r.config.family for r in runs[::12]] == ["car-circle-hazard", "point-button", "point-circle"]
+    assert [(r.config.seed, r.config.algo) for r in runs[:5]] == [
+        (0, "meta-cpo"), (0, "meta-trpo"), (0, "cpo"), (0, "trpo"), (1, "meta-cpo")]
+    for r in runs:
+        c = r.config
+        # everything but the iteration count is config.py's default
+        assert c == Config(family=c.family, algo=c.algo, seed=c.seed, iterations=c.iterations)
+        assert (c.tasks, c.local_steps, c.hidden) == (5, 5, (32, 16))
+        assert c.iterations == (50 if c.meta else 300)
+        # 5 tasks x 6 batches x ~3000 steps per meta-iteration: 4.5M env steps for every run
+        assert c.iterations * campaign.steps_per_iteration(c) == 4_500_000
+        assert r.path == tmp_path / c.family / f"{c.algo}-s{c.seed}"
+        assert r.log == tmp_path / c.family / f"{c.algo}-s{c.seed}.log"
+
+
+def test_plan_selection_and_budget(tmp_path):
+    budget = campaign.Budget(meta_iterations=100, local_steps=2)
+    runs = campaign.plan(("point-circle", "car-circle-hazard"), ("trpo", "meta-trpo"), (2,), budget, tmp_path)
+    assert [(r.config.family, r.config.algo, r.config.iterations) for r in runs] == [
+        ("car-circle-hazard", "meta-trpo", 100), ("car-circle-hazard", "trpo", 300),
+        ("point-circle", "meta-trpo", 100), ("point-circle", "trpo", 300)]
+    steps = {r.config.algo: r.config.iterations * campaign.steps_per_iteration(r.config) for r in runs}
+    assert steps["trpo"] == steps["meta-trpo"]
+
+
+def test_meta_tests_at_the_training_limit_only_where_it_differs():
+    assert campaign.meta_tests("car-circle-hazard") == (("test.json", None), ("test-limit10.json", 10.0))
+    assert FAMILIES["car-circle-hazard"].cost_limit_test == 5.0
+    assert campaign.meta_tests("point-button") == (("test.json", None),)
+    assert campaign.meta_tests("point-circle") == (("test.json", None),)
+
+
+# --- hand-made run directories ------------------------------------------------------------
+
+def make_run(root, family, algo, seed, iteration, steps_per_it, tests=(), time_total=3.0, config={}):
+    d = root / family / f"{algo}-s{seed}"
+    d.mkdir(parents=True)
+    its = iteration if algo.startswith("meta-") else 300
+    (d / "config.json").write_text(json.dumps(dataclasses.asdict(
+        Config(family=family, algo=algo, seed=seed, iterations=its, **config))))
+    np.savez(d / "checkpoint.npz", iteration=iteration, env_steps=iteration * steps_per_it)
+    with open(d / "metrics.jsonl", "w") as f:
+        for i in range(iteration):
+            f.write(json.dumps({"iteration": i, "env_steps": (i + 1) * steps_per_it, "steps": steps_per_it,
+                                "return": 1.0, "cost": 2.0, "cost_limit": 10.0, "time_total": time_total}) + "\n")
+    for name, it in tests:
+        (d / name).write_text(json.dumps({"family": family, "rows": [{"step": 0}], "iteration": it}))
+    return d
+
+
+def sleeper(run_dir):
+    """A process whose command line names ``run_dir`` (as a campaign child's does),
+    returned once its command line is readable (it is empty for a moment after exec)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
+    deadline = time.time() + 10
+    while str(run_dir).encode() not in Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.time() < deadline:
+        time.sleep(0.01)
+    return child
+
+
+@pytest.fixture
+def handmade(tmp_path):
+    """car-circle-hazard seed 0: meta-trpo finished and meta-tested at both limits,
+    trpo stopped at 7 of 300, cpo finished but tested only at limit 5 and on an older
+    checkpoint and with another gamma than today's default, meta-cpo not started."""
+    make_run(tmp_path, "car-circle-hazard", "meta-trpo", 0, 50, 90_000,
+             [("test.json", 50), ("test-limit10.json", 50)])
+    make_run(tmp_path, "car-circle-hazard", "trpo", 0, 7, 15_000)
+    make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test.json", 200)], config={"gamma": 0.9})
+    return tmp_path
+
+
+def test_resume_and_meta_test_detection(handmade):
+    runs = {r.config.algo: r for r in campaign.plan(("car-circle-hazard",), seeds=(0,), root=handmade)}
+    budget, py = campaign.Budget(), "python"
+    todo = {a: [(s.phase, s.argv) for s in campaign.steps(r, budget, py)] for a, r in runs.items()}
+    assert not campaign.needs_work(runs["meta-trpo"]) and todo["meta-trpo"] == []
+    assert [p for p, _ in todo["trpo"]] == ["train", "test", "test"]
+    train = todo["trpo"][0][1]
+    assert train[-1] == "--resume" and train[train.index("--iterations") + 1] == "300"
+    assert train[train.index("--workers") + 1] == "1"
+    assert [p for p, _ in todo["cpo"]] == ["test", "test"]      # trained; test.json is of iteration 200
+    assert todo["cpo"][1][1][-2:] == ("--cost-limit", "10")
+    assert "--cost-limit" not in todo["cpo"][0][1]               # the family's test limit (5)
+    assert [p for p, _ in todo["meta-cpo"]] == ["train", "test", "test"]
+    assert "--resume" not in todo["meta-cpo"][0][1]
+    # nothing but algorithm, seed, iterations, workers and the directory: config.py decides the rest
+    opts = [a for a in todo["meta-cpo"][0][1] if a.startswith("--")]
+    assert opts == ["--algo", "--seed", "--iterations", "--workers", "--out"]
+
+
+def test_write_test_keeps_the_older_meta_test(handmade):
+    run = {r.config.algo: r for r in campaign.plan(("car-circle-hazard",), seeds=(0,), root=handmade)}["cpo"]
+    old = json.loads((run.path / "test.json").read_text())
+    old["env_steps"] = 3_000_000
+    (run.path / "test.json").write_text(json.dumps(old))
+    (run.path / "test.json.tmp").write_text(json.dumps({"family": "car-circle-hazard", "rows": [{"step": 0}]}))
+    campaign.write_test(run, "test.json", 300, 4_500_000)
+    new = json.loads((run.path / "test.json").read_text())
+    assert (new["iteration"], new["env_steps"]) == (300, 4_500_000)
+    assert json.loads((run.path / "test_3000k.json").read_text())["iteration"] == 200
+    assert not (run.path / "test.json.tmp").exists()
+    assert campaign.tested(run.path, "test.json", 300) and not campaign.tested(run.path, "test.json", 301)
+
+
+def test_dry_run(handmade):
+    out = invoke("run", "--dry-run", "--families", "car-circle-hazard", "--seeds", "0", "--root", handmade)
+    lines = out.splitlines()
+    assert "# car-circle-hazard/meta-trpo-s0: 50/50 iterations, 90,000 env steps per iteration, done" in lines
+    assert "# car-circle-hazard/trpo-s0: 7/300 iterations, 15,000 env steps per iteration" in lines
+    trpo = lines[lines.index("# car-circle-hazard/trpo-s0: 7/300 iterations, 15,000 env steps per iteration") + 1]
+    assert " cli.py train car-circle-hazard --algo trpo --seed 0 --iterations 300 --workers 1 --out " in trpo
+    assert trpo.endswith("--resume >> " + str(handmade / "car-circle-hazard" / "trpo-s0.log") + " 2>&1")
+    assert sum(" cli.py train " in ln for ln in lines) == 2      # trpo and meta-cpo
+    assert sum(" cli.py test " in ln for ln in lines) == 6       # 2 each for trpo, cpo, meta-cpo
+    assert any("--cost-limit 10 > " in ln and "test-limit10.json.tmp" in ln for ln in lines)
+    assert any("results/summarize.py" in ln and "test-limit10.json" in ln for ln in lines)
+    assert not (handmade / "campaign.log").exists()              # a dry run writes nothing
+
+
+def test_status(handmade):
+    run_dir = handmade / "car-circle-hazard" / "trpo-s0"
+    child = sleeper(run_dir)
+    try:
+        (handmade / "car-circle-hazard" / "trpo-s0.pid").write_text(f"{child.pid} train\n")
+        (handmade / "car-circle-hazard" / "cpo-s0.pid").write_text(f"{os.getpid()} test\n")   # not its cmdline
+        out = invoke("status", "--families", "car-circle-hazard", "--seeds", "0", "--root", handmade)
+    finally:
+        child.kill()
+        child.wait()
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[2:-1]}
+    assert out.splitlines()[0] == f"campaign on {handmade}: not running"
+    assert rows["car-circle-hazard/meta-trpo-s0"].split()[1:5] == ["50/50", "4,500,000", "4,500,000", "yes"]
+    assert rows["car-circle-hazard/meta-trpo-s0"].endswith("done")
+    assert rows["car-circle-hazard/trpo-s0"].split()[1:4] == ["7/300", "105,000", "4,500,000"]
+    assert rows["car-circle-hazard/trpo-s0"].endswith(f"running (train, pid {child.pid})")
+    assert "test@200" in rows["car-circle-hazard/cpo-s0"]
+    assert rows["car-circle-hazard/cpo-s0"].endswith(
+        "trained, not meta-tested; config.json differs from today's defaults in gamma")
+    assert rows["car-circle-hazard/meta-cpo-s0"].endswith("not started")
+    # ETA: 3 s per 15,000-step iteration (2e-4 s per step) for trpo; meta-trpo's 3 s per 90,000 steps;
+    # left: trpo 4,395,000 steps + cpo's 2 meta-tests + meta-cpo's 4.5M steps + 2 meta-tests
+    test_steps = 5 * 6 * 6 * 500
+    rate_meta = 3.0 / 90_000
+    left = 2e-4 * (4_395_000 + 2 * test_steps) + 2e-4 * 2 * test_steps + rate_meta * (4_500_000 + 2 * test_steps)
+    assert out.splitlines()[-1].startswith(
+        f"2 of 4 runs trained, 1 meta-tested; ETA {campaign.fmt_duration(left / 2)} at 2 jobs")
+
+
+def test_a_run_still_worked_on_is_skipped(handmade):
+    """A child of an earlier (killed) campaign still running on trpo-s0: not started twice."""
+    run_dir = handmade / "car-circle-hazard" / "trpo-s0"
+    child = sleeper(run_dir)
+    try:
+        (handmade / "car-circle-hazard" / "trpo-s0.pid").write_text(f"{child.pid} train\n")
+        r = CliRunner().invoke(campaign.main, ["run", "--families", "car-circle-hazard", "--algos", "trpo",
+                                               "--seeds", "0", "--root", str(handmade)])
+    finally:
+        child.kill()
+        child.wait()
+    assert r.exit_code == 1, r.output
+    assert f"skip car-circle-hazard/trpo-s0: pid {child.pid} of an earlier campaign still works on it" in r.output
+    assert "start " not in r.output and len(read_metrics(run_dir)) == 7
+
+
+def test_bad_selection_is_one_line():
+    r = CliRunner().invoke(campaign.main, ["status", "--algos", "ppo"])
+    assert r.exit_code == 2 and "ppo is not valid; choose from meta-cpo, meta-trpo, cpo, trpo" in r.output
+
+
+# --- end to end on a tiny budget ------------------------------------------------------------
+
+def run_campaign(root, *args, **kw):
+    return subprocess.run([sys.executable, str(SCRIPT), "run", "--root", str(root), *TINY, *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_end_to_end_tiny(tmp_path):
+    sel = ["--families", "point-circle", "--algos", "meta-trpo,trpo", "--seeds", "0", "--meta-iterations", "1"]
+    r = run_campaign(tmp_path, *sel)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fam = tmp_path / "point-circle"
+    meta, base = load_checkpoint(fam / "meta-trpo-s0" / "checkpoint.npz"), load_checkpoint(fam / "trpo-s0" /
+                                                                                          "checkpoint.npz")
+    # equal env steps, measured: 1 meta-iteration (1 task x 2 batches) = 2 TRPO iterations (1 batch each)
+    assert (meta.iteration, base.iteration) == (1, 2)
+    assert meta.env_steps == base.env_steps == 2 * 500
+    assert sum(row["steps"] for row in read_metrics(fam / "trpo-s0")) == 1000
+    assert meta.config.tasks == 1 and meta.config.local_steps == 1 and meta.config.episodes == 1
+    for algo in ("meta-trpo", "trpo"):
+        doc = json.loads((fam / f"{algo}-s0" / "test.json").read_text())
+        assert (doc["iteration"], doc["env_steps"], len(doc["rows"]), len(doc["rows"][0]["tasks"])) == \
+            ((1 if algo == "meta-trpo" else 2), 1000, 2, 2)
+    assert (tmp_path / "point-circle.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "point-circle.md").read_text()
+    assert "| meta-trpo | 1 | 1,000 |" in table and "| trpo | 1 | 1,000 |" in table
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.pid"))
+    assert (fam / "trpo-s0.log").is_file()
+    # run again: nothing to train or test
+    dry = subprocess.run([sys.executable, str(SCRIPT), "run", "--dry-run", "--root", str(tmp_path), *TINY, *sel],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert " cli.py train " not in dry and " cli.py test " not in dry and dry.count(", done") == 2
+    # a larger budget extends the finished runs with --resume
+    dry = subprocess.run([sys.executable, str(SCRIPT), "run", "--dry-run", "--root", str(tmp_path), *TINY,
+                          *sel[:-1], "2"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert dry.count("--resume >> ") == 2 and "--iterations 4 " in dry
+
+
+def test_failed_run_and_sigterm(tmp_path):
+    """trpo-s0 has a broken checkpoint: reported, while trpo-s1 trains; `stop` (SIGTERM)
+    then stops trpo-s1 with its checkpoint intact, and a rerun resumes it."""
+    bad = tmp_path / "point-circle" / "trpo-s0"
+    bad.mkdir(parents=True)
+    (bad / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    good = tmp_path / "point-circle" / "trpo-s1"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "run", "--root", str(tmp_path), *TINY, "--families",
+                             "point-circle", "--algos", "trpo", "--seeds", "0,1", "--meta-iterations", "100"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        log = tmp_path / "campaign.log"
+        ready = lambda: len(read_metrics(good)) >= 2 and log.is_file() and "FAILED" in log.read_text()
+        while time.time() < deadline and not ready():
+            time.sleep(0.2)
+        assert ready(), "trpo-s0 did not fail or trpo-s1 did not train"
+        running = invoke("status", "--root", tmp_path, *TINY, "--families", "point-circle", "--algos", "trpo",
+                         "--seeds", "0,1", "--meta-iterations", "100")
+        assert f"running (pid {proc.pid})" in running.splitlines()[0]
+        assert "running (train, pid " in running, running
+        assert f"(pid {proc.pid})" in invoke("stop", "--root", tmp_path)    # SIGTERM to the campaign
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "FAILED point-circle/trpo-s0: train exited with 1" in out and "not a valid checkpoint" in out
+    assert "stopped point-circle/trpo-s1 at iteration" in out
+    log = (tmp_path / "campaign.log").read_text()
+    assert "FAILED point-circle/trpo-s0" in log and "SIGTERM: stopping 1 children" in log
+    state = load_checkpoint(good / "checkpoint.npz")
+    assert 2 <= state.iteration < 200 and len(read_metrics(good)) >= state.iteration
+    assert not list(tmp_path.rglob("*.pid")) and not list(tmp_path.rglob("*.tmp"))
+    status = subprocess.run([sys.executable, str(SCRIPT), "status", "--root", str(tmp_path), *TINY,
+                             "--families", "point-circle", "--algos", "trpo", "--seeds", "0,1",
+                             "--meta-iterations", "100"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "checkpoint unreadable" in status and f"{state.iteration}/200" in status and "stopped" in status
+    assert status.splitlines()[0].endswith("not running")
+    assert CliRunner().invoke(campaign.main, ["stop", "--root", str(tmp_path)]).exit_code == 1
+    dry = subprocess.run([sys.executable, str(SCRIPT), "run", "--dry-run", "--root", str(tmp_path), *TINY,
+                          "--families", "point-circle", "--algos", "trpo", "--seeds", "1",
+                          "--meta-iterations", "100"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "--iterations 200 " in dry and "--resume >> " in dry
