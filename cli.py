@@ -33,6 +33,13 @@ ALGO = click.Choice(list(ALGOS))
               help="Cost limit per episode [default: the family's training limit].")
 @click.option("--outer-metric", type=click.Choice(list(OUTER_METRICS)), default="identity", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--task", "task_text", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
+              help="Train on this one task of FAMILY instead of sampling tasks (parameters not named: the "
+                   "middle of their train range), e.g. point-circle --task radius=1.5,wall_factor=0.75.")
+@click.option("--recover-above-limit/--exact-cpo-above-limit", default=Config.recover_above_limit,
+              show_default=True,
+              help="Above the cost limit take CPO's recovery step (pure cost descent; holds the limit, "
+                   "docs/results.md), or eq. 9's mixed step aimed exactly at the limit (the old rule).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
@@ -41,14 +48,21 @@ ALGO = click.Choice(list(ALGOS))
 @click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
               help="ray: run the per-task work on a Ray cluster (pip install '.[ray]').")
 @click.option("--ray-address", default=None, help="An existing Ray cluster [default: start a local one].")
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, out_dir, resume,
-          workers, backend, ray_address):
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, seed, task_text,
+          recover_above_limit, out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, run_iterations
     from metacpo_ref.workers import WorkerError
 
+    from metacpo_ref.envs import parse_task
+
+    try:
+        task = None if task_text is None else parse_task(family, task_text).params
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--task")
     config = Config(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed)
+                    episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric, seed=seed, task=task,
+                    recover_above_limit=recover_above_limit)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     try:
         state = prepare_run(config, out_dir, resume)
