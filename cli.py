@@ -94,28 +94,41 @@ RESUME_FREE = ("iterations",)
 @config_option("outer_metric", type=click.Choice(list(OUTER_METRICS)))
 @config_option("inner_metric", type=click.Choice(list(INNER_METRICS)))
 @config_option("seed")
+@click.option("--task", "task_text", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
+              help="Train on this one task of FAMILY instead of sampling tasks (parameters not named: the "
+                   "middle of their train range), e.g. point-circle --task radius=1.5,wall_factor=0.75 "
+                   "(Safety-Gymnasium's SafetyPointCircle1-v0).")
+@config_option("recover_above_limit", "--recover-above-limit/--exact-cpo-above-limit")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its stored settings; only --iterations (the new total) "
                    "and --workers/--backend/--ray-address may change.")
 @execution_options
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed, out_dir,
-          resume, workers, backend, ray_address):
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed, task_text,
+          recover_above_limit, out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
     from metacpo_ref.workers import WorkerError
 
+    from metacpo_ref.envs import parse_task
+
+    try:
+        task = None if task_text is None else parse_task(family, task_text).params
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--task")
     values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
                   episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric,
-                  inner_metric=inner_metric, seed=seed)
+                  inner_metric=inner_metric, seed=seed, task=task,
+                  recover_above_limit=recover_above_limit)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     ctx = click.get_current_context()
     warn = lambda m: click.echo(f"warning: {m}", err=True)
     try:
         if resume:
             given = {k: v for k, v in values.items()
-                     if k == "family" or ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+                     if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
+                     is not ParameterSource.DEFAULT}
             config = resume_config(out_dir, given)
         else:
             config = Config(**values)

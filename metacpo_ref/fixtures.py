@@ -403,14 +403,17 @@ def compute_policy_update(inp, metric):
     radius = {"inner_delta": float(inp["delta"])} if metric == "identity" else \
         {"algo": "cpo", "baseline_delta": float(inp["delta"]), "cg_iters": int(inp["cg_iters"]),
          "cg_damping": float(inp["cg_damping"])}
+    # blocks written before the rule existed carry no "recover_above_limit": eq. 9 as it is
+    recover = bool(int(inp["recover_above_limit"])) if "recover_above_limit" in inp else False
     config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), ls_kl=float(inp["kl_delta"]),
-                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]), **radius)
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
+                    recover_above_limit=recover, **radius)
     upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
     return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
             "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C)}
 
 
-def make_policy_update(metric):
+def make_policy_update(metric, recover=False):
     seed = {"identity": 110, "fisher": 111}[metric]
     rng = np.random.default_rng(seed)
     phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
@@ -419,16 +422,22 @@ def make_policy_update(metric):
                ls_steps=_i(15))
     if metric == "fisher":
         inp.update(cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING))
+    rule = "eq. 9 as it is (the block has no recover_above_limit: off)"
+    if recover:
+        inp.update(recover_above_limit=_i(1))
+        rule = "the measured cost is above the limit (b_hat > 0), so the step is eq. 4's recovery step (D34)"
     return inp, compute_policy_update(inp, metric), _meta(
         f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
-        "(mean KL, cost change <= max(-b, 0), reward improves unless recovering)",
-        f"metacpo_ref.update.policy_update(metric={metric!r})",
+        f"(mean KL, cost change <= max(-b, 0), reward improves unless recovering); {rule}",
+        f"metacpo_ref.update.policy_update(metric={metric!r}, recover_above_limit={recover})",
         (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks)"
          + (" and conjugate gradient on Fisher-vector products (see the cg block)" if metric == "fisher" else "")
          + "; the accepted fraction is discrete and must be equal (far from a tie here); dL_R and dL_C are "
          "differences of nearby surrogate values (rounding amplified ~1e3x, measured)"),
         {**{k: v for k, v in BATCH_MEANINGS.items() if k != "beta"}, "sizes": SIZES_MEANING,
-         **POLICY_UPDATE_MEANINGS, "phi": "the parameters updated, which also collected the batch"})
+         **POLICY_UPDATE_MEANINGS, "phi": "the parameters updated, which also collected the batch",
+         **({"recover_above_limit": "1: above the limit (b_hat > 0) take the recovery step (D34)"}
+            if recover else {})})
 
 
 # --- cpo.py ---------------------------------------------------------------------
@@ -702,7 +711,8 @@ def make_meta_gradient_fisher():
 def compute_outer_step(inp):
     spec, config, traces = _traces_from(inp)
     config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]),
-                    ls_kl=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]))
+                    ls_kl=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
+                    recover_above_limit=False)   # eq. 12 as it is (here G > 0: the rule would recover)
     res = outer_step(inp["theta"], traces, config)
     return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
             "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
@@ -746,6 +756,8 @@ BLOCKS = [
     ("qp_layer", make_qp_layer, compute_qp_layer),
     *[(f"policy_update_{metric}", partial(make_policy_update, metric), partial(compute_policy_update, metric=metric))
       for metric in ("identity", "fisher")],
+    ("policy_update_recover", partial(make_policy_update, "identity", recover=True),
+     partial(compute_policy_update, metric="identity")),
     ("meta_gradient", make_meta_gradient, compute_meta_gradient),
     ("meta_gradient_fisher", make_meta_gradient_fisher, compute_meta_gradient_fisher),
     ("outer_step", make_outer_step, compute_outer_step),

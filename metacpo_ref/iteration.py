@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metacpo_ref.advantages import fit_value
-from metacpo_ref.envs import sample_tasks
+from metacpo_ref.envs import train_tasks
 from metacpo_ref.rollouts import batch_seed, task_seed
 from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
 
@@ -93,7 +93,7 @@ def inner_loop(env, job):
         t0 = time.perf_counter()
         if k < job.local_steps:
             upd = policy_update(spec, phi, c.data, config)
-            steps.append(dataclasses.replace(c.data, beta=upd.beta))
+            steps.append(dataclasses.replace(c.data, beta=upd.beta, b_shift=upd.b_shift))
             for key, v in (("cases", upd.case), ("betas", upd.beta), ("lams", upd.lam), ("nus", upd.nu)):
                 out[key].append(v)
             phi = upd.phi
@@ -148,7 +148,7 @@ def run_iteration(theta, vf, config, iteration, workers, local_steps, learn):
     Returns ``(theta_new, vf_new, metrics)``; ``metrics`` is the frame's row
     (:func:`iteration_metrics`) updated with the algorithm's own."""
     _, vspec = specs(config)
-    tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, iteration))
+    tasks = train_tasks(config.family, config.tasks, task_seed(config.seed, iteration), config.task)
     jobs = [(TaskJob(task, i, theta, vf, config, iteration, local_steps),) for i, task in enumerate(tasks)]
     runs = workers.map(inner_loop, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
     t0 = time.perf_counter()

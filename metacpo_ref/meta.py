@@ -48,7 +48,8 @@ from metacpo_ref.iteration import Trace, json_float, run_iteration
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.fisher_step import fisher_local_step
 from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.update import Acceptance, Candidate, StepData, backtrack, fisher_hinv, step_problem
+from metacpo_ref.update import (Acceptance, Candidate, StepData, backtrack, fisher_hinv, recovery_shift,
+                                step_problem)
 
 
 def policy_spec(traces, config):
@@ -130,7 +131,8 @@ class OuterResult:
 
 def outer_step(theta, traces, config):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
-    ``config.outer_delta`` (the recovery step of eq. 4 when infeasible), then the
+    ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
+    ``config.recover_above_limit``, whenever ``G > 0``: D34), then the
     backtracking line search of :func:`metacpo_ref.update.backtrack` (D18, D19) that
     re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL
     from ``theta`` on the pre-adaptation batches within ``config.ls_kl``, or
@@ -146,7 +148,10 @@ def outer_step(theta, traces, config):
     if config.outer_metric == "fisher":
         hinv, kl_bound = fisher_hinv(spec, theta, obs0, config), config.outer_delta
     if config.constrained:
-        step = solve_step(dF, dG, G, config.outer_delta, hinv=hinv)
+        shift = 0.0
+        if config.recover_above_limit and G > 0:
+            shift = recovery_shift(G, float(dG @ (dG if hinv is None else hinv(dG))), config.outer_delta, config)
+        step = solve_step(dF, dG, G + shift, config.outer_delta, hinv=hinv)
     else:
         step = solve_step(dF, np.zeros_like(dF), -1.0, config.outer_delta, hinv=hinv)
 

@@ -24,7 +24,7 @@ import numpy as np
 from metacpo_ref.advantages import init_value
 from metacpo_ref.baselines import baseline_iteration
 from metacpo_ref.config import COST_LIMIT, FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
-from metacpo_ref.envs import make_env, sample_tasks
+from metacpo_ref.envs import make_env, sample_tasks, train_tasks
 from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import act_fn, init_theta, n_params
 from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
@@ -59,7 +59,7 @@ def initial_state(config):
     seeds = np.random.SeedSequence([config.seed, 7]).generate_state(3)
     env = make_env(config.family)
     obs = []
-    for i, task in enumerate(sample_tasks(config.family, config.tasks, "train", seed=config.seed)):
+    for i, task in enumerate(train_tasks(config.family, config.tasks, config.seed, config.task)):
         env.set_task(task)
         batch = collect(env, random_act, OBS_NORM_EPISODES, batch_seed(config.seed, NORM_ITERATION, i, 0))
         obs.append(batch.obs)
@@ -73,20 +73,25 @@ def config_to_json(config):
 
 
 RENAMED = {"kl_delta": ("baseline_delta", "ls_kl")}   # old config key -> the fields that took over its jobs
+# Fields added later, and the value that reproduces what a config written before them ran with.
+BEFORE_FIELD = {"recover_above_limit": False, "task": None, "inner_metric": "identity"}
 
 
 def config_from_dict(d):
     """A :class:`Config` from its JSON form. Configs written before ``kl_delta`` was split
     (every run under results/) load with its value in both fields that took over its
-    two jobs (:data:`RENAMED`), so they resume exactly as before."""
+    two jobs (:data:`RENAMED`), and fields added since take the value the run used
+    (:data:`BEFORE_FIELD`), so they resume exactly as before."""
     d = dict(d)
     for old, new in RENAMED.items():
         if old in d:
             value = d.pop(old)
             for name in new:
                 d.setdefault(name, value)
-    d.setdefault("inner_metric", "identity")   # checkpoints written before inner_metric existed
+    for name, value in BEFORE_FIELD.items():
+        d.setdefault(name, value)
     d["hidden"] = tuple(d["hidden"])
+    d["task"] = dict(d["task"]) if d["task"] else None
     return Config(**d)
 
 

@@ -28,7 +28,8 @@ class StepData:
     ``logp_beh`` their stored log-probabilities, ``adv_r`` the standardised
     reward and ``adv_c`` the centred cost advantages, ``b_hat`` the per-step
     constraint value; ``beta`` is the accepted line-search fraction of the
-    step taken from ``phi`` (1.0 until the line search has run).
+    step taken from ``phi`` (1.0 until the line search has run) and ``b_shift``
+    the constant :func:`recovery_shift` added to ``b`` (0.0 until the update has run).
     """
 
     obs: np.ndarray
@@ -39,6 +40,7 @@ class StepData:
     b_hat: float
     phi: np.ndarray
     beta: float = 1.0
+    b_shift: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,9 +77,10 @@ def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
 def step_problem(spec, phi, data, constrained=True):
     """``(g, a, b)`` of eq. 9 at ``phi`` on one batch, differentiable in ``phi`` (D15-D17):
 
-        g = grad L_R(phi),  a = grad L_C(phi),  b = b_hat + L_C(phi) - L_C(phi^collected)
+        g = grad L_R(phi),  a = grad L_C(phi),  b = b_hat + L_C(phi) - L_C(phi^collected) + b_shift
 
-    (``b = b_hat`` at the collecting parameters, and ``db/dphi = a``).
+    (``b = b_hat + b_shift`` at the collecting parameters, and ``db/dphi = a``;
+    ``b_shift`` is the recorded constant of :func:`recovery_shift`, D34).
     Unconstrained (TRPO) steps get ``a = 0, b = -1``: the cost constraint never
     binds and eq. 9 is the trust-region step.
     """
@@ -85,7 +88,22 @@ def step_problem(spec, phi, data, constrained=True):
     g = grad(L_R)(phi)
     if not constrained:
         return g, np.zeros(len(data.phi)), -1.0
-    return g, grad(L_C)(phi), data.b_hat + L_C(phi) - L_C(data.phi)
+    return g, grad(L_C)(phi), data.b_hat + data.b_shift + L_C(phi) - L_C(data.phi)
+
+
+def recovery_shift(b_hat, s, delta, config):
+    """The constant added to ``b`` before eq. 9 is solved (D34): above the limit, recover.
+
+    With ``config.recover_above_limit`` and the measured cost above the limit
+    (``b_hat > 0``; ``s = a^T H^{-1} a > 0``), enough to make eq. 9 infeasible with
+    room to spare, ``b + shift >= 2 sqrt(2 delta s)`` (D8 needs ``b^2 / s >= 2 delta``),
+    so that the step is eq. 4's recovery step ``-sqrt(2 delta / s) H^{-1} a``, which
+    does not depend on ``b``; otherwise 0.0 (eq. 9 as it is). The shift is a
+    recorded constant of the differentiated chain, like ``beta``.
+    """
+    if not (config.constrained and config.recover_above_limit and b_hat > 0 and s > 0):
+        return 0.0
+    return max(0.0, 2.0 * float(np.sqrt(2.0 * delta * s)) - float(b_hat))
 
 
 def specs(config):
@@ -150,7 +168,8 @@ def fisher_hinv(spec, theta, obs, config):
 class Update:
     """Result of :func:`policy_update`: new parameters, the step's ``case``, its
     multipliers ``lam`` and ``nu`` (eq. 9; ``nu`` NaN in recovery), the accepted
-    fraction ``beta`` (0: rejected) and the surrogate changes it achieved."""
+    fraction ``beta`` (0: rejected), the surrogate changes it achieved, and the
+    constant ``b_shift`` (:func:`recovery_shift`) that was added to ``b``."""
 
     phi: np.ndarray
     case: str
@@ -159,6 +178,7 @@ class Update:
     dL_C: float
     lam: float
     nu: float
+    b_shift: float = 0.0
 
 
 def local_rule(config):
@@ -180,7 +200,8 @@ def policy_update(spec, phi, data, config):
     CG with ``config``'s settings; Meta-CPO's local steps: the exact ``H^{-1}`` of
     :mod:`metacpo_ref.fisher_solve`, so that the step taken is the step differentiated);
     the line search bounds the mean KL by ``delta``.
-    Acceptance: (D19).
+    Acceptance: (D19). Above the limit the step is the recovery step
+    (:func:`recovery_shift`, D34), with ``config.recover_above_limit``.
     """
     metric, delta = local_rule(config)
     phi = np.asarray(phi, dtype=np.float64)
@@ -189,6 +210,10 @@ def policy_update(spec, phi, data, config):
     if metric == "fisher":
         hinv = (fisher_solver(spec, phi, data.obs, config.cg_damping) if config.meta
                 else fisher_hinv(spec, phi, data.obs, config))
+    shift = 0.0
+    if config.constrained and config.recover_above_limit and data.b_hat > 0:
+        shift = recovery_shift(data.b_hat, float(a @ (a if hinv is None else hinv(a))), delta, config)
+        b = b + shift
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
     R0, C0 = L_R(phi), L_C(phi)
@@ -202,6 +227,6 @@ def policy_update(spec, phi, data, config):
                          step.case == "recovery", config.constrained)
     found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
     if found is None:
-        return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0, step.lam, step.nu)
+        return Update(phi + 0.0 * step.x, step.case, 0.0, 0.0, 0.0, step.lam, step.nu, shift)
     return Update(phi + found.beta * step.x, step.case, found.beta, float(found.R - R0), float(found.C - C0),
-                  step.lam, step.nu)
+                  step.lam, step.nu, shift)

@@ -47,7 +47,7 @@ def test_backtrack_returns_what_it_accepted():
 
 @pytest.mark.parametrize("algo, metric", [("meta-cpo", "identity"), ("cpo", "fisher")])
 def test_policy_update_reports_its_step(algo, metric):
-    config = Config(hidden=(4,), algo=algo, inner_delta=0.05)
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=False)   # eq. 9 as it is
     assert local_rule(config) == ((metric, 0.05) if metric == "identity" else (metric, config.baseline_delta))
     _, traces = synthetic_traces(SPEC, 1, 1, 1, config, b_fracs=[[0.3, 0.0]])   # both constraints active
     data = traces[0].steps[0]

@@ -95,6 +95,41 @@ def sample_tasks(family, n, split="train", seed=0):
     return tasks
 
 
+def parse_task(family, text):
+    """A :class:`Task` from ``"KEY=VALUE[,KEY=VALUE...]"`` (the CLI's ``--task``).
+
+    Parameters not named take the middle of their training range
+    (:func:`default_task`); values are checked like every task's (train or
+    test range of Table 1, integers where the family has them)."""
+    fam = family_config(family)
+    params = dict(default_task(family).params)
+    for item in str(text).split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"cannot read {item.strip()!r} in {text!r}: write KEY=VALUE[,KEY=VALUE...], "
+                             f"keys of {family}: {', '.join(fam.train)}")
+        if key not in fam.train:
+            raise ValueError(f"{family} has no task parameter {key!r}; valid: {', '.join(fam.train)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{family}: {key}={value.strip()!r} is not a number") from None
+        if not np.isfinite(number):
+            raise ValueError(f"{family}: parameter {key} must be finite, got {value.strip()}")
+        params[key] = int(number) if key in fam.int_params and number == int(number) else number
+    return Task(family, params)
+
+
+def train_tasks(family, n, seed, fixed=None):
+    """The ``n`` training tasks of one iteration (Algorithm 1, line 4): sampled from the
+    train split with ``seed``, or ``n`` copies of the task ``fixed`` (a params dict)
+    when a run trains on one fixed task (``Config.task``)."""
+    if fixed:
+        return [Task(family, dict(fixed))] * int(n)
+    return sample_tasks(family, n, "train", seed=seed)
+
+
 def default_task(family):
     """The midpoint of the training ranges (integers rounded down)."""
     fam = family_config(family)
