@@ -1,6 +1,7 @@
 """Fisher-metric local steps (inner_metric="fisher"): the layer with a parameter-dependent
 metric (metric_layer.py), its exact H^{-1} products (fisher_step.py), the K = 1
 cross-check of the chain, and the wiring (config, checkpoint, meta-testing)."""
+import dataclasses
 import json
 import warnings
 
@@ -196,7 +197,7 @@ def test_meta_testing_adapts_with_the_stored_rule():
     euclid = policy_update(spec, theta, d, Config(hidden=(4,)))
     assert fisher.beta > 0 and rel_error(fisher.phi - theta, euclid.phi - theta) > 1e-2
     assert mean_kl(spec, theta, fisher.phi, d.obs) <= config.inner_delta
-    chain = fisher_local_step(spec, theta, d.__class__(**{**d.__dict__, "beta": fisher.beta}), config)
+    chain = fisher_local_step(spec, theta, dataclasses.replace(d, beta=fisher.beta, b_shift=fisher.b_shift), config)
     np.testing.assert_allclose(fisher.phi, chain, rtol=1e-12, atol=1e-14)
 
 
