@@ -1,5 +1,7 @@
 """The training pipeline's wiring against independent references (not only against other
 runs): what each batch sees, which value functions and limits each step uses."""
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +15,8 @@ from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.policy import act_fn, init_theta
 from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.training import NORM_ITERATION, State, initial_state, meta_test, save_checkpoint, train
+from metacpo_ref.training import (NORM_ITERATION, State, initial_state, meta_test, read_metrics, save_checkpoint,
+                                  train)
 from metacpo_ref.update import StepData, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -185,3 +188,26 @@ def test_meta_test_uses_the_family_test_limit_by_default(tmp_path):
     for r, e in zip(rows, explicit):
         assert r["return"] == pytest.approx(e["return"], rel=1e-9) and r["cost"] == e["cost"]
     assert meta_test(ckpt, n_tasks=1, adapt_steps=0, cost_limit=10.0)[0]["cost_limit"] == 10.0
+
+
+def test_obs_norm_clips_both_sides():
+    """``ObsNorm`` is ``clip((obs - mean) / std, -clip, clip)``: far outliers on either side
+    are clipped, values inside are only standardised."""
+    norm = ObsNorm(np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 2.0]), clip=10.0)
+    np.testing.assert_array_equal(norm(np.array([-99.0, 101.0, 7.0])), [-10.0, 10.0, 3.0])
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("run", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.glob("*/*-s*") if p.is_dir()))
+def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
+    """Every committed run's recorded training tasks are the ones ``task_seed(seed,
+    iteration)`` draws today (the seed key is a fixed convention: changing it would make
+    committed runs unreproducible, and resumed runs train on other tasks)."""
+    config = json.loads((RESULTS / run / "config.json").read_text())
+    rows = read_metrics(RESULTS / run)
+    assert rows
+    for row in rows[:3]:
+        tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]))
+        assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
