@@ -211,3 +211,15 @@ def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
     for row in rows[:3]:
         tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]))
         assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
+
+
+def test_random_act_is_uniform_on_the_action_box():
+    """The normaliser's random policy draws uniformly on [-1, 1]^2 (the action box) and
+    reports that law's log-density log(1/4)."""
+    rng = np.random.default_rng(0)
+    draws = [random_act(None, rng) for _ in range(2000)]
+    a = np.array([d[0] for d in draws])
+    assert a.shape == (2000, 2) and a.min() >= -1.0 and a.max() <= 1.0
+    assert np.all(a.min(axis=0) < -0.99) and np.all(a.max(axis=0) > 0.99)
+    np.testing.assert_allclose(a.mean(axis=0), 0.0, atol=0.05)
+    assert all(d[1] == np.log(0.25) for d in draws)
