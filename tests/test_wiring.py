@@ -223,3 +223,32 @@ def test_random_act_is_uniform_on_the_action_box():
     assert np.all(a.min(axis=0) < -0.99) and np.all(a.max(axis=0) > 0.99)
     np.testing.assert_allclose(a.mean(axis=0), 0.0, atol=0.05)
     assert all(d[1] == np.log(0.25) for d in draws)
+
+
+class CountdownEnv:
+    """A stub safe env: observation = steps left; the episode terminates when it reaches 0."""
+
+    def __init__(self, length):
+        self.length = length
+
+    def reset(self, seed=None):
+        self.left = self.length
+        return np.array([float(self.left)]), {}
+
+    def step(self, action):
+        self.left -= 1
+        return np.array([float(self.left)]), 1.0, 0.5, self.left == 0, False, {}
+
+
+def test_collect_records_terminations():
+    """An episode that terminates (not cut) is recorded as terminated, not truncated, with no
+    bootstrap observation; a cut before it is a truncation with the next observation."""
+    b = collect(CountdownEnv(3), random_act, 2, seed=0)
+    np.testing.assert_array_equal(b.terminated, [False, False, True] * 2)
+    assert not b.truncated.any() and not b.bootstrap_obs.any()
+    np.testing.assert_array_equal(b.ep_len, [3, 3])
+    np.testing.assert_array_equal(b.ep_cost, [1.5, 1.5])
+    cut = collect(CountdownEnv(3), random_act, 1, seed=0, max_steps=2)
+    np.testing.assert_array_equal(cut.terminated, [False, False])
+    np.testing.assert_array_equal(cut.truncated, [False, True])
+    np.testing.assert_array_equal(cut.bootstrap_obs[-1], [1.0])
