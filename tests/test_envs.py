@@ -92,6 +92,35 @@ def test_circle_wall_cost_follows_task(envs):
     assert b.cost.sum() > 0   # driving straight ahead leaves the walls at |x| = 0.65
 
 
+@pytest.mark.parametrize("family", ["point-circle", "car-circle-hazard"])
+def test_only_the_x_walls_cost(envs, family):
+    """The circle tasks have two walls, at x = +-s*r_c: beyond them in x costs, the same
+    distance out in y does not (the stock task's sigwalls, num = 2)."""
+    import mujoco
+
+    env = envs[family]
+    env.set_task(sample_tasks(family, 1, seed=3)[0])
+    env.reset(seed=0)
+    task = env.unwrapped.task
+    d = task.sigwalls.locate_factor
+    assert task.sigwalls.num == 2
+    assert sorted(abs(task.data.geom(f"sigwall{i}").xpos[0]) for i in range(2)) == pytest.approx([d, d])
+
+    def cost_at(x, y):
+        qpos = task.data.qpos.copy()
+        for _ in range(10):   # the agent body sits off its joints' origin: move it until it is there
+            task.data.qpos[:2] += np.array([x, y]) - task.agent.pos[:2]
+            mujoco.mj_forward(task.model, task.data)
+        assert task.agent.pos[:2] == pytest.approx([x, y], abs=0.05)
+        cost = bool(task.sigwalls.cal_cost()["cost_out_of_boundary"])
+        task.data.qpos[:] = qpos
+        mujoco.mj_forward(task.model, task.data)
+        return cost
+
+    assert cost_at(1.3 * d, 0.0) and cost_at(-1.3 * d, 0.0)
+    assert not cost_at(0.0, 1.3 * d) and not cost_at(0.0, -1.3 * d) and not cost_at(0.0, 0.0)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_fast_reset_equivalent_to_stock(family):
     task = sample_tasks(family, 1, "test", seed=2)[0]

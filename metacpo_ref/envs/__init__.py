@@ -149,9 +149,12 @@ def _configure(task_obj, task, first):
         task_obj.circle.radius = float(p["radius"])
         wall = float(p["radius"]) * float(p.get("wall_factor", 0.0)) if "wall_factor" in p else None
         if wall is not None:
-            # walls at d = s * r_c: both fields are read (placement and cost)
+            # walls at x = +-s * r_c: locate_factor is read by the cost, locations by the
+            # placement. The circle task's sigwalls keep num = 2 (as in the stock task), so
+            # there are two walls and only |x| > s * r_c costs; |y| is free.
+            assert task_obj.sigwalls.num == 2
             task_obj.sigwalls.locate_factor = wall
-            task_obj.sigwalls.locations = [(wall, 0), (-wall, 0), (0, wall), (0, -wall)]
+            task_obj.sigwalls.locations = [(wall, 0), (-wall, 0)]
         # spawn near the centre (else "World has starting cost!")
         task_obj.agent.placements = [(-0.2, -0.2, 0.2, 0.2)]
     if task.family == "car-circle-hazard":

@@ -1,0 +1,254 @@
+"""The training pipeline's wiring against independent references (not only against other
+runs): what each batch sees, which value functions and limits each step uses."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import metacpo_ref.meta
+from metacpo_ref.advantages import advantages, constraint_value, fit_value, init_value
+from metacpo_ref.baselines import pooled_data
+from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.envs import make_env, sample_tasks
+from metacpo_ref.policy import act_fn, init_theta
+from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
+                                  random_act, task_seed)
+from metacpo_ref.training import (NORM_ITERATION, State, initial_state, meta_test, read_metrics, save_checkpoint,
+                                  train)
+from metacpo_ref.update import StepData, specs
+
+TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
+
+
+def reset_seed(seed):
+    """The env-reset seed ``collect`` derives for its first episode from ``seed`` (its
+    documented spawn: one child for the resets, one for the action noise)."""
+    return int(seed.spawn(2)[0].generate_state(1, dtype=np.uint32)[0])
+
+
+def spy_training(tmp_path, workers):
+    """Train TINY meta-cpo for one iteration and record what the frame saw: the ``theta``,
+    ``vf`` and workers it was given, the task runs its step learned from, and its result."""
+    seen = {}
+    real = metacpo_ref.meta.run_iteration
+
+    def run_iteration(theta, vf, config, iteration, w, local_steps, learn):
+        def spy_learn(theta_, runs):
+            seen["runs"] = runs
+            return learn(theta_, runs)
+
+        out = real(theta, vf, config, iteration, w, local_steps, spy_learn)
+        seen.update(theta=theta, vf=vf, obs_norm=w.obs_norm, vf_out=out[1], metrics=out[2])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metacpo_ref.meta, "run_iteration", run_iteration)
+        config = Config(**TINY)
+        seen["state"] = train(config, tmp_path / f"w{workers}", workers=workers)
+    return config, SimpleNamespace(**seen)
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    return spy_training(tmp_path_factory.mktemp("wiring"), 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_see_normalised_observations(tmp_path, one_worker, workers):
+    """The first observation of every task's first batch, collected in the workers, is the
+    checkpoint's normaliser applied to the raw reset observation of that seeded episode
+    (training and the saved policy see the same inputs)."""
+    config, seen = one_worker if workers == 1 else spy_training(tmp_path, workers)
+    norm = seen.state.obs_norm
+    assert seen.obs_norm is not None
+    tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, 0))
+    for i, (task, run) in enumerate(zip(tasks, seen.runs)):
+        raw, _ = make_env(config.family, task).reset(seed=reset_seed(batch_seed(config.seed, 0, i, 0)))
+        assert np.abs(raw - norm(raw)).max() > 0.1   # the normaliser is not the identity here
+        np.testing.assert_allclose(run.batch0.obs[0], norm(raw), rtol=0, atol=1e-12)
+
+
+def random_policy_norm(config, split):
+    """Reference: the normaliser fitted on seeded random-policy episodes of ``split`` tasks."""
+    obs = []
+    env = make_env(config.family)
+    for i, task in enumerate(sample_tasks(config.family, config.tasks, split, seed=config.seed)):
+        env.set_task(task)
+        obs.append(collect(env, random_act, OBS_NORM_EPISODES, batch_seed(config.seed, NORM_ITERATION, i, 0)).obs)
+    return fit_obs_norm(np.concatenate(obs), OBS_STD_FLOOR)
+
+
+def test_training_tasks_come_from_the_train_split(one_worker):
+    """The tasks of a training iteration lie in Table 1's train ranges."""
+    config, seen = one_worker
+    fam = FAMILIES[config.family]
+    assert len(seen.metrics["tasks"]) == config.tasks
+    for row in seen.metrics["tasks"]:
+        for name, value in row["params"].items():
+            lo, hi = fam.train[name]
+            assert lo <= value <= hi
+
+
+def test_normaliser_is_fitted_on_train_tasks():
+    """The run's normaliser is fitted on seeded random-policy episodes of train-split tasks
+    (car-circle-hazard: its hazard lidar sees the task, so the split shows; point-circle's
+    observations of a random policy do not depend on the task)."""
+    config = Config(family="car-circle-hazard", tasks=2, hidden=(8,))
+    norm = initial_state(config).obs_norm
+    ref = random_policy_norm(config, "train")
+    np.testing.assert_array_equal(norm.mean, ref.mean)
+    np.testing.assert_array_equal(norm.std, ref.std)
+    assert not np.array_equal(norm.mean, random_policy_norm(config, "test").mean)
+
+
+def test_value_functions_are_carried_through_the_inner_loop_and_refitted_from_theta_s(one_worker):
+    """Reference recomputation of one iteration's value functions:
+    - batch 0 of each task uses the value functions the iteration was given;
+    - the local step's refit (reward on reward, cost on cost targets) is carried to the
+      evaluation batch (its advantages are those of the refitted functions);
+    - after the iteration, each value function is one fit, warm-started from the
+      iteration's input, on the pre-adaptation batches' own targets (cost on cost)."""
+    config, seen = one_worker
+    spec, vspec = specs(config)
+    vf_in = seen.vf
+    args = (config.gamma, config.gae_lambda, config.vf_iters)
+    tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, 0))
+    env = NormalizedEnv(make_env(config.family), seen.obs_norm)
+    targets = ([], [])
+    for i, (task, run) in enumerate(zip(tasks, seen.runs)):
+        ref0 = advantages(vspec, run.batch0, *vf_in, *args)
+        np.testing.assert_allclose(run.trace.steps[0].adv_c, ref0.adv_c, atol=1e-10)
+        np.testing.assert_allclose(run.trace.steps[0].adv_r, ref0.adv_r, atol=1e-10)
+        targets[0].append(ref0.targets_r)
+        targets[1].append(ref0.targets_c)
+        env.set_task(task)
+        ev = run.trace.eval
+        batch1 = collect(env, act_fn(spec, ev.phi), config.n_episodes, batch_seed(config.seed, 0, i, 1))
+        np.testing.assert_array_equal(batch1.obs, ev.obs)
+        ref1 = advantages(vspec, batch1, ref0.vf_params_r, ref0.vf_params_c, *args)
+        stale = advantages(vspec, batch1, *vf_in, *args)
+        assert np.abs(stale.adv_c - ref1.adv_c).max() > 1e-6   # the refit matters here
+        np.testing.assert_allclose(ev.adv_c, ref1.adv_c, atol=1e-10)
+        np.testing.assert_allclose(ev.adv_r, ref1.adv_r, atol=1e-10)
+    obs0 = np.concatenate([r.batch0.obs for r in seen.runs])
+    for j in (0, 1):
+        ref = fit_value(vspec, vf_in[j], obs0, np.concatenate(targets[j]), config.vf_iters)
+        np.testing.assert_allclose(seen.vf_out[j], ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(seen.state.vf[1], seen.vf_out[1])
+
+
+def test_pooled_b_hat_is_the_constraint_value_of_the_pooled_episodes():
+    """The baselines' pooled ``b_hat`` is ``constraint_value`` of the concatenated batches,
+    not of one task's batch (nor a mean of per-task values)."""
+    env = make_env("point-circle", sample_tasks("point-circle", 1, seed=0)[0])
+    batches = [collect(env, random_act, 1, seed=1, max_steps=30), collect(env, random_act, 2, seed=2, max_steps=50)]
+    batches[1].cost[:] = 0.0
+    batches[1].ep_cost[:] = [3.0, 5.0]   # pooled cost (0 + 3 + 5) / 3 episodes over (30 + 50 + 50) / 3 steps
+    runs = []
+    for b in batches:
+        n = len(b)
+        d = StepData(b.obs, b.act, b.logp, np.zeros(n), np.zeros(n), constraint_value(b, 10.0), np.zeros(3))
+        runs.append(SimpleNamespace(batch0=b, trace=SimpleNamespace(eval=d)))
+    pooled = pooled_data(runs, np.zeros(3), 10.0)
+    ref = constraint_value(concat_batches(batches), 10.0)
+    assert ref == pytest.approx((8.0 / 3 - 10.0) / (130 / 3))
+    assert pooled.b_hat == ref
+    assert len(pooled.obs) == 130 and np.array_equal(pooled.obs, np.concatenate([b.obs for b in batches]))
+
+
+def test_bootstrap_observation_is_the_next_observation_of_the_same_episode():
+    """At a time-limit cut after T steps, ``bootstrap_obs`` is ``s_T``: the observation the
+    same seeded episode, run one step longer, has at step T."""
+    env = make_env("point-circle", sample_tasks("point-circle", 1, seed=0)[0])
+    T = 25
+    cut = collect(env, random_act, 1, seed=7, max_steps=T)
+    longer = collect(env, random_act, 1, seed=7, max_steps=T + 1)
+    assert cut.truncated[-1] and not cut.terminated[-1]
+    np.testing.assert_array_equal(cut.obs, longer.obs[:T])
+    np.testing.assert_array_equal(cut.bootstrap_obs[-1], longer.obs[T])
+    assert not np.array_equal(cut.bootstrap_obs[-1], cut.obs[-1])
+
+
+def test_meta_test_uses_the_family_test_limit_by_default(tmp_path):
+    """car-circle-hazard's test limit (5) differs from its training limit (10); meta_test
+    adapts to and reports the test limit unless told otherwise (point-circle: 10, 10)."""
+    fam = FAMILIES["car-circle-hazard"]
+    assert (fam.cost_limit_train, fam.cost_limit_test) == (10.0, 5.0)
+    config = Config(family="car-circle-hazard", hidden=(8,), tasks=1, local_steps=1, episodes=1, iterations=0)
+    spec, vspec = specs(config)
+    norm = ObsNorm(np.zeros(spec.obs_dim), np.ones(spec.obs_dim))
+    ckpt = tmp_path / "checkpoint.npz"
+    save_checkpoint(ckpt, State(config, init_theta(spec, 0), (init_value(vspec, 1), init_value(vspec, 2)),
+                                norm, 0, 0))
+    rows = meta_test(ckpt, n_tasks=1, adapt_steps=1)
+    assert [r["cost_limit"] for r in rows] == [5.0, 5.0]
+    explicit = meta_test(ckpt, n_tasks=1, adapt_steps=1, cost_limit=5.0)
+    for r, e in zip(rows, explicit):
+        assert r["return"] == pytest.approx(e["return"], rel=1e-9) and r["cost"] == e["cost"]
+    assert meta_test(ckpt, n_tasks=1, adapt_steps=0, cost_limit=10.0)[0]["cost_limit"] == 10.0
+
+
+def test_obs_norm_clips_both_sides():
+    """``ObsNorm`` is ``clip((obs - mean) / std, -clip, clip)``: far outliers on either side
+    are clipped, values inside are only standardised."""
+    norm = ObsNorm(np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 2.0]), clip=10.0)
+    np.testing.assert_array_equal(norm(np.array([-99.0, 101.0, 7.0])), [-10.0, 10.0, 3.0])
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("run", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.glob("*/*-s*") if p.is_dir()))
+def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
+    """Every committed run's recorded training tasks are the ones ``task_seed(seed,
+    iteration)`` draws today (the seed key is a fixed convention: changing it would make
+    committed runs unreproducible, and resumed runs train on other tasks)."""
+    config = json.loads((RESULTS / run / "config.json").read_text())
+    rows = read_metrics(RESULTS / run)
+    assert rows
+    for row in rows[:3]:
+        tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]))
+        assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
+
+
+def test_random_act_is_uniform_on_the_action_box():
+    """The normaliser's random policy draws uniformly on [-1, 1]^2 (the action box) and
+    reports that law's log-density log(1/4)."""
+    rng = np.random.default_rng(0)
+    draws = [random_act(None, rng) for _ in range(2000)]
+    a = np.array([d[0] for d in draws])
+    assert a.shape == (2000, 2) and a.min() >= -1.0 and a.max() <= 1.0
+    assert np.all(a.min(axis=0) < -0.99) and np.all(a.max(axis=0) > 0.99)
+    np.testing.assert_allclose(a.mean(axis=0), 0.0, atol=0.05)
+    assert all(d[1] == np.log(0.25) for d in draws)
+
+
+class CountdownEnv:
+    """A stub safe env: observation = steps left; the episode terminates when it reaches 0."""
+
+    def __init__(self, length):
+        self.length = length
+
+    def reset(self, seed=None):
+        self.left = self.length
+        return np.array([float(self.left)]), {}
+
+    def step(self, action):
+        self.left -= 1
+        return np.array([float(self.left)]), 1.0, 0.5, self.left == 0, False, {}
+
+
+def test_collect_records_terminations():
+    """An episode that terminates (not cut) is recorded as terminated, not truncated, with no
+    bootstrap observation; a cut before it is a truncation with the next observation."""
+    b = collect(CountdownEnv(3), random_act, 2, seed=0)
+    np.testing.assert_array_equal(b.terminated, [False, False, True] * 2)
+    assert not b.truncated.any() and not b.bootstrap_obs.any()
+    np.testing.assert_array_equal(b.ep_len, [3, 3])
+    np.testing.assert_array_equal(b.ep_cost, [1.5, 1.5])
+    cut = collect(CountdownEnv(3), random_act, 1, seed=0, max_steps=2)
+    np.testing.assert_array_equal(cut.terminated, [False, False])
+    np.testing.assert_array_equal(cut.truncated, [False, True])
+    np.testing.assert_array_equal(cut.bootstrap_obs[-1], [1.0])
