@@ -176,7 +176,7 @@ def test_meta_test_uses_the_family_test_limit_by_default(tmp_path):
     adapts to and reports the test limit unless told otherwise (point-circle: 10, 10)."""
     fam = FAMILIES["car-circle-hazard"]
     assert (fam.cost_limit_train, fam.cost_limit_test) == (10.0, 5.0)
-    config = Config(family="car-circle-hazard", hidden=(8,), tasks=1, local_steps=1, episodes=1, iterations=0)
+    config = Config(family="car-circle-hazard", hidden=(8,), tasks=1, local_steps=1, episodes=1, iterations=1)
     spec, vspec = specs(config)
     norm = ObsNorm(np.zeros(spec.obs_dim), np.ones(spec.obs_dim))
     ckpt = tmp_path / "checkpoint.npz"
@@ -200,7 +200,7 @@ def test_obs_norm_clips_both_sides():
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-@pytest.mark.parametrize("run", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.glob("*/*-s*") if p.is_dir()))
+@pytest.mark.parametrize("run", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.glob("**/*-s[0-9]*") if (p / "config.json").exists()))
 def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
     """Every committed run's recorded training tasks are the ones ``task_seed(seed,
     iteration)`` draws today (the seed key is a fixed convention: changing it would make
@@ -209,6 +209,9 @@ def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
     rows = read_metrics(RESULTS / run)
     assert rows
     for row in rows[:3]:
+        if config.get("task"):      # a run on one fixed task (train --task): that task, every time
+            assert [t["params"] for t in row["tasks"]] == [config["task"]] * config["tasks"]
+            continue
         tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]))
         assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
 
