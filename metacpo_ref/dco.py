@@ -51,6 +51,18 @@ def both_block(x, lam, b, delta, a, hinv_a, xbar, v):
     return (v - w2 * x - w3 * hinv_a) / lam, w2, w3
 
 
+def case_vjp(step, xbar, a, b, delta, v):
+    """``(gbar, abar, bbar, w2, u)`` of a trust, both or recovery step (D24-D26), given
+    ``v = H^{-1} xbar``; ``u`` and ``w2`` are what the metric cotangent is made of (D27)."""
+    x, lam, nu, hinv_a = step.x, step.lam, step.nu, step.hinv_a
+    if step.case == "both":
+        u, w2, w3 = both_block(x, lam, b, delta, a, hinv_a, xbar, v)
+        return u, -(nu * u + w3 * x), -w3, w2, u
+    u, w2 = trust_block(x, lam, delta, xbar, v)
+    zero = np.zeros_like(x)
+    return ((u, zero, 0.0) if step.case == "trust" else (zero, -u, 0.0)) + (w2, u)
+
+
 def _metric_bar(lam, u, x, w2):
     """Cotangent of a dense metric, ``Hbar = -sym(lam u x' + 0.5 w2 x x')`` (D27)."""
     return -_sym(lam * np.outer(u, x) + 0.5 * w2 * np.outer(x, x))
@@ -60,17 +72,10 @@ def step_vjp(step, xbar, a, b, delta, solve, with_H=False):
     """VJP of :class:`~metacpo_ref.cpo.Step` ``step.x`` on checked inputs, with
     ``solve: v -> H^{-1} v``; returns ``(gbar, abar, bbar, deltabar, Hbar)`` (D24-D26)."""
     xbar = np.asarray(xbar, dtype=np.float64)
-    x, lam, nu, hinv_a = step.x, step.lam, step.nu, step.hinv_a
-    zero = np.zeros_like(x)
     if step.case == "degenerate":
         return _degenerate_vjp(step, xbar, a, b, solve, with_H)
-    v = solve(xbar)
-    if step.case == "both":
-        u, w2, w3 = both_block(x, lam, b, delta, a, hinv_a, xbar, v)
-        gbar, abar, bbar = u, -(nu * u + w3 * x), -w3
-    else:
-        u, w2 = trust_block(x, lam, delta, xbar, v)
-        gbar, abar, bbar = (u, zero, 0.0) if step.case == "trust" else (zero, -u, 0.0)
+    x, lam = step.x, step.lam
+    gbar, abar, bbar, w2, u = case_vjp(step, xbar, a, b, delta, solve(xbar))
     Hbar = _metric_bar(lam, u, x, w2) if with_H else None
     return gbar, abar, float(bbar), float(w2), Hbar
 

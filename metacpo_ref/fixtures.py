@@ -603,23 +603,32 @@ def _traces_from(inp):
     return spec, config, traces
 
 
-def compute_meta_gradient(inp):
-    spec, config, traces = _traces_from(inp)
+def _meta_gradient_and_chain(inp, config, spec, traces, metric=None):
+    """(F, G, dF, dG) and the chain's intermediates, for debugging a port step by step;
+    ``metric(phi, data)`` gives each step's dense metric (stored as ``H``), None: identity."""
     theta = inp["theta"]
     F, G = meta_objective(theta, traces, config)
     _, _, dF, dG = meta_gradient(theta, traces, config)
     out = {"F": _f(F), "G": _f(G), "dF": _f(dF), "dG": _f(dG)}
-    for i, tr in enumerate(traces):          # the chain, for debugging a port step by step
+    for i, tr in enumerate(traces):
         phi = theta
         for k, data in enumerate(tr.steps):
             g, a, b = step_problem(spec, phi, data)
-            step = solve_step(g, a, b, config.inner_delta, method="closed_form")
+            H = None if metric is None else metric(phi, data)
+            step = solve_step(g, a, b, config.inner_delta, H=H, method="closed_form")
             out.update({f"task{i}_step{k}_phi_in": _f(phi), f"task{i}_step{k}_g": _f(g),
                         f"task{i}_step{k}_a": _f(a), f"task{i}_step{k}_b": _f(b),
                         f"task{i}_step{k}_x": _f(step.x), f"task{i}_step{k}_case_index": _i(CASES.index(step.case))})
+            if H is not None:
+                out[f"task{i}_step{k}_H"] = _f(H)
             phi = phi + data.beta * step.x
         out[f"task{i}_phi_K"] = _f(phi)
     return out
+
+
+def compute_meta_gradient(inp):
+    spec, config, traces = _traces_from(inp)
+    return _meta_gradient_and_chain(inp, config, spec, traces)
 
 
 def _chain_margins(inp, out):
@@ -656,22 +665,8 @@ def make_meta_gradient():
 def compute_meta_gradient_fisher(inp):
     spec, config, traces = _traces_from(inp)
     config = dataclasses.replace(config, inner_metric="fisher", cg_damping=float(inp["cg_damping"]))
-    theta = inp["theta"]
-    F, G = meta_objective(theta, traces, config)
-    _, _, dF, dG = meta_gradient(theta, traces, config)
-    out = {"F": _f(F), "G": _f(G), "dF": _f(dF), "dG": _f(dG)}
-    for i, tr in enumerate(traces):          # the chain, for debugging a port step by step
-        phi = theta
-        for k, data in enumerate(tr.steps):
-            g, a, b = step_problem(spec, phi, data)
-            H = fisher_matrix(spec, phi, data.obs, config.cg_damping)
-            step = solve_step(g, a, b, config.inner_delta, H=H, method="closed_form")
-            out.update({f"task{i}_step{k}_phi_in": _f(phi), f"task{i}_step{k}_g": _f(g),
-                        f"task{i}_step{k}_a": _f(a), f"task{i}_step{k}_b": _f(b), f"task{i}_step{k}_H": _f(H),
-                        f"task{i}_step{k}_x": _f(step.x), f"task{i}_step{k}_case_index": _i(CASES.index(step.case))})
-            phi = phi + data.beta * step.x
-        out[f"task{i}_phi_K"] = _f(phi)
-    return out
+    return _meta_gradient_and_chain(inp, config, spec, traces,
+                                    lambda phi, data: fisher_matrix(spec, phi, data.obs, config.cg_damping))
 
 
 def make_meta_gradient_fisher():

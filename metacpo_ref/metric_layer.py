@@ -55,7 +55,7 @@ from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
 from metacpo_ref.cpo import check_inputs, step_from_solver
-from metacpo_ref.dco import both_block, trust_block
+from metacpo_ref.dco import case_vjp
 
 
 def metric_step_vjp(step, xbar, a, b, delta, solve):
@@ -64,7 +64,7 @@ def metric_step_vjp(step, xbar, a, b, delta, solve):
     form, ``<Hbar, E> = p'E q`` for symmetric ``E`` (M5, M6). Same ``gbar, abar,
     bbar, deltabar`` as :func:`metacpo_ref.dco.step_vjp`, one ``H^{-1}`` product."""
     xbar = np.asarray(xbar, dtype=np.float64)
-    x, lam, nu, hinv_a = step.x, step.lam, step.nu, step.hinv_a
+    x, lam, hinv_a = step.x, step.lam, step.hinv_a
     zero = np.zeros_like(x)
     if step.case == "degenerate":
         if not np.any(x):
@@ -74,13 +74,7 @@ def metric_step_vjp(step, xbar, a, b, delta, solve):
         av = a @ v
         abar = -(b / s) * v + (2 * b * av / s**2) * y
         return zero, abar, float(-av / s), 0.0, (y, (b / s) * v - (b * av / s**2) * y)       # M6
-    v = solve(xbar)
-    if step.case == "both":
-        u, w2, w3 = both_block(x, lam, b, delta, a, hinv_a, xbar, v)
-        gbar, abar, bbar = u, -(nu * u + w3 * x), -w3
-    else:
-        u, w2 = trust_block(x, lam, delta, xbar, v)
-        gbar, abar, bbar = (u, zero, 0.0) if step.case == "trust" else (zero, -u, 0.0)
+    gbar, abar, bbar, w2, u = case_vjp(step, xbar, a, b, delta, solve(xbar))
     return gbar, abar, float(bbar), float(w2), (x, -(lam * u + 0.5 * w2 * x))                # M5
 
 
