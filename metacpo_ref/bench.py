@@ -242,29 +242,32 @@ def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2, i
     return t_grad / t_obj
 
 
-def meta_iteration_split(family, tasks, local_steps, episodes, workers=1):
-    """One Meta-CPO iteration of ``family``: ``(seconds, learner share, env share)``,
-    the shares of the summed per-task env and learner time."""
+def meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=1):
+    """The last of ``iterations`` Meta-CPO iterations of ``family``: ``(seconds, learner
+    share, wall time of the whole run)``, the share of the summed per-task env and
+    learner time. With a pool the first iteration also starts the worker processes
+    (spawn, imports, an env each): time the second to leave that out."""
     import tempfile
 
     from metacpo_ref.config import Config
     from metacpo_ref.training import read_metrics, train
 
-    cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=1)
+    cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=iterations)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         train(cfg, d, workers=workers)
         wall = time.perf_counter() - t0
-        row = read_metrics(d)[0]
+        row = read_metrics(d)[-1]
     busy = row["time_env"] + row["time_learner"]
     return row["time_total"], row["time_learner"] / busy, wall
 
 
 def workers_speedup(family="point-circle", tasks=2, local_steps=1, episodes=1):
-    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2``
-    (the iteration itself: the pool's start-up, a one-off per run, is not counted)."""
-    one = meta_iteration_split(family, tasks, local_steps, episodes, workers=1)[0]
-    two = meta_iteration_split(family, tasks, local_steps, episodes, workers=2)[0]
+    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2``: the
+    second iteration of each run, so that the pool's start-up (spawning the processes and
+    building their envs, a one-off per run, done at the first iteration) is not counted."""
+    one = meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=2)[0]
+    two = meta_iteration_split(family, tasks, local_steps, episodes, workers=2, iterations=2)[0]
     return one / two
 
 
