@@ -248,3 +248,52 @@ def test_value_loss_and_grad_equals_autograd():
         l2, g2 = value_and_grad(lambda q: value_loss(vspec, q, obs, y))(p)
         assert abs(l1 - l2) <= 1e-12 * max(1, abs(l2))
         np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-12)
+
+
+def test_advantages_passes_its_settings_on():
+    """gamma, lambda and the fit's iteration count given to ``advantages`` are the ones used:
+    the result equals GAE and ``fit_value`` called directly with the same non-default values,
+    and the recorded losses are the mean squared errors of the old and the new fit."""
+    rng = np.random.default_rng(8)
+    b = make_batch(rng, [(25, "cut"), (15, "term")])
+    vspec = ValueSpec(OBS_DIM, hidden=(6,))
+    pr, pc = init_value(vspec, 4), init_value(vspec, 5)
+    gamma, lam, iters = 0.9, 0.5, 3
+    assert (gamma, lam, iters) != (GAMMA, GAE_LAMBDA, 25)
+    res = advantages(vspec, b, pr, pc, gamma, lam, iters)
+    for params, signal, adv, targets, new, loss in (
+            (pr, b.rew, res.adv_r * res.r_std + res.r_mean, res.targets_r, res.vf_params_r, res.vf_loss_r),
+            (pc, b.cost, res.adv_c + res.c_mean, res.targets_c, res.vf_params_c, res.vf_loss_c)):
+        v_obs = value(vspec, params, b.obs)
+        ref_adv, ref_targets = gae(b, signal, v_obs, np.where(b.truncated, value(vspec, params, b.bootstrap_obs), 0.0),
+                                   gamma, lam)
+        np.testing.assert_allclose(adv, ref_adv, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(targets, ref_targets, rtol=1e-12)
+        np.testing.assert_array_equal(new, fit_value(vspec, params, b.obs, targets, iters))
+        assert not np.allclose(new, fit_value(vspec, params, b.obs, targets), atol=1e-6)   # 25 iterations differ
+        assert loss[0] == pytest.approx(np.mean((v_obs - ref_targets) ** 2), rel=1e-12)
+        assert loss[1] == pytest.approx(value_loss(vspec, new, b.obs, ref_targets), rel=1e-12)
+
+
+def test_gae_one_step_batch_and_empty_batch():
+    """A batch of one complete one-step episode is valid (A = r - V(s) at a termination);
+    an empty batch is refused with a ValueError."""
+    rng = np.random.default_rng(2)
+    b = make_batch(rng, [(1, "term")])
+    adv, targets = gae(b, b.rew, np.array([0.25]), np.zeros(1))
+    np.testing.assert_allclose(adv, b.rew - 0.25)
+    empty = make_batch(rng, [(1, "term")])
+    for name in ("obs", "act", "logp", "rew", "cost", "terminated", "truncated", "bootstrap_obs"):
+        setattr(empty, name, getattr(empty, name)[:0])
+    with pytest.raises(ValueError):
+        gae(empty, empty.rew, np.zeros(0), np.zeros(0))
+
+
+def test_constraint_value_rejects_inconsistent_episode_lengths():
+    """Episode lengths that do not add up to the batch's steps are refused even when the
+    batch ends properly (the means would be over the wrong episodes)."""
+    rng = np.random.default_rng(6)
+    b = make_batch(rng, [(4, "term"), (3, "cut")])
+    b.ep_len = np.array([4, 5])
+    with pytest.raises(ValueError):
+        constraint_value(b, 1.0)
