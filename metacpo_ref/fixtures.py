@@ -632,9 +632,28 @@ def compute_meta_gradient(inp):
 
 
 def _chain_margins(inp, out):
+    """Each local step's distance from its case boundary, in the step's own metric (a stored
+    ``H`` when there is one)."""
+    def solve(i, k):
+        H = out.get(f"task{i}_step{k}_H")
+        return None if H is None else partial(np.linalg.solve, H)
     return [step_margin(out[f"task{i}_step{k}_g"], out[f"task{i}_step{k}_a"], float(out[f"task{i}_step{k}_b"]),
-                        float(inp["inner_delta"]))
+                        float(inp["inner_delta"]), solve(i, k))
             for i in range(int(inp["n_tasks"])) for k in range(int(inp["local_steps"]))]
+
+
+def _chain_meanings(inp, meanings, chain, dF):
+    """``meanings`` completed with the chain's per-step arrays (``chain``: name -> meaning),
+    ``phi_K`` per task, and F, G, dF (meaning ``dF``), dG."""
+    for i in range(int(inp["n_tasks"])):
+        for k in range(int(inp["local_steps"])):
+            meanings.update({f"task{i}_step{k}_{w}": f"task {i}, local step k={k}: {m}" for w, m in chain.items()})
+        meanings[f"task{i}_phi_K"] = f"task {i}: phi_K, the adapted parameters"
+    meanings.update(F="meta objective F of eq. 10 (mean over tasks of L_R,eval(phi_K))",
+                    G="meta constraint G of eq. 10 "
+                      "(mean of b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_eval^collected))",
+                    dF=dF, dG="dG/dtheta")
+    return meanings
 
 
 def make_meta_gradient():
@@ -646,14 +665,7 @@ def make_meta_gradient():
              "a": "a_k = grad L_C,k(phi_k)", "b": "b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
              "x": "the local step x_k = cpo_layer(g_k, a_k, b_k, inner_delta); phi_{k+1} = phi_k + beta_k x_k",
              "case_index": CASE_MEANING}
-    for i in range(int(inp["n_tasks"])):
-        for k in range(int(inp["local_steps"])):
-            meanings.update({f"task{i}_step{k}_{w}": f"task {i}, local step k={k}: {m}" for w, m in chain.items()})
-        meanings[f"task{i}_phi_K"] = f"task {i}: phi_K, the adapted parameters"
-    meanings.update(F="meta objective F of eq. 10 (mean over tasks of L_R,eval(phi_K))",
-                    G="meta constraint G of eq. 10 "
-                      "(mean of b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_eval^collected))",
-                    dF="dF/dtheta (eq. 11, exact, through the K local steps)", dG="dG/dtheta")
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K local steps)")
     return inp, out, _meta(
         "K = 2 local CPO steps (Euclidean metric, betas replayed from the trace) per task on two tasks, the "
         "meta objective and constraint of eq. 10 and their exact gradients (eq. 11); the chain's "
@@ -675,10 +687,7 @@ def make_meta_gradient_fisher():
     meanings.update(inner_delta="KL trust radius of the local steps (0.5 x'H x <= delta)",
                     cg_damping="damping d of the metric H(phi) = Fisher(phi) + d I")
     out = compute_meta_gradient_fisher(inp)
-    margins = [step_margin(out[f"task{i}_step{k}_g"], out[f"task{i}_step{k}_a"], float(out[f"task{i}_step{k}_b"]),
-                           float(inp["inner_delta"]), partial(np.linalg.solve, out[f"task{i}_step{k}_H"]))
-               for i in range(2) for k in range(2)]
-    assert min(margins) > 0.1, "a local step sits near a case boundary"
+    assert min(_chain_margins(inp, out)) > 0.1, "a local step sits near a case boundary"
     assert {int(out[f"task{i}_step{k}_case_index"]) for i in range(2) for k in range(2)} == {0, 1, 2}
     chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
              "a": "a_k = grad L_C,k(phi_k)", "b": "b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
@@ -687,15 +696,8 @@ def make_meta_gradient_fisher():
              "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
                   "phi_{k+1} = phi_k + beta_k x_k",
              "case_index": CASE_MEANING}
-    for i in range(int(inp["n_tasks"])):
-        for k in range(int(inp["local_steps"])):
-            meanings.update({f"task{i}_step{k}_{w}": f"task {i}, local step k={k}: {m}" for w, m in chain.items()})
-        meanings[f"task{i}_phi_K"] = f"task {i}: phi_K, the adapted parameters"
-    meanings.update(F="meta objective F of eq. 10 (mean over tasks of L_R,eval(phi_K))",
-                    G="meta constraint G of eq. 10 "
-                      "(mean of b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_eval^collected))",
-                    dF="dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps including the "
-                       "terms through H(phi_k); docs/fisher-metric.md)", dG="dG/dtheta")
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps "
+                    "including the terms through H(phi_k); docs/fisher-metric.md)")
     return inp, out, _meta(
         "as meta_gradient, with Fisher-metric local steps (inner_metric='fisher'): eq. 9 with "
         "H_k = Fisher(phi_k) + cg_damping I, KL radius inner_delta; the exact gradients include the "
