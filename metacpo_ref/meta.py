@@ -148,9 +148,7 @@ def outer_step(theta, traces, config):
     if config.outer_metric == "fisher":
         hinv, kl_bound = fisher_hinv(spec, theta, obs0, config), config.outer_delta
     if config.constrained:
-        shift = 0.0
-        if config.recover_above_limit and G > 0:
-            shift = recovery_shift(G, float(dG @ (dG if hinv is None else hinv(dG))), config.outer_delta, config)
+        shift = recovery_shift(G, dG, hinv, config.outer_delta, config)
         step = solve_step(dF, dG, G + shift, config.outer_delta, hinv=hinv)
     else:
         step = solve_step(dF, np.zeros_like(dF), -1.0, config.outer_delta, hinv=hinv)

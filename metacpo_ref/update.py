@@ -91,17 +91,21 @@ def step_problem(spec, phi, data, constrained=True):
     return g, grad(L_C)(phi), data.b_hat + data.b_shift + L_C(phi) - L_C(data.phi)
 
 
-def recovery_shift(b_hat, s, delta, config):
+def recovery_shift(b_hat, a, solve, delta, config):
     """The constant added to ``b`` before eq. 9 is solved (D34): above the limit, recover.
 
     With ``config.recover_above_limit`` and the measured cost above the limit
-    (``b_hat > 0``; ``s = a^T H^{-1} a > 0``), enough to make eq. 9 infeasible with
-    room to spare, ``b + shift >= 2 sqrt(2 delta s)`` (D8 needs ``b^2 / s >= 2 delta``),
-    so that the step is eq. 4's recovery step ``-sqrt(2 delta / s) H^{-1} a``, which
-    does not depend on ``b``; otherwise 0.0 (eq. 9 as it is). The shift is a
-    recorded constant of the differentiated chain, like ``beta``.
+    (``b_hat > 0``; ``s = a^T H^{-1} a > 0``, ``solve: v -> H^{-1} v``, None for
+    ``H = I``, called only then), enough to make eq. 9 infeasible with room to spare,
+    ``b + shift >= 2 sqrt(2 delta s)`` (D8 needs ``b^2 / s >= 2 delta``), so that the
+    step is eq. 4's recovery step ``-sqrt(2 delta / s) H^{-1} a``, which does not
+    depend on ``b``; otherwise 0.0 (eq. 9 as it is). The shift is a recorded constant
+    of the differentiated chain, like ``beta``.
     """
-    if not (config.constrained and config.recover_above_limit and b_hat > 0 and s > 0):
+    if not (config.constrained and config.recover_above_limit and b_hat > 0):
+        return 0.0
+    s = float(a @ (a if solve is None else solve(a)))
+    if s <= 0:
         return 0.0
     return max(0.0, 2.0 * float(np.sqrt(2.0 * delta * s)) - float(b_hat))
 
@@ -210,10 +214,8 @@ def policy_update(spec, phi, data, config):
     if metric == "fisher":
         hinv = (fisher_solver(spec, phi, data.obs, config.cg_damping) if config.meta
                 else fisher_hinv(spec, phi, data.obs, config))
-    shift = 0.0
-    if config.constrained and config.recover_above_limit and data.b_hat > 0:
-        shift = recovery_shift(data.b_hat, float(a @ (a if hinv is None else hinv(a))), delta, config)
-        b = b + shift
+    shift = recovery_shift(data.b_hat, a, hinv, delta, config)
+    b = b + shift
     step = solve_step(g, a, b, delta, hinv=hinv)
     L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
     R0, C0 = L_R(phi), L_C(phi)

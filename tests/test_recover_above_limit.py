@@ -20,6 +20,7 @@ from metacpo_ref.update import fisher_hinv, local_rule, policy_update, recovery_
 
 SPEC = PolicySpec(3, 2, (4,))
 ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True)
+A2 = np.array([1.0, 1.0])                                  # s = a'a = 2
 
 
 def _one_batch(b_frac, seed=1, config=Config(**ON)):
@@ -29,12 +30,12 @@ def _one_batch(b_frac, seed=1, config=Config(**ON)):
 
 def test_shift_is_zero_unless_rule_and_above_limit():
     on = Config(**ON)
-    assert recovery_shift(-0.1, 2.0, 0.01, on) == 0.0            # below the limit
-    assert recovery_shift(0.0, 2.0, 0.01, on) == 0.0             # at the limit
-    assert recovery_shift(0.1, 2.0, 0.01, dataclasses.replace(on, recover_above_limit=False)) == 0.0
-    assert recovery_shift(0.1, 2.0, 0.01, dataclasses.replace(on, algo="meta-trpo")) == 0.0
+    assert recovery_shift(-0.1, A2, None, 0.01, on) == 0.0            # below the limit
+    assert recovery_shift(0.0, A2, None, 0.01, on) == 0.0             # at the limit
+    assert recovery_shift(0.1, A2, None, 0.01, dataclasses.replace(on, recover_above_limit=False)) == 0.0
+    assert recovery_shift(0.1, A2, None, 0.01, dataclasses.replace(on, algo="meta-trpo")) == 0.0
     for b_hat, s, delta in [(1e-6, 2.0, 0.01), (0.1, 3.0, 0.05), (5.0, 0.1, 0.01)]:
-        b = b_hat + recovery_shift(b_hat, s, delta, on)
+        b = b_hat + recovery_shift(b_hat, np.array([np.sqrt(s)]), None, delta, on)
         assert b >= b_hat and b**2 / s >= 4 * 2 * delta * (1 - 1e-12)   # infeasible with room to spare
 
 
@@ -81,8 +82,8 @@ def test_recorded_shift_makes_the_chain_recover_and_stays_exact():
         steps = []
         for data in tr.steps:
             _, a, _ = step_problem(SPEC, data.phi, data)
-            steps.append(dataclasses.replace(data, b_shift=recovery_shift(data.b_hat, float(a @ a),
-                                                                           config.inner_delta, config)))
+            steps.append(dataclasses.replace(data, b_shift=recovery_shift(data.b_hat, a, None,
+                                                                      config.inner_delta, config)))
         recorded.append(dataclasses.replace(tr, steps=tuple(steps)))
     shifted = [d for tr in recorded for d in tr.steps if d.b_shift > 0]
     assert len(shifted) == 3                                      # every step with b_hat > 0
