@@ -257,14 +257,15 @@ class Config:
                                     "steps (safety-starter-agents' target KL).", POSITIVE)
     outer_metric: str = setting(None, "Metric of the meta step: identity, the paper's Euclidean trust "
                                 "region (eq. 12, Limitations section), or fisher (conjugate gradient on "
-                                "Fisher-vector products of the pre-adaptation batches). None: the algorithm's "
-                                "(config.default_metrics: meta-cpo's measured choice, docs/results.md "
-                                "'Which metric'; the paper's for meta-trpo).")
+                                "Fisher-vector products of the pre-adaptation batches). Not given (None): the "
+                                "algorithm's, config.default_metrics: fisher for meta-cpo (measured, "
+                                "docs/results.md 'Which metric'), identity for meta-trpo (the paper's).")
     inner_metric: str = setting(None, "Metric of the local steps: identity, the paper's Euclidean step "
                                 "(eq. 9 with H = I, radius inner_delta), or fisher: eq. 9 with the Fisher matrix "
                                 "H(phi_k) of batch k (damping cg_damping), inner_delta read as a KL radius, the "
                                 "chain differentiated exactly, terms through H(phi_k) included "
-                                "(docs/fisher-metric.md). None: the algorithm's, as for outer_metric.")
+                                "(docs/fisher-metric.md). Not given (None): fisher for meta-cpo (measured, "
+                                "docs/results.md 'Which metric'), identity for meta-trpo (the paper's).")
     ls_kl: float = setting(LINE_SEARCH_KL, "Mean-KL bound every line search with the Euclidean metric "
                            "enforces (safety-starter-agents' target KL; derivations D19).", POSITIVE)
     ls_decay: float = setting(LINE_SEARCH_DECAY, "Backtracking factor of the line searches (derivations, "
