@@ -116,8 +116,8 @@ def inner_loop(env, job):
 def refit_values(vspec, vf, runs, config):
     """Value functions of ``theta``: one fit on all pre-adaptation batches, warm-started."""
     obs = np.concatenate([r.obs0 for r in runs])
-    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters)
-                 for j, p in enumerate(vf))
+    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters,
+                           config.vf_ftol) for j, p in enumerate(vf))
 
 
 def refit_job(env, vspec, vf, runs, config):

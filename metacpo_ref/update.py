@@ -68,7 +68,7 @@ def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
     t0 = time.perf_counter()
     batch = collect(env, act_fn(spec, phi), config.n_episodes, seed)
     env_time = time.perf_counter() - t0
-    adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters)
+    adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters, config.vf_ftol)
     data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r, adv.adv_c,
                     constraint_value(batch, cost_limit), np.array(phi, dtype=np.float64))
     return Collected(batch, data, adv, env_time, time.perf_counter() - t0 - env_time)
