@@ -160,6 +160,7 @@ def iteration_metrics(tasks, runs, config):
         "tasks": rows,
         "time_env": float(sum(r.env_time for r in runs)),
         "time_learner": float(sum(r.learner_time for r in runs)),
+        "time_per_task": [float(r.env_time + r.learner_time) for r in runs],
     }
 
 
