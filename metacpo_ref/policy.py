@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import grad
 
 from metacpo_ref.config import HIDDEN, INIT_LOG_STD
 
@@ -160,15 +159,59 @@ def gaussian_mean_kl(mu_old, ls_old, mu, ls):
     return anp.mean(anp.sum(per_dim, axis=-1))
 
 
+def mean_jvp(spec, theta, obs, v):
+    """``(J v, hidden)``: the derivative of ``mu_theta(obs)`` along ``v`` (shape
+    ``(N, act_dim)``; the log-std part of ``v`` does not move the mean), by forward mode
+    through the tanh MLP (``dh' = (1 - h'^2) (dh W + h dW + dc)`` layer by layer), and
+    the hidden activations ``[h_1, ...]``. Written in ``autograd.numpy``: differentiable."""
+    h, dh, hidden = obs, None, []
+    layout = mlp_layout(spec.sizes)
+    for k, (w, shape, c) in enumerate(layout):
+        W, dW = anp.reshape(theta[w], shape), anp.reshape(v[w], shape)
+        z = anp.dot(h, W) + theta[c]
+        dz = anp.dot(h, dW) + v[c] if dh is None else anp.dot(dh, W) + anp.dot(h, dW) + v[c]
+        if k < len(layout) - 1:
+            h = anp.tanh(z)
+            dh = (1.0 - h ** 2) * dz
+            hidden.append(h)
+        else:
+            dh = dz
+    return dh, hidden
+
+
+def mean_vjp(spec, theta, obs, hidden, u):
+    """``J^T u`` for output cotangents ``u`` (``(N, act_dim)``), the mean network's part of
+    the flat layout (no log-std tail): backpropagation through the layers given the hidden
+    activations of :func:`mean_jvp`. Differentiable."""
+    layout = mlp_layout(spec.sizes)
+    inputs = [obs] + list(hidden)
+    parts, g = [], u
+    for k in range(len(layout) - 1, -1, -1):
+        w, shape, _ = layout[k]
+        parts = [anp.ravel(anp.dot(inputs[k].T, g)), anp.sum(g, axis=0)] + parts
+        if k > 0:
+            g = anp.dot(g, anp.reshape(theta[w], shape).T) * (1.0 - inputs[k] ** 2)
+    return anp.concatenate(parts)
+
+
 def fvp(spec, theta, obs, v, damping=0.0):
     """Fisher-vector product ``(H + damping I) v`` with ``H = d^2/dtheta'^2 mean_kl(theta, theta')`` at ``theta' = theta``.
 
-    A Hessian-vector product by reverse-over-reverse autograd (two passes
-    through the network); no ``n x n`` matrix is formed. ``theta`` may itself
-    be an autograd box (the product is differentiable in ``theta`` and ``v``).
+    In closed form (docs/derivations.md, D35): at ``theta' = theta`` the KL's gradient in the
+    mean vanishes, so its Hessian is the Gauss-Newton matrix
+
+        H = [[ (1/N) sum_s J_s' diag(exp(-2 log_std)) J_s, 0 ], [ 0, 2 I ]],
+
+    ``J_s`` the Jacobian of ``mu_theta(s)``, the ``2 I`` on the log-stds. So ``H v`` is one
+    forward-mode pass (:func:`mean_jvp`) and one backward pass (:func:`mean_vjp`); no ``n x n``
+    matrix is formed. Equal to the reverse-over-reverse Hessian-vector product of
+    :func:`mean_kl` to rounding (tests). ``theta`` and ``v`` may be autograd boxes (the
+    product is differentiable in both).
     """
-    kl_grad = grad(lambda t: mean_kl(spec, theta, t, obs))
-    return grad(lambda t: anp.dot(kl_grad(t), v))(theta) + damping * v
+    m = n_mlp_params(spec.sizes)
+    jv, hidden = mean_jvp(spec, theta, obs, v)
+    u = jv * anp.exp(-2.0 * theta[m:]) / obs.shape[0]
+    return anp.concatenate([mean_vjp(spec, theta, obs, hidden, u), 2.0 * v[m:]]) + damping * v
 
 
 def act_fn(spec, theta, deterministic=False):

@@ -27,6 +27,14 @@ def mean_se(values, se_one=None):
     return f"{v.mean():.2f}" + (f" ± {se_one:.2f}*" if se_one is not None else "")
 
 
+def label(config):
+    """A run's row: its algorithm, and for Meta-CPO the metrics of its local (inner) and
+    meta (outer) steps (issue 15; runs from before ``inner_metric`` existed: the algorithm)."""
+    if config["algo"] != "meta-cpo" or "inner_metric" not in config:
+        return config["algo"]
+    return f"meta-cpo inner {config['inner_metric']}, outer {config.get('outer_metric', 'identity')}"
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -41,7 +49,7 @@ def main(root, test_name="test.json"):
         elif not (d / "metrics.jsonl").exists() or not (d / "metrics.jsonl").stat().st_size:
             warn(f"{d} has no metrics rows yet: not counted")
         else:
-            runs[json.loads((d / "config.json").read_text())["algo"]].append(d)
+            runs[label(json.loads((d / "config.json").read_text()))].append(d)
     for dirs in runs.values():
         for d in dirs:
             if not (d / test_name).exists():

@@ -291,3 +291,16 @@ def test_failed_run_and_sigterm(tmp_path):
                           "--families", "point-circle", "--algos", "trpo", "--seeds", "1",
                           "--meta-iterations", "100"], cwd=REPO, capture_output=True, text=True).stdout
     assert "--iterations 200 " in dry and "--resume >> " in dry
+
+
+def test_summarize_gives_each_metric_pair_of_meta_cpo_its_own_row():
+    """Issue 15's 2 x 2 comparison: runs of Meta-CPO that differ only in their local
+    or meta step's metric are summarised as different rows, the baselines by algorithm."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    labels = {mod.label({"algo": "meta-cpo", "inner_metric": i, "outer_metric": o})
+              for i in ("identity", "fisher") for o in ("identity", "fisher")}
+    assert len(labels) == 4
+    assert mod.label({"algo": "cpo", "inner_metric": "fisher", "outer_metric": "fisher"}) == "cpo"
+    assert mod.label({"algo": "meta-cpo", "outer_metric": "identity"}) == "meta-cpo"   # before issue 15
