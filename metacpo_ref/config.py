@@ -147,6 +147,27 @@ RECOVER_ABOVE_LIMIT = True
 
 ALGOS = ("meta-cpo", "meta-trpo", "cpo", "trpo")
 OUTER_METRICS = ("identity", "fisher")
+
+# --- the metrics of the meta algorithms' steps (issue 15) -------------------------
+# (inner, outer): the metric of the local steps (eq. 9) and of the meta step (eq. 12).
+PAPER_METRICS = ("identity", "identity")   # paper: Euclidean trust regions (Limitations section)
+PAPER = dict(zip(("inner_metric", "outer_metric"), PAPER_METRICS))   # Config(**PAPER, ...): the paper's steps
+META_CPO_METRICS = ("fisher", "fisher")    # measured (issue 15; docs/results.md "Which metric"): Meta-CPO
+# with each of the four pairs, car-circle-hazard and point-button, 2 seeds, 3 tasks x K = 2 x 3 episodes,
+# 40 meta-iterations (540k / 1.08M env steps). Against the paper's pair, Fisher x Fisher had the lower cost in
+# all 4 (family, seed) runs (meta-test cost after 5 adaptation steps 49.8 / 34.1 vs 88.7 / 64.5 on
+# car-circle-hazard, limit 5; 8.8 / 4.5 vs 28.4 / 7.9 on point-button, limit 10) and the higher return
+# (training, adapted, last 10 iterations: 0.92 / 1.02 / 1.47 / 3.64 vs 0.46 / 0.13 / 0.49 / 1.26), at ~2x
+# the seconds per iteration. identity x fisher learned more return in training but missed the test limit
+# more often; fisher x identity was no better than the paper's. The paper's pair: Config(**PAPER).
+
+
+def default_metrics(algo):
+    """``(inner_metric, outer_metric)`` of ``algo`` when not given: Meta-CPO's measured
+    choice (``META_CPO_METRICS``); the paper's for Meta-TRPO (issue 19 runs it as the
+    paper does) and for the baselines (which use neither: their step is Fisher, KL radius
+    ``baseline_delta``)."""
+    return META_CPO_METRICS if algo == "meta-cpo" else PAPER_METRICS
 META_TEST_TASKS = 5      # paper, Fig. 5 third row: meta-testing on unseen tasks (5 here, as in docs/results.md)
 
 
@@ -243,14 +264,17 @@ class Config:
     outer_delta: float = setting(OUTER_DELTA, "Trust radius of the meta step, eq. 12 (authors' code).", POSITIVE)
     baseline_delta: float = setting(BASELINE_DELTA, "KL trust radius of the CPO / TRPO baselines' Fisher-metric "
                                     "steps (safety-starter-agents' target KL).", POSITIVE)
-    outer_metric: str = setting("identity", "Metric of the meta step: identity, the paper's Euclidean trust "
+    outer_metric: str = setting(None, "Metric of the meta step: identity, the paper's Euclidean trust "
                                 "region (eq. 12, Limitations section), or fisher (conjugate gradient on "
-                                "Fisher-vector products of the pre-adaptation batches).")
-    inner_metric: str = setting("identity", "Metric of the local steps: identity, the paper's Euclidean step "
+                                "Fisher-vector products of the pre-adaptation batches). Not given (None): the "
+                                "algorithm's, config.default_metrics: fisher for meta-cpo (measured, "
+                                "docs/results.md 'Which metric'), identity for meta-trpo (the paper's).")
+    inner_metric: str = setting(None, "Metric of the local steps: identity, the paper's Euclidean step "
                                 "(eq. 9 with H = I, radius inner_delta), or fisher: eq. 9 with the Fisher matrix "
                                 "H(phi_k) of batch k (damping cg_damping), inner_delta read as a KL radius, the "
                                 "chain differentiated exactly, terms through H(phi_k) included "
-                                "(docs/fisher-metric.md). The paper's until issue 15's 2 x 2 comparison is measured.")
+                                "(docs/fisher-metric.md). Not given (None): fisher for meta-cpo (measured, "
+                                "docs/results.md 'Which metric'), identity for meta-trpo (the paper's).")
     ls_kl: float = setting(LINE_SEARCH_KL, "Mean-KL bound every line search with the Euclidean metric "
                            "enforces (safety-starter-agents' target KL; derivations D19).", POSITIVE)
     ls_decay: float = setting(LINE_SEARCH_DECAY, "Backtracking factor of the line searches (derivations, "
@@ -281,6 +305,9 @@ class Config:
             raise ValueError(f"unknown task family {self.family!r}; valid names: {', '.join(FAMILIES)}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
+        for name, metric in zip(("inner_metric", "outer_metric"), default_metrics(self.algo)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, metric)
         if self.outer_metric not in OUTER_METRICS:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
         if self.inner_metric not in INNER_METRICS:

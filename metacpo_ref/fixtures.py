@@ -45,7 +45,7 @@ import numpy as np
 import metacpo_ref
 from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, init_value, standardize,
                                     surrogates, value_loss_and_grad)
-from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, Config
+from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, PAPER, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
 from metacpo_ref.dco import cpo_layer, cpo_step_vjp
 from metacpo_ref.fisher_solve import fisher_matrix
@@ -405,7 +405,7 @@ def compute_policy_update(inp, metric):
          "cg_damping": float(inp["cg_damping"])}
     # blocks written before the rule existed carry no "recover_above_limit": eq. 9 as it is
     recover = bool(int(inp["recover_above_limit"])) if "recover_above_limit" in inp else False
-    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), ls_kl=float(inp["kl_delta"]),
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), ls_kl=float(inp["kl_delta"]), **PAPER,
                     ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
                     recover_above_limit=recover, **radius)
     upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
@@ -595,7 +595,7 @@ def _meta_inputs(problem=meta_problem):
 
 def _traces_from(inp):
     spec = _spec(inp)
-    config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]))
+    config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]), **PAPER)
     traces = []
     for i in range(int(inp["n_tasks"])):
         steps = tuple(_step_data(inp, f"task{i}_step{k}_") for k in range(int(inp["local_steps"])))
@@ -707,7 +707,7 @@ def make_meta_gradient_fisher():
 
 def compute_outer_step(inp):
     spec, config, traces = _traces_from(inp)
-    config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]),
+    config = Config(hidden=spec.hidden, inner_delta=config.inner_delta, outer_delta=float(inp["outer_delta"]), **PAPER,
                     ls_kl=float(inp["kl_delta"]), ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
                     recover_above_limit=False)   # eq. 12 as it is (here G > 0: the rule would recover)
     res = outer_step(inp["theta"], traces, config)

@@ -216,7 +216,7 @@ def meta_problem(seed=3):
     from metacpo_ref.meta import synthetic_traces
     from metacpo_ref.policy import PolicySpec
 
-    config = Config(hidden=(4,))
+    config = Config(hidden=(4,), inner_metric="identity", outer_metric="identity")
     spec = PolicySpec(3, 2, (4,))
     theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=48,
                                      b_fracs=[[0.5, 1.5, 0.2], [0.3, 0.6, -0.1]],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from metacpo_ref.advantages import center, standardize, surrogates
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.update import StepData, policy_update, step_problem
@@ -36,7 +36,7 @@ def full_step(data, config):
 def test_infeasible_instance_recovers_although_the_reward_falls(algo):
     """Recovery (eq. 4) is accepted on the cost alone: case recovery, beta > 0, the cost
     surrogate goes down, even though the reward surrogate goes down with it."""
-    config = Config(hidden=(4,), algo=algo, inner_delta=0.05)
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, **PAPER)
     data = instance(0, 2.0, config.inner_delta if algo == "meta-cpo" else 1e3, reward_is_cost=True)
     upd = policy_update(SPEC, data.phi, data, config)
     assert upd.case == "recovery"
@@ -49,7 +49,7 @@ def test_a_euclidean_step_longer_than_the_kl_bound_is_cut_back(algo):
     """A Euclidean local step (the paper's metric: its radius says nothing about the KL)
     whose full length exceeds the line search's mean-KL bound ``ls_kl`` is cut back to
     the first fraction inside it (``beta / decay`` was outside)."""
-    config = Config(hidden=(4,), algo=algo, inner_delta=0.5, ls_kl=0.01)
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.5, ls_kl=0.01, **PAPER)
     data = instance(0, -0.9, config.inner_delta)
     step, _ = full_step(data, config)
     assert mean_kl(SPEC, data.phi, data.phi + step.x, data.obs) > config.ls_kl
@@ -65,7 +65,7 @@ def test_feasible_instance_never_accepts_a_cost_rise_above_its_allowance():
     (D19). On this instance the full step raises it by more; the accepted fraction
     raises it by less than ``-b`` but more than 0 (the allowance is used, not a zero
     allowance), and the fraction before it was refused for its cost."""
-    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=10.0)   # KL bound out of the way
+    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=10.0, **PAPER)   # KL bound out of the way
     data = instance(4, -0.5, config.inner_delta)
     step, b = full_step(data, config)
     assert b < 0 and step.case == "both"

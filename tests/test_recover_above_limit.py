@@ -19,7 +19,8 @@ from metacpo_ref.policy import PolicySpec
 from metacpo_ref.update import fisher_hinv, local_rule, policy_update, recovery_shift, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
-ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True)
+ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True, inner_metric="identity",
+          outer_metric="identity")
 A2 = np.array([1.0, 1.0])                                  # s = a'a = 2
 
 

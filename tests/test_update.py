@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metacpo_ref.advantages import surrogates
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.meta import synthetic_traces
 from metacpo_ref.policy import PolicySpec, mean_kl
@@ -48,7 +48,7 @@ def test_backtrack_returns_what_it_accepted():
 
 @pytest.mark.parametrize("algo, metric", [("meta-cpo", "identity"), ("cpo", "fisher")])
 def test_policy_update_reports_its_step(algo, metric):
-    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=False)   # eq. 9 as it is
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=False, **PAPER)   # eq. 9 as it is
     assert local_rule(config) == ((metric, 0.05) if metric == "identity" else (metric, config.baseline_delta))
     _, traces = synthetic_traces(SPEC, 1, 1, 1, config, b_fracs=[[0.3, 0.0]])   # both constraints active
     data = traces[0].steps[0]
@@ -67,7 +67,7 @@ def test_policy_update_reports_its_step(algo, metric):
 
 
 def test_policy_update_rejects_when_nothing_passes():
-    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=1e-12, ls_steps=3)
+    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=1e-12, ls_steps=3, **PAPER)
     _, traces = synthetic_traces(SPEC, 1, 1, 3, config)
     data = traces[0].steps[0]
     upd = policy_update(SPEC, data.phi, data, config)
