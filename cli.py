@@ -99,6 +99,8 @@ RESUME_FREE = ("iterations",)
                    "middle of their train range), e.g. point-circle --task radius=1.5,wall_factor=0.75 "
                    "(Safety-Gymnasium's SafetyPointCircle1-v0).")
 @config_option("recover_above_limit", "--recover-above-limit/--exact-cpo-above-limit")
+@config_option("split_meta_gradient", "--split-meta-gradient/--whole-meta-gradient")
+@config_option("vf_ftol")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True,
@@ -106,7 +108,7 @@ RESUME_FREE = ("iterations",)
                    "and --workers/--backend/--ray-address may change.")
 @execution_options
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed, task_text,
-          recover_above_limit, out_dir, resume, workers, backend, ray_address):
+          recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
     from metacpo_ref.workers import WorkerError
@@ -120,7 +122,7 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
     values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
                   episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric,
                   inner_metric=inner_metric, seed=seed, task=task,
-                  recover_above_limit=recover_above_limit)
+                  recover_above_limit=recover_above_limit, split_meta_gradient=split_meta_gradient, vf_ftol=vf_ftol)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     ctx = click.get_current_context()
     warn = lambda m: click.echo(f"warning: {m}", err=True)

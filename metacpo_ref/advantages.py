@@ -93,19 +93,22 @@ def value_loss(vspec, params, obs, targets):
     return anp.mean((value(vspec, params, obs) - targets) ** 2)
 
 
-def fit_value(vspec, params, obs, targets, iters=VF_ITERS):
+def fit_value(vspec, params, obs, targets, iters=VF_ITERS, ftol=None):
     """Fit ``V`` to ``targets`` by at most ``iters`` L-BFGS iterations (scipy L-BFGS-B), starting at ``params``.
 
     Warm start: pass the previous fit's parameters as ``params``. Returns new
-    parameters (``params`` is not modified); ``iters=0`` returns a copy.
+    parameters (``params`` is not modified); ``iters=0`` returns a copy. ``ftol``:
+    stop earlier once an iteration lowers the loss by less than ``ftol * max(loss, 1)``
+    (L-BFGS-B's own test; None: scipy's default, 2.2e-9).
     """
     params = np.array(params, dtype=np.float64)
     if iters <= 0:
         return params
     obs = np.asarray(obs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
+    options = {"maxiter": int(iters)} if ftol is None else {"maxiter": int(iters), "ftol": float(ftol)}
     res = minimize(lambda p: value_loss_and_grad(vspec, p, obs, targets), params, jac=True,
-                   method="L-BFGS-B", options={"maxiter": int(iters)})
+                   method="L-BFGS-B", options=options)
     return np.asarray(res.x, dtype=np.float64)
 
 
@@ -185,18 +188,19 @@ def _values(vspec, params, batch):
     return v_obs, v_boot
 
 
-def advantages(vspec, batch, vf_params_r, vf_params_c, gamma=GAMMA, lam=GAE_LAMBDA, iters=VF_ITERS):
+def advantages(vspec, batch, vf_params_r, vf_params_c, gamma=GAMMA, lam=GAE_LAMBDA, iters=VF_ITERS, ftol=None):
     """Reward and cost advantages of ``batch``, then one value fit each.
 
     Advantages use the value functions passed in (fitted on earlier batches);
     afterwards each value function is refitted on this batch's lambda-returns,
-    warm-started from the parameters passed in. Returns an :class:`AdvantageResult`.
+    warm-started from the parameters passed in (``iters``, ``ftol``: :func:`fit_value`).
+    Returns an :class:`AdvantageResult`.
     """
     out = {}
     for key, params, signal in (("r", vf_params_r, batch.rew), ("c", vf_params_c, batch.cost)):
         v_obs, v_boot = _values(vspec, params, batch)
         adv, targets = gae(batch, signal, v_obs, v_boot, gamma, lam)
-        new = fit_value(vspec, params, batch.obs, targets, iters)
+        new = fit_value(vspec, params, batch.obs, targets, iters, ftol)
         out[key] = (adv, targets, new, (float(np.mean((v_obs - targets) ** 2)),
                                         float(value_loss(vspec, new, batch.obs, targets))))
     adv_r, r_mean, r_std = standardize(out["r"][0])

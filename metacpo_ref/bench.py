@@ -30,8 +30,12 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
 - ``meta_iteration_learner_share``: per family, the learner's share of one
   Meta-CPO iteration (summed per-task env + learner time; quick mode uses a tiny
   iteration, the full bench the default 5 tasks x 5 local steps).
-- ``workers_2_speedup``: wall time of one Meta-CPO iteration (Point-Circle) with
-  one worker over two (pool start-up excluded).
+- ``workers_2_speedup``: wall time of one default-size Meta-CPO iteration (Point-Button,
+  5 tasks x 5 local steps; quick: a tiny Point-Circle one) with one worker over two
+  (pool start-up excluded); ``meta_iteration_serial_fraction``: the share of the
+  one-worker iteration outside the tasks' parallel inner loops (Amdahl's serial fraction).
+- ``workers_2_speedup_split_meta_gradient``, ``meta_iteration_serial_fraction_split_meta_gradient``:
+  the same with ``Config.split_meta_gradient`` (the tasks' meta-gradient parts in the workers).
 
 The package never imports cvxpy: the cvxpy + diffcp side of the CPO-layer
 figure is passed in by the ``bench`` command (``cli.cvxpy_cpo_oracle``).
@@ -190,7 +194,7 @@ def lean_step_speedup(family, steps=1000, seed=0):
 # --- everything ----------------------------------------------------------------------
 
 # How long run_bench takes on the 2-core machine of the README (measured; cli.py bench --help and README say the same)
-DURATION = {"full": "about five minutes", "quick": "about 20 seconds"}
+DURATION = {"full": "about ten minutes", "quick": "about 40 seconds"}
 
 
 def run_bench(cvxpy_oracle, quick=False):
@@ -217,8 +221,10 @@ def run_bench(cvxpy_oracle, quick=False):
         for d, h in ((28, (32, 16)), (60, (64, 32)))}
     size = dict(tasks=2, local_steps=1, episodes=1) if quick else dict(tasks=5, local_steps=5, episodes=None)
     out["meta_iteration_learner_share"] = {family: meta_iteration_split(family, **size)[1] for family in FAMILY_NAMES}
-    out["workers_2_speedup"] = workers_speedup(tasks=2 if quick else 4, local_steps=1 if quick else 2,
-                                               episodes=1 if quick else 2)
+    size = dict(family="point-circle", tasks=2, local_steps=1, episodes=1) if quick else {}
+    out["workers_2_speedup"], out["meta_iteration_serial_fraction"] = scaling_figures(*scaling(**size))
+    out["workers_2_speedup_split_meta_gradient"], out["meta_iteration_serial_fraction_split_meta_gradient"] = \
+        scaling_figures(*scaling(split_meta_gradient=True, **size))
     return out
 
 
@@ -242,32 +248,48 @@ def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2, i
     return t_grad / t_obj
 
 
-def meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=1):
-    """The last of ``iterations`` Meta-CPO iterations of ``family``: ``(seconds, learner
-    share, wall time of the whole run)``, the share of the summed per-task env and
-    learner time. With a pool the first iteration also starts the worker processes
-    (spawn, imports, an env each): time the second to leave that out."""
+def meta_iteration_row(family, tasks, local_steps, episodes, workers=1, iterations=1, **fields):
+    """The metrics row of the last of ``iterations`` Meta-CPO iterations of ``family`` (other
+    :class:`~metacpo_ref.config.Config` ``fields`` as given), and the wall time of the whole run."""
     import tempfile
 
     from metacpo_ref.config import Config
     from metacpo_ref.training import read_metrics, train
 
-    cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=iterations)
+    cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=iterations,
+                 **fields)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         train(cfg, d, workers=workers)
         wall = time.perf_counter() - t0
-        row = read_metrics(d)[-1]
+        return read_metrics(d)[-1], wall
+
+
+def meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=1, **fields):
+    """The last of ``iterations`` Meta-CPO iterations of ``family``: ``(seconds, learner
+    share, wall time of the whole run)``, the share of the summed per-task env and
+    learner time. With a pool the first iteration also starts the worker processes
+    (spawn, imports, an env each): time the second to leave that out."""
+    row, wall = meta_iteration_row(family, tasks, local_steps, episodes, workers, iterations, **fields)
     busy = row["time_env"] + row["time_learner"]
     return row["time_total"], row["time_learner"] / busy, wall
 
 
-def workers_speedup(family="point-circle", tasks=2, local_steps=1, episodes=1):
-    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2``: the
-    second iteration of each run, so that the pool's start-up (spawning the processes and
+def scaling(family="point-button", tasks=5, local_steps=5, episodes=None, **fields):
+    """The metrics rows of one Meta-CPO iteration with ``--workers 1`` and with ``--workers 2``:
+    the second iteration of each run, so that the pool's start-up (spawning the processes and
     building their envs, a one-off per run, done at the first iteration) is not counted."""
-    one = meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=2)[0]
-    two = meta_iteration_split(family, tasks, local_steps, episodes, workers=2, iterations=2)[0]
-    return one / two
+    return tuple(meta_iteration_row(family, tasks, local_steps, episodes, workers=w, iterations=2, **fields)[0]
+                 for w in (1, 2))
 
 
+def scaling_figures(one, two):
+    """``(speedup, serial fraction)`` from :func:`scaling`'s rows: wall time with one worker
+    over two, and the share of the one-worker iteration outside the tasks' inner loops (the
+    main process's outer step, the value refit, the checkpoint): Amdahl's serial fraction."""
+    return one["time_total"] / two["time_total"], (one["time_total"] - one["time_tasks"]) / one["time_total"]
+
+
+def workers_speedup(family="point-button", tasks=5, local_steps=5, episodes=None, **fields):
+    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2`` (:func:`scaling`)."""
+    return scaling_figures(*scaling(family, tasks, local_steps, episodes, **fields))[0]

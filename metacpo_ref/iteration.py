@@ -33,7 +33,10 @@ class Trace:
 class TaskJob:
     """One task's work in an iteration: the task, its index in the iteration, the
     parameters ``theta`` and value functions ``vf = (vf_r, vf_c)`` it starts from,
-    the run's config, the iteration, and the number of local updates."""
+    the run's config, the iteration, and the number of local updates. ``task_part``,
+    if given, is a function ``(theta, trace, config) -> part`` computed at the end of the
+    inner loop, where the task's data already is (Meta-CPO's per-task meta-gradient,
+    :func:`metacpo_ref.meta.task_gradient`); it must be a module-level function (pickled)."""
 
     task: object
     index: int
@@ -42,6 +45,7 @@ class TaskJob:
     config: object
     iteration: int
     local_steps: int
+    task_part: object = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +53,8 @@ class TaskRun:
     """One task's inner loop: its trace, per-batch returns/costs/steps (K + 1
     batches: k = 0..K-1 local, then evaluation), each local step's case, multipliers
     ``lam``, ``nu`` (eq. 9) and line-search fraction, the pre-adaptation batch
-    ``batch0`` and its value targets, and timings."""
+    ``batch0`` and its value targets, timings, and ``part``, the value of
+    :attr:`TaskJob.task_part` (None without one)."""
 
     trace: Trace
     returns: list
@@ -63,6 +68,7 @@ class TaskRun:
     targets0: tuple
     env_time: float
     learner_time: float
+    part: object = None
 
     @property
     def obs0(self):
@@ -99,15 +105,34 @@ def inner_loop(env, job):
             phi = upd.phi
         env_time += c.env_time
         learner_time += c.learner_time + time.perf_counter() - t0
-    return TaskRun(Trace(tuple(steps), c.data), batch0=batch0, targets0=targets0,
-                   env_time=env_time, learner_time=learner_time, **out)
+    trace, part, t0 = Trace(tuple(steps), c.data), None, time.perf_counter()
+    if job.task_part is not None:
+        part = job.task_part(job.theta, trace, config)
+    learner_time += time.perf_counter() - t0
+    return TaskRun(trace, batch0=batch0, targets0=targets0, env_time=env_time,
+                   learner_time=learner_time, part=part, **out)
 
 
 def refit_values(vspec, vf, runs, config):
     """Value functions of ``theta``: one fit on all pre-adaptation batches, warm-started."""
     obs = np.concatenate([r.obs0 for r in runs])
-    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters)
-                 for j, p in enumerate(vf))
+    return tuple(fit_value(vspec, p, obs, np.concatenate([r.targets0[j] for r in runs]), config.vf_iters,
+                           config.vf_ftol) for j, p in enumerate(vf))
+
+
+def refit_job(env, vspec, vf, runs, config):
+    """:func:`refit_values` as a job for the workers (``env`` unused): ``(vf_new, seconds)``."""
+    t0 = time.perf_counter()
+    return refit_values(vspec, vf, runs, config), time.perf_counter() - t0
+
+
+@dataclass(frozen=True, eq=False)
+class Refit:
+    """What :func:`refit_values` needs of a :class:`TaskRun`: the pre-adaptation
+    observations and value targets (not the whole trace, to keep the job small)."""
+
+    obs0: np.ndarray
+    targets0: tuple
 
 
 def json_float(v):
@@ -135,26 +160,39 @@ def iteration_metrics(tasks, runs, config):
         "tasks": rows,
         "time_env": float(sum(r.env_time for r in runs)),
         "time_learner": float(sum(r.learner_time for r in runs)),
+        "time_per_task": [float(r.env_time + r.learner_time) for r in runs],
     }
 
 
-def run_iteration(theta, vf, config, iteration, workers, local_steps, learn):
+def run_iteration(theta, vf, config, iteration, workers, local_steps, learn, task_part=None):
     """One iteration (Algorithm 1, lines 3-14, for any algorithm): sample
     ``config.tasks`` training tasks, run :func:`inner_loop` with ``local_steps``
     local updates on each (in parallel on ``workers``, a
     :class:`metacpo_ref.workers.Workers`), then the algorithm's own step
-    ``learn(theta, runs) -> (theta_new, metrics)``, then refit the value functions
-    ``vf = (vf_r, vf_c)`` on the pre-adaptation batches (the batches of ``theta``).
+    ``learn(theta, runs) -> (theta_new, metrics)``, and refit the value functions
+    ``vf = (vf_r, vf_c)`` on the pre-adaptation batches (the batches of ``theta``; on a
+    worker, at the same time as ``learn``). ``time_learner`` sums the seconds of both;
+    ``time_tasks`` is the wall time of the tasks' parallel inner loops, ``time_step``
+    and ``time_refit`` the seconds of ``learn`` (here) and of the refit (on a worker).
+    ``task_part`` (see :class:`TaskJob`) runs at the end of each task's inner loop.
     Returns ``(theta_new, vf_new, metrics)``; ``metrics`` is the frame's row
     (:func:`iteration_metrics`) updated with the algorithm's own."""
     _, vspec = specs(config)
     tasks = train_tasks(config.family, config.tasks, task_seed(config.seed, iteration), config.task)
-    jobs = [(TaskJob(task, i, theta, vf, config, iteration, local_steps),) for i, task in enumerate(tasks)]
+    jobs = [(TaskJob(task, i, theta, vf, config, iteration, local_steps, task_part),)
+            for i, task in enumerate(tasks)]
+    t0 = time.perf_counter()
     runs = workers.map(inner_loop, jobs, [f"task {i} {task.params}" for i, task in enumerate(tasks)])
+    tasks_time = time.perf_counter() - t0
+    # The refit needs only the pre-adaptation batches: it runs on a worker while this
+    # process takes the algorithm's own step (with one worker: here, before it).
+    refit = workers.submit(refit_job, (vspec, vf, [Refit(r.obs0, r.targets0) for r in runs], config),
+                           "value refit")
     t0 = time.perf_counter()
     theta_new, own = learn(theta, runs)
-    vf = refit_values(vspec, vf, runs, config)
     learn_time = time.perf_counter() - t0
+    vf, refit_time = refit()
     metrics = iteration_metrics(tasks, runs, config)
-    metrics.update(own, time_learner=metrics["time_learner"] + learn_time)
+    metrics.update(own, time_learner=metrics["time_learner"] + learn_time + refit_time, time_tasks=tasks_time,
+                   time_step=learn_time, time_refit=refit_time)
     return theta_new, vf, metrics

@@ -49,7 +49,7 @@ from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_para
 from metacpo_ref.fisher_step import fisher_local_step
 from metacpo_ref.fisher_solve import fisher_solver
 from metacpo_ref.update import (Acceptance, Candidate, StepData, backtrack, fisher_hinv, recovery_shift,
-                                step_problem)
+                                solve_once, step_problem)
 
 
 def policy_spec(traces, config):
@@ -108,6 +108,25 @@ def meta_gradient(theta, traces, config):
     return float(FG[0]), float(FG[1]), vjp(np.array([1.0, 0.0])), vjp(np.array([0.0, 1.0]))
 
 
+def task_gradient(theta, trace, config):
+    """One task's part of eq. 11, ``(F_i, G_i, dF_i/dtheta, dG_i/dtheta)``, computed where
+    the task's data is (``config.split_meta_gradient``); :func:`gradient_from_parts` sums them."""
+    spec = policy_spec([trace], config)
+    vjp, FG = make_vjp(lambda t: anp.stack(task_objective(t, trace, spec, config)))(
+        np.asarray(theta, dtype=np.float64))
+    return float(FG[0]), float(FG[1]), vjp(np.array([1.0, 0.0])), vjp(np.array([0.0, 1.0]))
+
+
+def gradient_from_parts(parts):
+    """``(F, G, dF, dG)`` of eqs. 10-11 from the tasks' :func:`task_gradient` parts: means
+    over tasks. ``F`` and ``G`` are the same floats as :func:`meta_gradient`'s; ``dF`` and
+    ``dG`` equal its gradients up to rounding (its single reverse pass adds the tasks'
+    terms in another order)."""
+    m = len(parts)
+    return (sum(p[0] for p in parts) / m, sum(p[1] for p in parts) / m,
+            sum(p[2] for p in parts) / m, sum(p[3] for p in parts) / m)
+
+
 # --- the outer step (eq. 12, Algorithm 1 lines 13-14) -------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +148,7 @@ class OuterResult:
     nu: float
 
 
-def outer_step(theta, traces, config):
+def outer_step(theta, traces, config, parts=None):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
     ``config.recover_above_limit``, whenever ``G > 0``: D34), then the
@@ -139,14 +158,15 @@ def outer_step(theta, traces, config):
     ``outer_delta`` with the Fisher metric).
     Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
     the pre-adaptation batches). Meta-TRPO (``config.constrained``
-    False) takes the trust-region step on ``dF`` alone."""
+    False) takes the trust-region step on ``dF`` alone. ``parts``: the tasks'
+    :func:`task_gradient` parts, computed already (``config.split_meta_gradient``)."""
     theta = np.asarray(theta, dtype=np.float64)
     spec = policy_spec(traces, config)
-    F, G, dF, dG = meta_gradient(theta, traces, config)
+    F, G, dF, dG = meta_gradient(theta, traces, config) if parts is None else gradient_from_parts(parts)
     obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
     hinv, kl_bound = None, config.ls_kl
     if config.outer_metric == "fisher":
-        hinv, kl_bound = fisher_hinv(spec, theta, obs0, config), config.outer_delta
+        hinv, kl_bound = solve_once(fisher_hinv(spec, theta, obs0, config)), config.outer_delta
     if config.constrained:
         shift = recovery_shift(G, dG, hinv, config.outer_delta, config)
         step = solve_step(dF, dG, G + shift, config.outer_delta, hinv=hinv)
@@ -170,11 +190,13 @@ def meta_iteration(theta, vf, config, iteration, workers):
     """Algorithm 1, lines 3-14: the frame of :func:`metacpo_ref.iteration.run_iteration`
     (``config.tasks`` sampled training tasks, each with ``config.local_steps`` local
     CPO steps of eq. 9, value functions refitted on the pre-adaptation batches) with
-    the outer step of eq. 12 on the recorded traces as the algorithm's own step.
-    Returns ``(theta_new, vf_new, metrics)``."""
+    the outer step of eq. 12 on the recorded traces as the algorithm's own step
+    (with ``config.split_meta_gradient``, each task's part of eq. 11 is computed at the
+    end of its inner loop, on the worker that holds its data). Returns ``(theta_new, vf_new, metrics)``."""
 
     def learn(theta, runs):
-        outer = outer_step(theta, [r.trace for r in runs], config)
+        parts = [r.part for r in runs] if config.split_meta_gradient else None
+        outer = outer_step(theta, [r.trace for r in runs], config, parts)
         cases = [c for r in runs for c in r.cases]
         return outer.theta, {
             "return_adapted": float(np.mean([r.returns[-1] for r in runs])),
@@ -184,7 +206,8 @@ def meta_iteration(theta, vf, config, iteration, workers):
             "outer_nu": json_float(outer.nu), "F": outer.F, "G": outer.G, "F_new": outer.F_new,
             "G_new": outer.G_new}
 
-    return run_iteration(theta, vf, config, iteration, workers, config.local_steps, learn)
+    return run_iteration(theta, vf, config, iteration, workers, config.local_steps, learn,
+                         task_gradient if config.split_meta_gradient else None)
 
 
 # --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------

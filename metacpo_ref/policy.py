@@ -132,6 +132,12 @@ def log_prob(spec, theta, obs, act):
     A single ``(obs_dim,), (act_dim,)`` pair gives a scalar.
     """
     mu, log_std = mean_and_log_std(spec, theta, obs)
+    return gaussian_log_prob(mu, log_std, act)
+
+
+def gaussian_log_prob(mu, log_std, act):
+    """``log N(act; mu, diag(exp(2 log_std)))`` per row, from the network's output
+    (:func:`log_prob` is this after :func:`mean_and_log_std`)."""
     z = (act - mu) * anp.exp(-log_std)
     return -0.5 * anp.sum(z ** 2 + 2.0 * log_std + LOG_2PI, axis=-1)
 
@@ -144,8 +150,11 @@ def mean_kl(spec, theta_old, theta, obs):
     Differentiable in both arguments; its Hessian in ``theta`` at
     ``theta = theta_old`` is the Fisher matrix ``H`` of eq. 3.
     """
-    mu_old, ls_old = mean_and_log_std(spec, theta_old, obs)
-    mu, ls = mean_and_log_std(spec, theta, obs)
+    return gaussian_mean_kl(*mean_and_log_std(spec, theta_old, obs), *mean_and_log_std(spec, theta, obs))
+
+
+def gaussian_mean_kl(mu_old, ls_old, mu, ls):
+    """:func:`mean_kl` from the two policies' network outputs on the same observations."""
     per_dim = (ls - ls_old) + (anp.exp(2.0 * ls_old) + (mu_old - mu) ** 2) / (2.0 * anp.exp(2.0 * ls)) - 0.5
     return anp.mean(anp.sum(per_dim, axis=-1))
 

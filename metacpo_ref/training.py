@@ -74,7 +74,8 @@ def config_to_json(config):
 
 RENAMED = {"kl_delta": ("baseline_delta", "ls_kl")}   # old config key -> the fields that took over its jobs
 # Fields added later, and the value that reproduces what a config written before them ran with.
-BEFORE_FIELD = {"recover_above_limit": False, "task": None, "inner_metric": "identity"}
+BEFORE_FIELD = {"recover_above_limit": False, "task": None, "inner_metric": "identity", "split_meta_gradient": False,
+                "vf_ftol": None}
 
 
 def config_from_dict(d):

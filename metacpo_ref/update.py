@@ -16,7 +16,7 @@ from metacpo_ref.advantages import ValueSpec, advantages, constraint_value, surr
 from metacpo_ref.config import FAMILIES
 from metacpo_ref.cpo import cg, solve_step
 from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.policy import PolicySpec, act_fn, fvp, mean_kl
+from metacpo_ref.policy import PolicySpec, act_fn, fvp, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std
 from metacpo_ref.rollouts import collect
 
 
@@ -68,7 +68,7 @@ def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
     t0 = time.perf_counter()
     batch = collect(env, act_fn(spec, phi), config.n_episodes, seed)
     env_time = time.perf_counter() - t0
-    adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters)
+    adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters, config.vf_ftol)
     data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r, adv.adv_c,
                     constraint_value(batch, cost_limit), np.array(phi, dtype=np.float64))
     return Collected(batch, data, adv, env_time, time.perf_counter() - t0 - env_time)
@@ -89,6 +89,57 @@ def step_problem(spec, phi, data, constrained=True):
     if not constrained:
         return g, np.zeros(len(data.phi)), -1.0
     return g, grad(L_C)(phi), data.b_hat + data.b_shift + L_C(phi) - L_C(data.phi)
+
+
+def step_problem_values(spec, phi, data, constrained=True):
+    """``(g, a, b, L_R(phi), L_C(phi))``: :func:`step_problem` at a plain ``phi`` (not
+    differentiated further) with the surrogates' values at ``phi``, each evaluated once;
+    ``L_C(phi^collected)`` is ``L_C(phi)`` when the batch was collected with ``phi``
+    (every update in training). The same floats as :func:`step_problem` and separate
+    evaluations, with two network passes fewer. (The values are plain evaluations, not
+    the gradients' forward passes: autograd computes ``z ** 2`` as ``power(z, 2)``,
+    which differs from NumPy's ``square`` in the last bit.)"""
+    L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
+    g, R0, C0 = grad(L_R)(phi), L_R(phi), L_C(phi)
+    if not constrained:
+        return g, np.zeros(len(data.phi)), -1.0, R0, C0
+    collected = C0 if np.array_equal(phi, data.phi) else L_C(data.phi)
+    return g, grad(L_C)(phi), data.b_hat + data.b_shift + C0 - collected, R0, C0
+
+
+def line_search_values(spec, phi, data):
+    """``cand -> (mean KL from phi, L_R(cand), L_C(cand))`` on ``data`` (D18, D19) with one
+    network pass per candidate (``phi``'s own pass is done once): the arithmetic of
+    :func:`metacpo_ref.policy.mean_kl` and :func:`metacpo_ref.advantages.surrogates`, so
+    the same floats as evaluating them one by one."""
+    obs = np.array(data.obs, dtype=np.float64)
+    act = np.array(data.act, dtype=np.float64)
+    logp_beh = np.array(data.logp_beh, dtype=np.float64)
+    adv_r = np.array(data.adv_r, dtype=np.float64)
+    adv_c = np.array(data.adv_c, dtype=np.float64)
+    mu_old, ls_old = mean_and_log_std(spec, phi, obs)
+
+    def values(cand):
+        mu, ls = mean_and_log_std(spec, cand, obs)
+        ratio = np.exp(gaussian_log_prob(mu, ls, act) - logp_beh)
+        return gaussian_mean_kl(mu_old, ls_old, mu, ls), np.mean(ratio * adv_r), np.mean(ratio * adv_c)
+
+    return values
+
+
+def solve_once(hinv):
+    """``hinv`` (``v -> H^{-1} v``) that remembers its last answer: the recovery rule
+    (:func:`recovery_shift`) and the step (:func:`metacpo_ref.cpo.solve_step`) both need
+    ``H^{-1} a``; with the Fisher metric it is one CG or Cholesky solve, not two."""
+    last = []
+
+    def solve(v):
+        if last and (last[0] is v or np.array_equal(last[0], v)):
+            return last[1]
+        last[:] = [np.array(v, dtype=np.float64), hinv(v)]
+        return last[1]
+
+    return solve
 
 
 def recovery_shift(b_hat, a, solve, delta, config):
@@ -209,21 +260,20 @@ def policy_update(spec, phi, data, config):
     """
     metric, delta = local_rule(config)
     phi = np.asarray(phi, dtype=np.float64)
-    g, a, b = step_problem(spec, phi, data, config.constrained)
+    g, a, b, R0, C0 = step_problem_values(spec, phi, data, config.constrained)
     hinv = None
     if metric == "fisher":
-        hinv = (fisher_solver(spec, phi, data.obs, config.cg_damping) if config.meta
-                else fisher_hinv(spec, phi, data.obs, config))
+        hinv = solve_once(fisher_solver(spec, phi, data.obs, config.cg_damping) if config.meta
+                          else fisher_hinv(spec, phi, data.obs, config))
     shift = recovery_shift(data.b_hat, a, hinv, delta, config)
     b = b + shift
     step = solve_step(g, a, b, delta, hinv=hinv)
-    L_R, L_C = surrogates(spec, data, data.adv_r, data.adv_c, data.logp_beh)
-    R0, C0 = L_R(phi), L_C(phi)
+    values = line_search_values(spec, phi, data)
 
     def evaluate(beta):
         cand = phi + beta * step.x
-        R, C = L_R(cand), L_C(cand)
-        return Candidate(beta, mean_kl(spec, phi, cand, data.obs), R, C)
+        kl, R, C = values(cand)
+        return Candidate(beta, kl, R, C)
 
     accepts = Acceptance(R0, C0, b, delta if metric == "fisher" else config.ls_kl,
                          step.case == "recovery", config.constrained)

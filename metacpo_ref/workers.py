@@ -104,7 +104,8 @@ BACKENDS = ("process", "ray")
 
 class Workers:
     """``map(fn, jobs, labels)`` over tasks in ``n`` processes (``n = 1``: here),
-    or on ``n`` Ray actors (``backend="ray"``)."""
+    or on ``n`` Ray actors (``backend="ray"``); ``submit(fn, job, label)`` for one job
+    that runs while the caller works on."""
 
     def __init__(self, family, obs_norm=None, n=1, task_timeout=None, backend="process", ray_address=None):
         if int(n) < 1:
@@ -139,15 +140,15 @@ class Workers:
         import ray
 
         refs = [self._actors[i % self.n].run.remote(fn, job) for i, job in enumerate(jobs)]
-        out = []
-        for ref, label in zip(refs, labels):
-            try:
-                out.append(ray.get(ref, timeout=self.task_timeout))
-            except ray.exceptions.GetTimeoutError:
-                raise WorkerError(f"{label} did not finish within {self.task_timeout} s") from None
-            except ray.exceptions.RayError as e:
-                raise WorkerError(f"{label} failed on a Ray worker: {e}") from None
-        return out
+        return [self._ray_result(ray, ref, label) for ref, label in zip(refs, labels)]
+
+    def _ray_result(self, ray, ref, label):
+        try:
+            return ray.get(ref, timeout=self.task_timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerError(f"{label} did not finish within {self.task_timeout} s") from None
+        except ray.exceptions.RayError as e:
+            raise WorkerError(f"{label} failed on a Ray worker: {e}") from None
 
     def map(self, fn, jobs, labels=None):
         """``[fn(env, *job) for job in jobs]``, in order; ``labels`` name the jobs in errors."""
@@ -155,29 +156,44 @@ class Workers:
         if self._actors is not None:
             return self._map_ray(fn, jobs, labels)
         if self._pool is None:
-            out = []
-            for job, label in zip(jobs, labels):
-                try:
-                    out.append(_run(fn, self.family, self.obs_norm, job))
-                except Exception as e:
-                    raise WorkerError(f"{label} failed: {type(e).__name__}: {e}") from e
-            return out
+            return [self._here(fn, job, label) for job, label in zip(jobs, labels)]
         futures = [self._pool.submit(_run, fn, self.family, self.obs_norm, job) for job in jobs]
-        out = []
-        for fut, label in zip(futures, labels):
-            try:
-                out.append(fut.result(timeout=self.task_timeout))
-            except cf.TimeoutError:
-                self.close(kill=True)
-                raise WorkerError(f"{label} did not finish within {self.task_timeout} s; "
-                                  "the worker was stopped") from None
-            except cf.process.BrokenProcessPool as e:
-                self.close(kill=True)
-                raise WorkerError(f"a worker process died while running {label} ({e})") from None
-            except Exception as e:
-                self.close(kill=True)
-                raise WorkerError(f"{label} failed in a worker: {type(e).__name__}: {e}") from e
-        return out
+        return [self._pool_result(fut, label) for fut, label in zip(futures, labels)]
+
+    def submit(self, fn, job, label="job"):
+        """Start ``fn(env, *job)`` and return ``result()``, which waits for its value: on a
+        pool process or a Ray actor while the caller goes on with other work (one worker:
+        here, at once). Errors as in :meth:`map`, raised by ``result()``."""
+        if self._actors is not None:
+            import ray
+
+            ref = self._actors[0].run.remote(fn, job)
+            return lambda: self._ray_result(ray, ref, label)
+        if self._pool is None:
+            value = self._here(fn, job, label)
+            return lambda: value
+        fut = self._pool.submit(_run, fn, self.family, self.obs_norm, job)
+        return lambda: self._pool_result(fut, label)
+
+    def _here(self, fn, job, label):
+        try:
+            return _run(fn, self.family, self.obs_norm, job)
+        except Exception as e:
+            raise WorkerError(f"{label} failed: {type(e).__name__}: {e}") from e
+
+    def _pool_result(self, fut, label):
+        try:
+            return fut.result(timeout=self.task_timeout)
+        except cf.TimeoutError:
+            self.close(kill=True)
+            raise WorkerError(f"{label} did not finish within {self.task_timeout} s; "
+                              "the worker was stopped") from None
+        except cf.process.BrokenProcessPool as e:
+            self.close(kill=True)
+            raise WorkerError(f"a worker process died while running {label} ({e})") from None
+        except Exception as e:
+            self.close(kill=True)
+            raise WorkerError(f"{label} failed in a worker: {type(e).__name__}: {e}") from e
 
     def close(self, kill=False):
         if self._actors is not None:

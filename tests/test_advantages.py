@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from autograd import grad, jacobian
 
+import metacpo_ref.advantages as advantages_module
 from metacpo_ref.advantages import (ValueSpec, advantages, center, constraint_value, fit_value, gae,
                                     init_value, standardize, surrogates, value, value_loss)
 from metacpo_ref.config import GAE_LAMBDA, GAMMA
@@ -133,6 +134,32 @@ def test_fit_value_warm_start():
     cold = fit_value(vspec, init_value(vspec, 1), obs2, y2, iters=5)
     assert value_loss(vspec, warm, obs2, y2) < value_loss(vspec, p1, obs2, y2)
     assert value_loss(vspec, warm, obs2, y2) < 0.5 * value_loss(vspec, cold, obs2, y2)
+
+
+def test_fit_value_ftol_stops_early():
+    """``ftol`` (Config.vf_ftol) ends the fit once an iteration gains less than it: fewer
+    loss evaluations and a worse fit than the full ``iters``; None is the plain fit, and
+    ``advantages`` passes it on."""
+    vspec = ValueSpec(OBS_DIM)
+    obs, y = regression_data(4)
+    p0 = init_value(vspec, 4)
+    calls = []
+    real = advantages_module.value_loss_and_grad
+    counted = lambda *a: calls.append(1) or real(*a)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(advantages_module, "value_loss_and_grad", counted)
+        full = fit_value(vspec, p0, obs, y, iters=50)
+        n_full = len(calls)
+        early = fit_value(vspec, p0, obs, y, iters=50, ftol=1e-2)
+    assert len(calls) - n_full < 0.7 * n_full
+    assert value_loss(vspec, full, obs, y) < value_loss(vspec, early, obs, y) < value_loss(vspec, p0, obs, y)
+    np.testing.assert_array_equal(fit_value(vspec, p0, obs, y, iters=50, ftol=None), full)
+    b = make_batch(np.random.default_rng(9), [(40, "cut"), (30, "term")])
+    small = ValueSpec(OBS_DIM, hidden=(6,))
+    pr, pc = init_value(small, 4), init_value(small, 5)
+    res = advantages(small, b, pr, pc, GAMMA, GAE_LAMBDA, 50, 1e-2)
+    np.testing.assert_array_equal(res.vf_params_r, fit_value(small, pr, b.obs, res.targets_r, 50, 1e-2))
+    assert not np.array_equal(res.vf_params_r, fit_value(small, pr, b.obs, res.targets_r, 50))
 
 
 def test_advantages_result():

@@ -9,8 +9,9 @@ from metacpo_ref.advantages import surrogates
 from metacpo_ref.config import Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
-                                   meta_problem, meta_step_report, rel_error, step_margin)
-from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step, synthetic_traces
+                                   meta_problem, meta_problem_fisher, meta_step_report, rel_error, step_margin)
+from metacpo_ref.meta import (Trace, gradient_from_parts, meta_gradient, meta_objective, outer_step,
+                              synthetic_traces, task_gradient)
 from metacpo_ref.update import step_problem
 from metacpo_ref.policy import PolicySpec
 
@@ -169,3 +170,27 @@ def test_meta_trpo_ignores_cost():
     cfg = dataclasses.replace(CFG, algo="meta-trpo")
     res = outer_step(theta, traces, cfg)
     assert res.case == "trust" and res.F_new > res.F
+
+
+@pytest.mark.parametrize("problem", [meta_problem, meta_problem_fisher])
+def test_meta_gradient_is_the_mean_of_the_task_parts(problem):
+    """config.split_meta_gradient (issue 18): each task's part of eq. 11, computed from its
+    own trace alone, is the meta-gradient of that one task; their mean is the whole
+    meta-gradient: F and G to the bit, dF and dG up to rounding (another summation order)."""
+    config, spec, theta, traces = problem()
+    parts = [task_gradient(theta, tr, config) for tr in traces]
+    for part, tr in zip(parts, traces):
+        alone = meta_gradient(theta, [tr], config)
+        assert part[:2] == alone[:2]
+        np.testing.assert_array_equal(part[2], alone[2])
+        np.testing.assert_array_equal(part[3], alone[3])
+    assert rel_error(parts[0][2], parts[1][2]) > 0.1   # the tasks' parts differ: the sum is not trivial
+    F, G, dF, dG = gradient_from_parts(parts)
+    whole = meta_gradient(theta, traces, config)
+    assert (F, G) == whole[:2]
+    for split, joint in ((dF, whole[2]), (dG, whole[3])):
+        np.testing.assert_allclose(split, joint, rtol=1e-12, atol=1e-15 * np.abs(joint).max())
+    a = outer_step(theta, traces, config)
+    b = outer_step(theta, traces, config, parts)
+    assert (a.case, a.beta, a.F, a.G) == (b.case, b.beta, b.F, b.G)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=1e-12, atol=1e-15)

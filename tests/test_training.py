@@ -32,6 +32,12 @@ def test_one_iteration_each_algorithm(tmp_path, algo):
     assert row["iteration"] == 0 and row["env_steps"] == row["steps"] > 0
     assert np.isfinite(row["return"]) and row["cost"] >= 0 and row["cost_limit"] == 10.0
     assert row["time_env"] > 0 and row["time_learner"] > 0
+    # the time split of issue 18: each task's inner loop, the tasks' wall time, the main
+    # process's step and the value refit, which the learner time adds up
+    assert len(row["time_per_task"]) == cfg.tasks and min(row["time_per_task"]) > 0
+    assert sum(row["time_per_task"]) == pytest.approx(row["time_env"] + row["time_learner"]
+                                                      - row["time_step"] - row["time_refit"], rel=1e-9)
+    assert 0 < row["time_tasks"] < row["time_total"] and row["time_step"] > 0 and row["time_refit"] > 0
     assert sum(row["cases"].values()) == (2 if algo.startswith("meta") else 1)
     if algo in ("meta-trpo", "trpo"):
         assert set(row["cases"]) == {"trust"}

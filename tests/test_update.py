@@ -10,8 +10,9 @@ from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.meta import synthetic_traces
 from metacpo_ref.policy import PolicySpec, mean_kl
+from metacpo_ref.fisher_solve import fisher_solver
 from metacpo_ref.update import (Acceptance, Candidate, backtrack, fisher_hinv, local_rule, policy_update,
-                                step_problem)
+                                recovery_shift, solve_once, step_problem)
 
 SPEC = PolicySpec(3, 2, (4,))
 
@@ -73,3 +74,46 @@ def test_policy_update_rejects_when_nothing_passes():
     assert upd.beta == 0.0 and upd.dL_R == upd.dL_C == 0.0
     np.testing.assert_array_equal(upd.phi, data.phi)
     assert upd.lam > 0   # the step was solved, only not taken
+
+
+def test_solve_once_solves_each_vector_once():
+    """The recovery rule and the step both need H^{-1} a (issue 18): one solve, the same answer."""
+    calls = []
+
+    def hinv(v):
+        calls.append(np.array(v))
+        return 2.0 * np.asarray(v)
+
+    solve = solve_once(hinv)
+    a, g = np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    np.testing.assert_array_equal(solve(a), [2.0, -4.0])
+    assert solve(a) is solve(a.copy()) and len(calls) == 1        # the same vector: remembered
+    np.testing.assert_array_equal(solve(g), [1.0, 1.0])
+    assert len(calls) == 2 and solve(a)[0] == 2.0 and len(calls) == 3   # a new vector: solved
+
+
+@pytest.mark.parametrize("algo, metric", [("meta-cpo", "fisher"), ("cpo", "fisher"), ("meta-cpo", "identity")])
+def test_policy_update_above_the_limit_equals_its_pieces(algo, metric):
+    """With the recovery rule firing, the update (values shared, one H^{-1} a solve) equals
+    the step computed from its pieces one by one, to the bit."""
+    config = Config(hidden=(4,), algo=algo, inner_metric=metric, inner_delta=0.05)
+    _, traces = synthetic_traces(SPEC, 1, 1, 1, config, b_fracs=[[0.3, 0.0]])
+    data = dataclasses.replace(traces[0].steps[0], b_hat=0.02)              # above the limit
+    upd = policy_update(SPEC, data.phi, data, config)
+    g, a, b = step_problem(SPEC, data.phi, data)
+    metric_, delta = local_rule(config)
+    hinv = None
+    if metric_ == "fisher":
+        hinv = (fisher_solver(SPEC, data.phi, data.obs, config.cg_damping) if config.meta
+                else fisher_hinv(SPEC, data.phi, data.obs, config))
+    shift = recovery_shift(data.b_hat, a, hinv, delta, config)
+    step = solve_step(g, a, b + shift, delta, hinv=hinv)
+    assert shift > 0 and upd.case == step.case == "recovery" and upd.b_shift == shift
+    L_R, L_C = surrogates(SPEC, data, data.adv_r, data.adv_c, data.logp_beh)
+    bound = config.ls_kl if metric_ == "identity" else delta
+    beta = next(0.8 ** j for j in range(15)
+                if mean_kl(SPEC, data.phi, data.phi + 0.8 ** j * step.x, data.obs) <= bound
+                and L_C(data.phi + 0.8 ** j * step.x) - L_C(data.phi) <= 0.0)
+    assert upd.beta == beta
+    np.testing.assert_array_equal(upd.phi, data.phi + beta * step.x)
+    assert (upd.dL_R, upd.dL_C) == (L_R(upd.phi) - L_R(data.phi), L_C(upd.phi) - L_C(data.phi))

@@ -34,12 +34,12 @@ def spy_training(tmp_path, workers):
     seen = {}
     real = metacpo_ref.meta.run_iteration
 
-    def run_iteration(theta, vf, config, iteration, w, local_steps, learn):
+    def run_iteration(theta, vf, config, iteration, w, local_steps, learn, task_part=None):
         def spy_learn(theta_, runs):
             seen["runs"] = runs
             return learn(theta_, runs)
 
-        out = real(theta, vf, config, iteration, w, local_steps, spy_learn)
+        out = real(theta, vf, config, iteration, w, local_steps, spy_learn, task_part)
         seen.update(theta=theta, vf=vf, obs_norm=w.obs_norm, vf_out=out[1], metrics=out[2])
         return out
 

@@ -29,6 +29,23 @@ def test_worker_count_does_not_change_results(tmp_path, algo):
     assert load_checkpoint(tmp_path / "w2" / "checkpoint.npz").iteration == 1
 
 
+def test_split_meta_gradient_same_for_any_worker_count(tmp_path):
+    """config.split_meta_gradient: the tasks' meta-gradient parts, computed in the workers,
+    give the same run for 1 and 2 workers (to the bit), and the run of the whole
+    meta-gradient up to rounding (meta.gradient_from_parts)."""
+    split = Config(split_meta_gradient=True, **TINY)
+    one = train(split, tmp_path / "w1", workers=1)
+    two = train(split, tmp_path / "w2", workers=2)
+    np.testing.assert_array_equal(one.theta, two.theta)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    assert strip(read_metrics(tmp_path / "w1")) == strip(read_metrics(tmp_path / "w2"))
+    whole = train(Config(**TINY), tmp_path / "whole", workers=1)
+    np.testing.assert_allclose(one.theta, whole.theta, rtol=1e-12, atol=1e-14)
+    assert not np.array_equal(one.theta, whole.theta)   # the parts were summed here: other rounding
+    (row,), (row_whole,) = read_metrics(tmp_path / "w1"), read_metrics(tmp_path / "whole")
+    assert (row["F"], row["G"]) == (row_whole["F"], row_whole["G"]) and row["outer_beta"] > 0
+
+
 def failing_job(env, x):
     if x == 1:
         raise RuntimeError("boom")
@@ -42,6 +59,11 @@ def hanging_job(env, x):
 def test_failures_name_the_task():
     with Workers("point-circle", n=2) as w:
         assert w.map(failing_job, [(0,), (2,)]) == [28, 30]
+        assert w.submit(failing_job, (2,))() == 30
+        pending = w.submit(failing_job, (1,), "the refit")
+        with pytest.raises(WorkerError, match="the refit failed in a worker: RuntimeError: boom"):
+            pending()
+    with Workers("point-circle", n=2) as w:
         with pytest.raises(WorkerError, match="task B failed in a worker: RuntimeError: boom"):
             w.map(failing_job, [(0,), (1,)], ["task A", "task B"])
     with Workers("point-circle", n=2, task_timeout=3) as w:
@@ -52,6 +74,9 @@ def test_failures_name_the_task():
     with Workers("point-circle", n=1) as w:   # in-process, the same report
         with pytest.raises(WorkerError, match="job 0 failed: RuntimeError: boom"):
             w.map(failing_job, [(1,)])
+        assert w.submit(failing_job, (2,))() == 30
+        with pytest.raises(WorkerError, match="job failed: RuntimeError: boom"):
+            w.submit(failing_job, (1,))()
 
 
 @pytest.mark.slow
