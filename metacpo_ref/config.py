@@ -233,8 +233,8 @@ class Config:
     algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
                         "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
     iterations: int = setting(500, "Meta-iterations (baselines: iterations) of the whole run, counted from 0; "
-                              "on --resume the new total (measured: ~21 s per default point-button "
-                              "iteration on 2 cores, README).", COUNT)
+                              "on --resume the new total (measured: ~40 s per default point-button "
+                              "meta-iteration, one worker, README).", COUNT)
     tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", COUNT)
     local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", COUNT)
     episodes: int = setting(None, "Episodes per batch; None: the family's (6 for the circle families, "
