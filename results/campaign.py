@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from metacpo_ref.config import ALGOS, FAMILIES, Config  # noqa: E402
+from metacpo_ref.training import config_from_dict  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first
 SEEDS = (0, 1, 2)            # paper: 3 seeds
@@ -577,12 +578,15 @@ def estimate(run, measured):
 def config_changes(run):
     """The settings in which ``run``'s ``config.json`` differs from what the campaign
     would start today (config.py's defaults), apart from the iteration count."""
-    stored = read_json(run.path / "config.json")
-    if not isinstance(stored, dict):
+    raw = read_json(run.path / "config.json")
+    if not isinstance(raw, dict):
         return []
+    try:   # what the run uses: a field it predates has the value it ran with (training.BEFORE_FIELD, or the default)
+        stored = json.loads(json.dumps(dataclasses.asdict(config_from_dict(raw))))
+    except (TypeError, ValueError) as e:
+        return [f"unreadable ({e})"]
     planned = json.loads(json.dumps(dataclasses.asdict(run.config)))
-    return [k for k in planned if k != "iterations" and stored.get(k, "missing") != planned[k]] + \
-        [k for k in stored if k not in planned]
+    return [k for k in planned if k != "iterations" and stored.get(k, "missing") != planned[k]]
 
 
 def meta_test_mark(run, iteration, finished):
