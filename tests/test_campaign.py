@@ -304,3 +304,17 @@ def test_summarize_gives_each_metric_pair_of_meta_cpo_its_own_row():
     assert len(labels) == 4
     assert mod.label({"algo": "cpo", "inner_metric": "fisher", "outer_metric": "fisher"}) == "cpo"
     assert mod.label({"algo": "meta-cpo", "outer_metric": "identity"}) == "meta-cpo"   # before issue 15
+
+
+def test_status_does_not_report_fields_a_run_predates(tmp_path):
+    """A run whose config.json was written before a field existed (it ran with the value
+    training.BEFORE_FIELD or the default gives) is not reported as differing in it; a
+    real difference still is."""
+    d = make_run(tmp_path, "car-circle-hazard", "trpo", 0, 7, 15_000)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["split_meta_gradient"], cfg["vf_ftol"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    run = next(r for r in campaign.plan(("car-circle-hazard",), ("trpo",), (0,), root=tmp_path))
+    assert campaign.config_changes(run) == []
+    (d / "config.json").write_text(json.dumps({**cfg, "gae_lambda": 0.5}))
+    assert campaign.config_changes(run) == ["gae_lambda"]
