@@ -51,6 +51,7 @@ def test_one_iteration_each_algorithm(tmp_path, algo):
             c for c, n in row["cases"].items() for _ in range(n))
     else:
         assert row["lam"] > 0 and (row["nu"] is None) == ("recovery" in row["cases"])
+        assert 0 <= row["beta"] <= 1   # the baselines' accepted line-search fraction is recorded
         assert all(set(t) == {"params", "returns", "costs"} for t in row["tasks"])
     if algo.endswith("trpo"):
         assert (row["outer_nu"] if algo == "meta-trpo" else row["nu"]) == 0.0
