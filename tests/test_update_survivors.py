@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metacpo_ref.advantages import advantages, init_value, surrogates
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.envs import make_env
 from metacpo_ref.fisher_solve import fisher_solver
@@ -24,7 +24,7 @@ SPEC = PolicySpec(3, 2, (4,))
 def test_recovery_shift_is_twice_the_infeasibility_threshold_minus_b_hat():
     """D34: shift = max(0, 2 sqrt(2 delta s) - b_hat), s = a'H^{-1}a in the given metric;
     0 at or below the limit, for a = 0, and once b_hat alone is past the threshold."""
-    config = Config(hidden=(4,), recover_above_limit=True)
+    config = Config(hidden=(4,), recover_above_limit=True, **PAPER)
     a, delta = np.array([0.3, -0.2, 0.1]), 0.05
     M = np.diag([2.0, 0.5, 4.0])
     solve = lambda v: np.linalg.solve(M, v)   # noqa: E731
@@ -40,7 +40,7 @@ def test_recovery_shift_is_twice_the_infeasibility_threshold_minus_b_hat():
 
 
 def recovering(algo, **change):
-    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=True, **change)
+    config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=True, **{**PAPER, **change})
     return config, instance(1, 0.5, 0.05)   # feasible for eq. 9 but above the limit (b_hat > 0)
 
 
@@ -62,7 +62,7 @@ def test_policy_update_records_the_shift_of_its_own_metric(algo, ls_kl):
 
 def test_rejected_update_reports_the_step_it_solved():
     """Nothing accepted: the old parameters, and the solved step's case, lam and nu."""
-    config = Config(hidden=(4,), inner_delta=0.5, ls_kl=1e-12, ls_steps=2, recover_above_limit=False)
+    config = Config(hidden=(4,), inner_delta=0.5, ls_kl=1e-12, ls_steps=2, recover_above_limit=False, **PAPER)
     data = instance(4, -0.5, 0.5)
     g, a, b = step_problem(SPEC, data.phi, data)
     step = solve_step(g, a, b, 0.5)
@@ -121,7 +121,7 @@ def test_b_is_b_hat_plus_shift_plus_the_cost_surrogate_change_since_collection()
 
 
 def test_reported_cost_change_is_relative_to_the_cost_surrogate_before_the_step():
-    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=10.0, recover_above_limit=False)
+    config = Config(hidden=(4,), inner_delta=0.05, ls_kl=10.0, recover_above_limit=False, **PAPER)
     data = uncentred(instance(4, -0.5, 0.05))
     _, L_C = surrogates(SPEC, data, data.adv_r, data.adv_c, data.logp_beh)
     upd = policy_update(SPEC, data.phi, data, config)
