@@ -212,11 +212,11 @@ def meta_problem(seed=3):
     """The seeded synthetic meta-problem of the meta checks: a tiny policy
     (3 -> 4 -> 2), K = 2 local steps, two tasks; its four local steps are
     "trust", "recovery", "both", "both"."""
-    from metacpo_ref.config import Config
+    from metacpo_ref.config import PAPER, Config
     from metacpo_ref.meta import synthetic_traces
     from metacpo_ref.policy import PolicySpec
 
-    config = Config(hidden=(4,), inner_metric="identity", outer_metric="identity")
+    config = Config(hidden=(4,), **PAPER)
     spec = PolicySpec(3, 2, (4,))
     theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=48,
                                      b_fracs=[[0.5, 1.5, 0.2], [0.3, 0.6, -0.1]],

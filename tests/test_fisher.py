@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from autograd import grad, jacobian
 
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import step_vjp
 from metacpo_ref.fisher_solve import InexactSolveWarning, fisher_matrix, fisher_solver
@@ -117,7 +117,7 @@ def test_fisher_and_euclidean_chains_differ():
     """The metric is really used: the same traces give another objective gradient."""
     config, spec, theta, traces = meta_problem_fisher()
     dF_f = meta_gradient(theta, traces, config)[2]
-    dF_e = meta_gradient(theta, traces, Config(hidden=(4,), inner_metric="identity", outer_metric="identity"))[2]
+    dF_e = meta_gradient(theta, traces, Config(hidden=(4,), **PAPER))[2]
     assert rel_error(dF_e, dF_f) > 1e-2
 
 

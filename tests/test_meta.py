@@ -6,7 +6,7 @@ import pytest
 from autograd import grad, hessian
 
 from metacpo_ref.advantages import surrogates
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
                                    meta_problem, meta_problem_fisher, meta_step_report, rel_error, step_margin)
@@ -16,7 +16,7 @@ from metacpo_ref.update import step_problem
 from metacpo_ref.policy import PolicySpec
 
 SPEC = PolicySpec(3, 2, (4,))
-CFG = Config(hidden=(4,), inner_metric="identity", outer_metric="identity")   # the paper's chain
+CFG = Config(hidden=(4,), **PAPER)   # the paper's chain
 
 
 def test_meta_objective_deterministic():

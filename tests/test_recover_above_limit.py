@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from metacpo_ref.advantages import surrogates
-from metacpo_ref.config import Config
+from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.gradcheck import central_diff, rel_error
 from metacpo_ref.meta import adapted_params, meta_gradient, meta_objective, outer_step, synthetic_traces
@@ -19,8 +19,7 @@ from metacpo_ref.policy import PolicySpec
 from metacpo_ref.update import fisher_hinv, local_rule, policy_update, recovery_shift, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
-ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True, inner_metric="identity",
-          outer_metric="identity")
+ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True, **PAPER)
 A2 = np.array([1.0, 1.0])                                  # s = a'a = 2
 
 
