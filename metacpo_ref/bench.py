@@ -289,7 +289,3 @@ def scaling_figures(one, two):
     main process's outer step, the value refit, the checkpoint): Amdahl's serial fraction."""
     return one["time_total"] / two["time_total"], (one["time_total"] - one["time_tasks"]) / one["time_total"]
 
-
-def workers_speedup(family="point-button", tasks=5, local_steps=5, episodes=None, **fields):
-    """Wall time of one Meta-CPO iteration with ``--workers 1`` over ``--workers 2`` (:func:`scaling`)."""
-    return scaling_figures(*scaling(family, tasks, local_steps, episodes, **fields))[0]
