@@ -288,4 +288,3 @@ def scaling_figures(one, two):
     over two, and the share of the one-worker iteration outside the tasks' inner loops (the
     main process's outer step, the value refit, the checkpoint): Amdahl's serial fraction."""
     return one["time_total"] / two["time_total"], (one["time_total"] - one["time_tasks"]) / one["time_total"]
-
