@@ -19,7 +19,7 @@ import scipy.linalg
 
 from metacpo_ref.config import FISHER_CG_MAX_ITERS, FISHER_CG_TOL, FISHER_DIRECT_MAX
 from metacpo_ref.cpo import cg
-from metacpo_ref.policy import fvp
+from metacpo_ref.policy import fisher_product, fvp
 
 
 class InexactSolveWarning(RuntimeWarning):
@@ -34,8 +34,8 @@ def fisher_hvp(spec, obs, damping):
 
 def fisher_matrix(spec, phi, obs, damping):
     """The dense ``H(phi) + damping I`` (symmetrised), column by column: ``n`` products."""
-    n = len(phi)
-    H = np.stack([fvp(spec, phi, obs, e, damping) for e in np.eye(n)], axis=1)
+    product = fisher_product(spec, np.asarray(phi, dtype=np.float64), obs, damping)
+    H = np.stack([product(e) for e in np.eye(len(phi))], axis=1)
     return 0.5 * (H + H.T)
 
 
@@ -48,8 +48,7 @@ def fisher_solver(spec, phi, obs, damping, direct_max=FISHER_DIRECT_MAX, tol=FIS
         factor = scipy.linalg.cho_factor(fisher_matrix(spec, phi, obs, damping))
         return lambda v: scipy.linalg.cho_solve(factor, np.asarray(v, dtype=np.float64))
 
-    def matvec(u):
-        return fvp(spec, phi, obs, u, damping)
+    matvec = fisher_product(spec, phi, obs, damping)
 
     def solve(v):
         v = np.asarray(v, dtype=np.float64)

@@ -16,7 +16,7 @@ from metacpo_ref.advantages import ValueSpec, advantages, constraint_value, surr
 from metacpo_ref.config import FAMILIES
 from metacpo_ref.cpo import cg, solve_step
 from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.policy import PolicySpec, act_fn, fvp, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std
+from metacpo_ref.policy import PolicySpec, act_fn, fisher_product, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std
 from metacpo_ref.rollouts import collect
 
 
@@ -214,9 +214,8 @@ def backtrack(evaluate, accepts, decay, max_steps):
 def fisher_hinv(spec, theta, obs, config):
     """``v -> H^{-1} v`` for the Fisher matrix at ``theta`` on ``obs`` (conjugate gradient
     on Fisher-vector products, ``config.cg_iters`` iterations, damping ``config.cg_damping``)."""
-    def hinv(v):
-        return cg(lambda u: fvp(spec, theta, obs, u, config.cg_damping), v, config.cg_iters, 1e-10)
-    return hinv
+    product = fisher_product(spec, np.asarray(theta, dtype=np.float64), obs, config.cg_damping)
+    return lambda v: cg(product, v, config.cg_iters, 1e-10)
 
 
 @dataclass(frozen=True, eq=False)

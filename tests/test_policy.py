@@ -113,14 +113,14 @@ def test_fvp_against_explicit_fisher():
 
 def test_mean_jvp_and_vjp_are_the_jacobian_products():
     """D35's two passes: ``J v`` and ``J^T u`` against autograd's Jacobian of the mean."""
-    from metacpo_ref.policy import mean_jvp, mean_vjp, n_mlp_params
+    from metacpo_ref.policy import mean_jvp, mean_linearisation, mean_vjp, n_mlp_params
     theta, obs, _, rng = tiny_problem(8)
     m = n_mlp_params(TINY.sizes)
     J = jacobian(lambda t: mlp(TINY.sizes, t, obs))(theta)                     # (N, act_dim, n)
     v, u = rng.standard_normal(theta.size), rng.standard_normal((len(obs), TINY.act_dim))
-    jv, hidden = mean_jvp(TINY, theta, obs, v)
-    assert rel_error(jv, J @ v) < 1e-12
-    assert rel_error(mean_vjp(TINY, theta, obs, hidden, u), np.einsum("nai,na->i", J, u)[:m]) < 1e-12
+    lin = mean_linearisation(TINY, theta, obs)
+    assert rel_error(mean_jvp(TINY, lin, v), J @ v) < 1e-12
+    assert rel_error(mean_vjp(TINY, lin, u), np.einsum("nai,na->i", J, u)[:m]) < 1e-12
 
 
 def test_fvp_equals_the_kl_hessian_vector_product_at_a_family_size():
