@@ -34,8 +34,9 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
   5 tasks x 5 local steps; quick: a tiny Point-Circle one) with one worker over two
   (pool start-up excluded); ``meta_iteration_serial_fraction``: the share of the
   one-worker iteration outside the tasks' parallel inner loops (Amdahl's serial fraction).
-- ``workers_2_speedup_split_meta_gradient``, ``meta_iteration_serial_fraction_split_meta_gradient``:
-  the same with ``Config.split_meta_gradient`` (the tasks' meta-gradient parts in the workers).
+- ``workers_2_speedup_whole_meta_gradient``, ``meta_iteration_serial_fraction_whole_meta_gradient``:
+  the same with ``split_meta_gradient=False`` (the whole meta-gradient in the main process; the
+  default splits it into the tasks' parts, computed in the workers).
 
 The package never imports cvxpy: the cvxpy + diffcp side of the CPO-layer
 figure is passed in by the ``bench`` command (``cli.cvxpy_cpo_oracle``).
@@ -223,8 +224,8 @@ def run_bench(cvxpy_oracle, quick=False):
     out["meta_iteration_learner_share"] = {family: meta_iteration_split(family, **size)[1] for family in FAMILY_NAMES}
     size = dict(family="point-circle", tasks=2, local_steps=1, episodes=1) if quick else {}
     out["workers_2_speedup"], out["meta_iteration_serial_fraction"] = scaling_figures(*scaling(**size))
-    out["workers_2_speedup_split_meta_gradient"], out["meta_iteration_serial_fraction_split_meta_gradient"] = \
-        scaling_figures(*scaling(split_meta_gradient=True, **size))
+    out["workers_2_speedup_whole_meta_gradient"], out["meta_iteration_serial_fraction_whole_meta_gradient"] = \
+        scaling_figures(*scaling(split_meta_gradient=False, **size))
     return out
 
 

@@ -293,12 +293,14 @@ class Config:
     task: dict = setting(None, "Train on this one task (its parameters, e.g. {'radius': 1.5, 'wall_factor': "
                          "0.75}, checked against Table 1's ranges) instead of sampling tasks; None: sampled.")
     split_meta_gradient: bool = setting(
-        False, "Meta-CPO: compute each task's part of eq. 11 (F_i, G_i, dF_i, dG_i) at the end of its inner loop, "
+        None, "Meta-CPO, Meta-TRPO: compute each task's part of eq. 11 (F_i, G_i, dF_i, dG_i) at the end of its inner loop, "
         "on the worker that holds the task's data, and only sum them in the main process (issue 18: less serial "
         "work, measured in README's scaling table). The same gradient up to rounding, not to the bit: one "
         "reverse pass over all tasks adds the tasks' terms in another order (measured: max |difference| "
         "5.6e-17, in 54% of the entries, 3 synthetic tasks), so a run's later iterations drift apart by "
-        "rounding. False: one reverse pass over all tasks in the main process, as every run under results/.")
+        "rounding. False (--whole-meta-gradient): one reverse pass over all tasks in the main process, the "
+        "default until issue 18's second session (the runs under results/ started before it keep it). Not given "
+        "(None): True for the meta algorithms, False for cpo and trpo (which have no meta-gradient).")
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -308,6 +310,8 @@ class Config:
         for name, metric in zip(("inner_metric", "outer_metric"), default_metrics(self.algo)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, metric)
+        if self.split_meta_gradient is None:
+            object.__setattr__(self, "split_meta_gradient", self.meta)
         if self.outer_metric not in OUTER_METRICS:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
         if self.inner_metric not in INNER_METRICS:

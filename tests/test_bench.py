@@ -14,7 +14,7 @@ KEYS = ("cpo_layer_speedup_vs_cvxpy", "fast_reset_speedup", "rollout_speedup_vs_
 def test_quick_bench_reports_every_figure():
     out = run_bench(cvxpy_cpo_oracle, quick=True)
     assert set(KEYS) <= set(out)
-    for key in KEYS + ("workers_2_speedup", "workers_2_speedup_split_meta_gradient"):
+    for key in KEYS + ("workers_2_speedup", "workers_2_speedup_whole_meta_gradient"):
         assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0, (key, out[key])
     assert len(out["meta_gradient_cost_ratio"]) == 2
     assert len(out["meta_gradient_cost_ratio_fisher"]) == 2
@@ -23,7 +23,7 @@ def test_quick_bench_reports_every_figure():
     for value in [*out["meta_gradient_cost_ratio"].values(), *out["meta_iteration_learner_share"].values()]:
         assert math.isfinite(value) and value > 0
     assert all(v < 1 for v in out["meta_iteration_learner_share"].values())
-    for key in ("meta_iteration_serial_fraction", "meta_iteration_serial_fraction_split_meta_gradient"):
+    for key in ("meta_iteration_serial_fraction", "meta_iteration_serial_fraction_whole_meta_gradient"):
         assert 0 < out[key] < 1, (key, out[key])
 
 

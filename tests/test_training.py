@@ -88,9 +88,11 @@ def test_committed_run_from_before_the_kl_delta_split_loads_and_resumes(tmp_path
     shutil.copytree(src, tmp_path / "run")
     cfg = Config(family="point-circle", algo=old["algo"], tasks=old["tasks"], local_steps=old["local_steps"],
                  episodes=old["episodes"], seed=old["seed"], iterations=old["iterations"] + 1,
-                 recover_above_limit=False, inner_metric="identity", outer_metric=old["outer_metric"])
+                 recover_above_limit=False, inner_metric="identity", outer_metric=old["outer_metric"],
+                 split_meta_gradient=False)
     # (what runs before those fields ran with: training.BEFORE_FIELD)
     assert state.config.recover_above_limit is False and state.config.task is None
+    assert state.config.split_meta_gradient is False
     resumed = prepare_run(cfg, tmp_path / "run", resume=True)   # refuses any config change but iterations
     np.testing.assert_array_equal(resumed.theta, state.theta)
     assert resumed.iteration == state.iteration == old["iterations"]

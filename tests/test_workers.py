@@ -39,7 +39,7 @@ def test_split_meta_gradient_same_for_any_worker_count(tmp_path):
     np.testing.assert_array_equal(one.theta, two.theta)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
     assert strip(read_metrics(tmp_path / "w1")) == strip(read_metrics(tmp_path / "w2"))
-    whole = train(Config(**TINY), tmp_path / "whole", workers=1)
+    whole = train(Config(split_meta_gradient=False, **TINY), tmp_path / "whole", workers=1)
     np.testing.assert_allclose(one.theta, whole.theta, rtol=1e-12, atol=1e-14)
     assert not np.array_equal(one.theta, whole.theta)   # the parts were summed here: other rounding
     (row,), (row_whole,) = read_metrics(tmp_path / "w1"), read_metrics(tmp_path / "whole")
@@ -148,3 +148,16 @@ def test_unreachable_ray_address_fails_fast():
     with pytest.raises(WorkerError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         Workers("point-circle", n=2, backend="ray", ray_address="127.0.0.1:1")
     assert time.time() - t0 < 10
+
+
+def test_split_meta_gradient_is_the_meta_algorithms_default_and_old_runs_keep_theirs():
+    """The meta algorithms split the meta-gradient unless told otherwise; the baselines have
+    none to split; a run whose config.json predates the field resumes with the single
+    reverse pass it ran with (training.BEFORE_FIELD)."""
+    from metacpo_ref.training import config_from_dict
+    assert Config(algo="meta-cpo").split_meta_gradient is True and Config(algo="meta-trpo").split_meta_gradient is True
+    assert Config(algo="cpo").split_meta_gradient is False and Config(algo="trpo").split_meta_gradient is False
+    assert Config(algo="meta-cpo", split_meta_gradient=False).split_meta_gradient is False
+    old = json.loads(json.dumps({k: v for k, v in Config().__dict__.items() if k != "split_meta_gradient"}))
+    assert config_from_dict(old).split_meta_gradient is False
+    assert config_from_dict({**old, "split_meta_gradient": True}).split_meta_gradient is True
