@@ -233,7 +233,7 @@ class Config:
     algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
                         "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
     iterations: int = setting(500, "Meta-iterations (baselines: iterations) of the whole run, counted from 0; "
-                              "on --resume the new total (measured: ~40 s per default point-button "
+                              "on --resume the new total (measured: ~22 s per default point-button "
                               "meta-iteration, one worker, README).", COUNT)
     tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", COUNT)
     local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", COUNT)
