@@ -223,8 +223,14 @@ class SafeEnv:
         return self._env
 
     def reset(self, seed=None):
+        seed = None if seed is None else int(seed)
         with fast_skybox(self.fast):
-            obs, info = self._env.reset(seed=None if seed is None else int(seed))
+            if self._env.task.world is None:
+                # Stock builds the first world one mj_forward short of a rebuilt one: where the car
+                # starts in contact, that moved the solver's warm start (qacc_warmstart) and the last
+                # bits of the episode. Build it once here, so that every reset rebuilds (test_envs.py).
+                self._env.reset(seed=seed)
+            obs, info = self._env.reset(seed=seed)
         if self.lean:
             self._lean_step = LeanStep(self._env)   # ids change with every rebuilt world
         return obs, info
