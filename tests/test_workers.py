@@ -169,13 +169,23 @@ def test_ray_addresses_are_parsed_before_connecting():
     """check_ray_address reaches a listening HOST:PORT in each form (ray://, IPv6 in
     brackets), refuses an unreachable one naming it, and leaves forms without a numeric
     port (auto, a name) to Ray."""
-    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
-        for s, host in ((v4, "127.0.0.1"), (v6, "::1")):
-            s.bind((host, 0))
-            s.listen(4)
-        p4, p6 = v4.getsockname()[1], v6.getsockname()[1]
-        for address in (f"127.0.0.1:{p4}", f"ray://127.0.0.1:{p4}", f"[::1]:{p6}", f"ray://[::1]:{p6}"):
-            assert check_ray_address(address) is None, address
+    servers = []
+    try:
+        for family, host, forms in ((socket.AF_INET, "127.0.0.1", ("{}:{}", "ray://{}:{}")),
+                                    (socket.AF_INET6, "::1", ("[{}]:{}", "ray://[{}]:{}"))):
+            try:
+                servers.append(socket.socket(family))
+                servers[-1].bind((host, 0))
+            except OSError:   # no IPv6 loopback on this machine: the IPv4 forms only
+                assert family == socket.AF_INET6
+                continue
+            servers[-1].listen(4)
+            for form in forms:
+                address = form.format(host, servers[-1].getsockname()[1])
+                assert check_ray_address(address) is None, address
+    finally:
+        for server in servers:
+            server.close()
     for address in ("ray://127.0.0.1:1", "[::1]:1"):
         with pytest.raises(WorkerError, match=f"cannot reach the Ray cluster at {re.escape(address)} "):
             check_ray_address(address)
