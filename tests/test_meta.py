@@ -8,11 +8,12 @@ from autograd import grad, hessian
 from metacpo_ref.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
 from metacpo_ref.cpo import solve_step
+from metacpo_ref.fisher_solve import fisher_solver
 from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
                                    meta_problem, meta_problem_fisher, meta_step_report, rel_error, step_margin)
-from metacpo_ref.meta import (Trace, gradient_from_parts, meta_gradient, meta_objective, outer_step,
+from metacpo_ref.meta import (Trace, gradient_from_parts, inner_step, meta_gradient, meta_objective, outer_step,
                               synthetic_traces, task_gradient)
-from metacpo_ref.update import step_problem
+from metacpo_ref.update import fisher_hinv, step_problem
 from metacpo_ref.policy import PolicySpec
 
 SPEC = PolicySpec(3, 2, (4,))
@@ -163,6 +164,22 @@ def test_outer_step_fisher_metric_stays_in_kl_trust_region():
     assert res.beta > 0 and res.F_new > res.F
     obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
     assert mean_kl(SPEC, theta, res.theta, obs0) <= cfg.outer_delta
+    # the step of eq. 12 in the Fisher metric of the pre-adaptation batches (CG solve)
+    ref = solve_step(res.dF, res.dG, res.G, cfg.outer_delta, hinv=fisher_hinv(SPEC, theta, obs0, cfg))
+    assert res.case == ref.case == "trust"
+    np.testing.assert_allclose(res.theta, theta + res.beta * ref.x, rtol=1e-9, atol=1e-12)
+
+
+def test_outer_step_without_local_steps_bounds_the_kl_on_the_evaluation_batches():
+    """K = 0 traces (no local step: the evaluation batch is theta's own): the outer step's
+    KL is measured on the evaluation batches."""
+    from metacpo_ref.policy import mean_kl
+
+    theta, traces = synthetic_traces(SPEC, 2, 0, 1, CFG)
+    cfg = dataclasses.replace(CFG, outer_metric="fisher")
+    res = outer_step(theta, traces, cfg)
+    obs = np.concatenate([tr.eval.obs for tr in traces])
+    assert res.beta > 0 and mean_kl(SPEC, theta, res.theta, obs) <= cfg.outer_delta
 
 
 def test_meta_trpo_ignores_cost():
@@ -170,6 +187,19 @@ def test_meta_trpo_ignores_cost():
     cfg = dataclasses.replace(CFG, algo="meta-trpo")
     res = outer_step(theta, traces, cfg)
     assert res.case == "trust" and res.F_new > res.F
+
+
+def test_meta_trpo_fisher_outer_step_is_the_natural_gradient_step():
+    """Meta-TRPO with outer_metric "fisher": the outer step is the trust-region step on dF
+    alone in the Fisher metric of the pre-adaptation batches, sqrt(2 delta / g'H^-1 g) H^-1 g."""
+    theta, traces = _outer_instance("recovery")
+    cfg = dataclasses.replace(CFG, algo="meta-trpo", outer_metric="fisher")
+    res = outer_step(theta, traces, cfg)
+    hinv = fisher_hinv(SPEC, theta, np.concatenate([tr.steps[0].obs for tr in traces]), cfg)
+    x = hinv(res.dF)
+    assert res.case == "trust" and res.beta > 0
+    np.testing.assert_allclose(res.theta, theta + res.beta * np.sqrt(2 * cfg.outer_delta / (res.dF @ x)) * x,
+                               rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("problem", [meta_problem, meta_problem_fisher])
@@ -194,3 +224,107 @@ def test_meta_gradient_is_the_mean_of_the_task_parts(problem):
     b = outer_step(theta, traces, config, parts)
     assert (a.case, a.beta, a.F, a.G) == (b.case, b.beta, b.F, b.G)
     np.testing.assert_allclose(b.theta, a.theta, rtol=1e-12, atol=1e-15)
+
+
+def test_meta_trpo_local_step_is_the_trust_region_step_on_the_reward_alone():
+    """Meta-TRPO's local step as eq. 11 replays it (Euclidean, meta-trpo's default metric)
+    ignores the cost: phi + beta sqrt(2 delta / g'g) g, also on a batch past its cost
+    limit, where Meta-CPO's step is a recovery step."""
+    cfg = Config(algo="meta-trpo", hidden=(4,), **PAPER)
+    theta, traces = synthetic_traces(SPEC, 1, 1, 0, CFG, b_fracs=[[1.5, 0.2]], betas=[[0.8]])
+    d = traces[0].steps[0]
+    L_R, _ = surrogates(SPEC, d, d.adv_r, d.adv_c, d.logp_beh)
+    g = grad(L_R)(theta)
+    ref = theta + 0.8 * np.sqrt(2 * cfg.inner_delta / (g @ g)) * g
+    np.testing.assert_allclose(inner_step(SPEC, theta, d, cfg), ref, rtol=1e-9, atol=1e-12)
+    assert solve_step(*step_problem(SPEC, theta, d), CFG.inner_delta).case == "recovery"
+    assert np.abs(inner_step(SPEC, theta, d, CFG) - ref).max() > 1e-3
+
+
+def test_synthetic_traces_default_constraint_values_are_feasible_of_both_signs():
+    """Without ``b_fracs`` every batch's ``b_hat`` is ``frac sqrt(2 delta s)`` with ``frac``
+    uniform on (-0.8, 0.8): feasible (no recovery step), of both signs."""
+    _, traces = synthetic_traces(SPEC, 6, 2, 1, CFG)
+    fracs = []
+    for tr in traces:
+        for d in (*tr.steps, tr.eval):
+            _, a, _ = step_problem(SPEC, d.phi, d)
+            fracs.append(d.b_hat / np.sqrt(2 * CFG.inner_delta * (a @ a)))
+    assert len(fracs) == 18
+    assert max(np.abs(fracs)) < 0.8 and min(fracs) < -0.2 and max(fracs) > 0.2
+
+
+def test_meta_iteration_row_reports_the_adapted_batches_and_the_outer_step(monkeypatch):
+    """One meta-iteration (K = 2, two tasks): the row's adapted return and cost are the means
+    of the tasks' last (phi_K) batches, its case counts those of the tasks' local steps, and
+    its outer-step fields, like the new theta, are those of the outer step taken, which uses
+the tasks' meta-gradient parts (config.split_meta_gradient)."""
+    import metacpo_ref.meta
+    from metacpo_ref.advantages import init_value
+    from metacpo_ref.iteration import json_float
+    from metacpo_ref.meta import meta_iteration
+    from metacpo_ref.policy import init_theta
+    from metacpo_ref.update import specs
+    from metacpo_ref.workers import Workers
+
+    config = Config(family="point-circle", tasks=2, local_steps=2, episodes=1, hidden=(8,))
+    spec, vspec = specs(config)
+    taken = []
+
+    def spy(theta, traces, config, parts=None):
+        taken.append((outer_step(theta, traces, config, parts), parts))
+        return taken[-1][0]
+
+    monkeypatch.setattr(metacpo_ref.meta, "outer_step", spy)
+    with Workers(config.family) as w:
+        theta, _, row = meta_iteration(init_theta(spec, 0), (init_value(vspec, 1), init_value(vspec, 2)),
+                                       config, 0, w)
+    tasks = row["tasks"]
+    assert len(tasks) == 2 and all(len(t["returns"]) == len(t["costs"]) == 3 for t in tasks)
+    assert row["return_adapted"] == float(np.mean([t["returns"][-1] for t in tasks]))
+    assert row["cost_adapted"] == float(np.mean([t["costs"][-1] for t in tasks]))
+    cases = [c for t in tasks for c in t["cases"]]
+    assert row["cases"] == {c: cases.count(c) for c in set(cases)} and sum(row["cases"].values()) == 4
+    ((res, parts),) = taken
+    assert config.split_meta_gradient and len(parts) == 2   # the tasks' parts of eq. 11, not recomputed
+    np.testing.assert_array_equal(res.dF, gradient_from_parts(parts)[2])
+    np.testing.assert_array_equal(theta, res.theta)
+    assert (row["outer_case"], row["outer_beta"], row["outer_lam"], row["outer_nu"]) == (
+        res.case, res.beta, res.lam, json_float(res.nu))
+    assert (row["F"], row["G"], row["F_new"], row["G_new"]) == (res.F, res.G, res.F_new, res.G_new)
+
+
+def test_a_rejected_outer_step_keeps_theta_and_reports_no_change():
+    """When no line-search candidate passes (here: a KL bound no step meets), theta stays,
+    the accepted fraction is 0 and the reported (F, G) after are those before."""
+    theta, traces = _outer_instance("trust")
+    res = outer_step(theta, traces, dataclasses.replace(CFG, ls_kl=1e-14))
+    assert res.case == "trust" and res.beta == 0.0
+    np.testing.assert_array_equal(res.theta, theta)
+    assert (res.F_new, res.G_new) == (res.F, res.G)
+    np.testing.assert_allclose((res.F, res.G), meta_objective(theta, traces, CFG), rtol=1e-12, atol=1e-15)
+
+
+def test_G_is_relative_to_the_cost_surrogate_at_the_collecting_parameters():
+    """Eq. 10's G_i = b_hat + L_C(phi_K) - L_C(phi_K^collected): on the nominal chain (theta
+    that recorded the traces) it is the mean b_hat of the evaluation batches, also when the
+    cost advantages are not centred (L_C(phi^collected) = mean(A_C) is then not 0)."""
+    theta, traces = synthetic_traces(SPEC, 2, 1, 4, CFG)
+    shifted = [Trace(tr.steps, dataclasses.replace(tr.eval, adv_c=tr.eval.adv_c + 0.3)) for tr in traces]
+    _, G = meta_objective(theta, shifted, CFG)
+    assert G == pytest.approx(np.mean([tr.eval.b_hat for tr in traces]), abs=1e-12)
+
+
+def test_meta_trpo_fisher_local_step_ignores_the_cost():
+    """Meta-TRPO with inner_metric "fisher": the replayed local step is the natural-gradient
+    step on the reward alone, phi + beta sqrt(2 delta / g'H^-1 g) H^-1 g (H of the batch at
+    phi, exact solve), also on a batch past its cost limit."""
+    cfg = Config(algo="meta-trpo", hidden=(4,), inner_metric="fisher", outer_metric="identity")
+    theta, traces = synthetic_traces(SPEC, 1, 1, 0, cfg, b_fracs=[[1.5, 0.2]], betas=[[0.8]])
+    d = traces[0].steps[0]
+    L_R, _ = surrogates(SPEC, d, d.adv_r, d.adv_c, d.logp_beh)
+    x = fisher_solver(SPEC, theta, d.obs, cfg.cg_damping)(grad(L_R)(theta))
+    ref = theta + 0.8 * np.sqrt(2 * cfg.inner_delta / (grad(L_R)(theta) @ x)) * x
+    np.testing.assert_allclose(inner_step(SPEC, theta, d, cfg), ref, rtol=1e-9, atol=1e-12)
+    meta_cpo = dataclasses.replace(cfg, algo="meta-cpo")
+    assert np.abs(inner_step(SPEC, theta, d, meta_cpo) - ref).max() > 1e-3

@@ -108,3 +108,19 @@ def test_outer_step_recovers_when_G_is_above_the_limit():
     old = outer_step(theta, traces, dataclasses.replace(config, recover_above_limit=False))
     assert new.case == "recovery" and old.case != "recovery"
     assert new.beta > 0 and new.G_new < G
+
+
+def test_outer_step_with_the_fisher_metric_shifts_by_its_fisher_threshold():
+    """D34 in the outer step with outer_metric "fisher": the shift is measured in the Fisher
+    metric of the pre-adaptation batches (s = dG'H^-1 dG), and so is the recovery step."""
+    config = Config(**{**ON, "outer_metric": "fisher"})
+    theta, traces = synthetic_traces(SPEC, 2, 1, 7, config, b_fracs=[[-0.5, 0.3], [-0.5, 0.2]])
+    res = outer_step(theta, traces, config)
+    assert res.G > 0 and res.case == "recovery" and res.beta > 0
+    obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
+    hinv = fisher_hinv(SPEC, theta, obs0, config)
+    s = res.dG @ hinv(res.dG)
+    assert abs(s - res.dG @ res.dG) > 0.1 * s   # the two metrics' thresholds differ here
+    shift = max(0.0, 2 * np.sqrt(2 * config.outer_delta * s) - res.G)
+    ref = solve_step(res.dF, res.dG, res.G + shift, config.outer_delta, hinv=hinv)
+    np.testing.assert_allclose(res.theta, theta + res.beta * ref.x, rtol=1e-8, atol=1e-12)

@@ -37,7 +37,8 @@ def test_one_iteration_each_algorithm(tmp_path, algo):
     assert len(row["time_per_task"]) == cfg.tasks and min(row["time_per_task"]) > 0
     assert sum(row["time_per_task"]) == pytest.approx(row["time_env"] + row["time_learner"]
                                                       - row["time_step"] - row["time_refit"], rel=1e-9)
-    assert 0 < row["time_tasks"] < row["time_total"] and row["time_step"] > 0 and row["time_refit"] > 0
+    assert 0 < row["time_tasks"] < row["time_total"]
+    assert 0 < row["time_step"] < row["time_total"] and 0 < row["time_refit"] < row["time_total"]
     assert sum(row["cases"].values()) == (2 if algo.startswith("meta") else 1)
     if algo in ("meta-trpo", "trpo"):
         assert set(row["cases"]) == {"trust"}

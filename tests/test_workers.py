@@ -1,7 +1,9 @@
 """Parallel per-task work: same numbers for any worker count; failures name the task."""
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ import pytest
 
 from metacpo_ref.config import Config
 from metacpo_ref.training import load_checkpoint, read_metrics, train
-from metacpo_ref.workers import WorkerError, Workers
+from metacpo_ref.workers import WorkerError, Workers, check_ray_address
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 
@@ -161,3 +163,31 @@ def test_split_meta_gradient_is_the_meta_algorithms_default_and_old_runs_keep_th
     old = json.loads(json.dumps({k: v for k, v in Config().__dict__.items() if k != "split_meta_gradient"}))
     assert config_from_dict(old).split_meta_gradient is False
     assert config_from_dict({**old, "split_meta_gradient": True}).split_meta_gradient is True
+
+
+def test_ray_addresses_are_parsed_before_connecting():
+    """check_ray_address reaches a listening HOST:PORT in each form (ray://, IPv6 in
+    brackets), refuses an unreachable one naming it, and leaves forms without a numeric
+    port (auto, a name) to Ray."""
+    servers = []
+    try:
+        for family, host, forms in ((socket.AF_INET, "127.0.0.1", ("{}:{}", "ray://{}:{}")),
+                                    (socket.AF_INET6, "::1", ("[{}]:{}", "ray://[{}]:{}"))):
+            try:
+                servers.append(socket.socket(family))
+                servers[-1].bind((host, 0))
+            except OSError:   # no IPv6 loopback on this machine: the IPv4 forms only
+                assert family == socket.AF_INET6
+                continue
+            servers[-1].listen(4)
+            for form in forms:
+                address = form.format(host, servers[-1].getsockname()[1])
+                assert check_ray_address(address) is None, address
+    finally:
+        for server in servers:
+            server.close()
+    for address in ("ray://127.0.0.1:1", "[::1]:1"):
+        with pytest.raises(WorkerError, match=f"cannot reach the Ray cluster at {re.escape(address)} "):
+            check_ray_address(address)
+    for address in ("auto", "127.0.0.1:port", "head-node"):
+        assert check_ray_address(address) is None
