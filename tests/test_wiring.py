@@ -1,5 +1,6 @@
 """The training pipeline's wiring against independent references (not only against other
 runs): what each batch sees, which value functions and limits each step uses."""
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +13,11 @@ from metacpo_ref.advantages import advantages, constraint_value, fit_value, init
 from metacpo_ref.baselines import pooled_data
 from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
-from metacpo_ref.policy import act_fn, init_theta
+from metacpo_ref.policy import act_fn, init_theta, mlp
 from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.training import (NORM_ITERATION, State, initial_state, meta_test, read_metrics, save_checkpoint,
-                                  train)
+from metacpo_ref.training import (NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on, initial_state,
+                                  load_policy, meta_test, read_metrics, save_checkpoint, train)
 from metacpo_ref.update import StepData, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -188,6 +189,128 @@ def test_meta_test_uses_the_family_test_limit_by_default(tmp_path):
     for r, e in zip(rows, explicit):
         assert r["return"] == pytest.approx(e["return"], rel=1e-9) and r["cost"] == e["cost"]
     assert meta_test(ckpt, n_tasks=1, adapt_steps=0, cost_limit=10.0)[0]["cost_limit"] == 10.0
+
+
+def _test_adaptation(deterministic, seed=5):
+    config = Config(**TINY)
+    spec, vspec = specs(config)
+    task = sample_tasks("point-circle", 1, "test", seed=0)[0]
+    theta = init_theta(spec, 3)
+    vf = (init_value(vspec, 1), init_value(vspec, 2))
+    env = make_env("point-circle")
+    phi1, stats = adapt_on(env, task, theta, 1, config, vf, seed, 10.0, deterministic)
+    return config, spec, task, env, theta, phi1, stats
+
+
+def _batch_stats(env, task, spec, phi, config, key, deterministic=False):
+    """(mean return, mean cost, cost per step) of an independent batch of ``phi`` under seed ``key``."""
+    env.set_task(task)
+    b = collect(env, act_fn(spec, phi, deterministic=deterministic), config.n_episodes, batch_seed(*key))
+    return float(np.mean(b.ep_return)), float(np.mean(b.ep_cost)), float(np.sum(b.ep_cost) / np.sum(b.ep_len))
+
+
+def test_meta_test_batches_are_keyed_by_seed_test_iteration_task_and_step():
+    """Meta-testing's batch j is collected with ``phi_j`` under the seed key (seed,
+    TEST_ITERATION, task key, j): what adapt_on reports for step j is that batch (an
+    independent collect), one entry per step k = 0..K; another seed gives other batches."""
+    config, spec, task, env, theta, phi1, stats = _test_adaptation(False)
+    assert len(stats) == 2 and not np.array_equal(phi1, theta)
+    for j, phi in enumerate((theta, phi1)):
+        assert stats[j] == _batch_stats(env, task, spec, phi, config, (5, TEST_ITERATION, _task_key(task), j))
+    assert _test_adaptation(False, seed=6)[-1][0] != stats[0]
+
+
+def test_deterministic_meta_test_reports_mean_action_episodes_and_adapts_on_the_stochastic_batches():
+    """``deterministic=True`` changes what is reported, not how the policy adapts: the same
+    ``phi_k`` as the stochastic meta-test, and for each step the mean-action episodes of
+    ``phi_j`` under their own seed key (seed, TEST_ITERATION + 1, task key, j)."""
+    *_, phi_s, stats_s = _test_adaptation(False)
+    config, spec, task, env, theta, phi_d, stats_d = _test_adaptation(True)
+    np.testing.assert_array_equal(phi_d, phi_s)
+    assert len(stats_d) == 2 and stats_d[0] != stats_s[0]
+    for j, phi in enumerate((theta, phi_d)):
+        assert stats_d[j] == _batch_stats(env, task, spec, phi, config,
+                                           (5, TEST_ITERATION + 1, _task_key(task), j), True)
+
+
+def _checkpoint_with_a_normaliser(tmp_path, family="point-circle"):
+    config = Config(**{**TINY, "family": family})
+    spec, vspec = specs(config)
+    rng = np.random.default_rng(4)
+    norm = ObsNorm(rng.standard_normal(spec.obs_dim), rng.uniform(0.5, 2.0, spec.obs_dim))
+    theta = init_theta(spec, 0) + 0.3 * rng.standard_normal(init_theta(spec, 0).size)
+    state = State(config, theta, (init_value(vspec, 1), init_value(vspec, 2)), norm, 0, 0)
+    save_checkpoint(tmp_path / "checkpoint.npz", state)
+    return tmp_path / "checkpoint.npz", state, spec
+
+
+def test_load_policy_is_the_policy_on_normalised_observations(tmp_path):
+    """load_policy's ``act(raw obs)`` is the run's policy on the run's normalised
+    observations: the mean action, or a sample from its own generator seeded 0."""
+    ckpt, state, spec = _checkpoint_with_a_normaliser(tmp_path)
+    raw = 3.0 * np.random.default_rng(5).standard_normal(spec.obs_dim) + 1.0
+    mu = mlp(spec.sizes, state.theta, state.obs_norm(raw))
+    assert not np.allclose(mu, mlp(spec.sizes, state.theta, raw))
+    np.testing.assert_array_equal(load_policy(ckpt)(raw), mu)
+    sample = load_policy(ckpt, deterministic=False)
+    eps = np.random.default_rng(0).standard_normal((2, spec.act_dim))
+    std = np.exp(state.theta[-spec.act_dim:])
+    np.testing.assert_allclose(sample(raw), mu + std * eps[0], rtol=1e-12)
+    np.testing.assert_allclose(sample(raw), mu + std * eps[1], rtol=1e-12)
+
+
+def test_adapt_api_defaults_are_fresh_value_functions_and_the_family_test_limit(tmp_path):
+    """The Python API's ``adapt``: with a checkpoint's normaliser, its policy adapts on
+    normalised observations; not given, the value functions are fresh (seeds 1, 2) and the
+    cost limit is the family's test limit (car-circle-hazard: 5, not the training 10)."""
+    _, state, spec = _checkpoint_with_a_normaliser(tmp_path, "car-circle-hazard")
+    task = sample_tasks("car-circle-hazard", 1, "test", seed=0)[0]
+    config = dataclasses.replace(state.config, recover_above_limit=False)   # eq. 9's step: b moves it
+    phi = adapt(state.theta, task, 1, config, obs_norm=state.obs_norm, seed=3)
+    env = NormalizedEnv(make_env("car-circle-hazard"), state.obs_norm)
+    ref, _ = adapt_on(env, task, state.theta, 1, config, state.vf, 3, 5.0)
+    np.testing.assert_array_equal(phi, ref)
+    assert not np.array_equal(phi, adapt(state.theta, task, 1, config, obs_norm=state.obs_norm, seed=3,
+                                         cost_limit=10.0))
+    raw, _ = adapt_on(make_env("car-circle-hazard"), task, state.theta, 1, config, state.vf, 3, 5.0)
+    assert not np.array_equal(adapt(state.theta, task, 1, config, seed=3), phi)
+    np.testing.assert_array_equal(adapt(state.theta, task, 1, config, seed=3), raw)
+
+
+def test_meta_test_rows_are_the_adaptations_of_the_unseen_tasks_on_normalised_observations(tmp_path):
+    """meta_test's row k, against adapt_on run here: over the test-split tasks sampled with
+    ``seed``, the mean over tasks (and its standard error, std(ddof=1) / sqrt(n); 0 for one
+    task) of what each task's adaptation reports for step k, on the run's normalised
+    observations, ``episodes`` episodes per batch, stochastic episodes unless asked."""
+    ckpt, state, spec = _checkpoint_with_a_normaliser(tmp_path)
+    rows = meta_test(ckpt, n_tasks=2, adapt_steps=1, episodes=2, seed=1)
+    tasks = sample_tasks("point-circle", 2, "test", seed=1)
+    assert [t.params for t in tasks] != [t.params for t in sample_tasks("point-circle", 2, "test", seed=0)]
+    config = dataclasses.replace(state.config, episodes=2)
+    env = NormalizedEnv(make_env("point-circle"), state.obs_norm)
+    ref = [adapt_on(env, t, state.theta, 1, config, state.vf, 1, 10.0)[1] for t in tasks]
+    assert len(rows) == 2
+    for k, row in enumerate(rows):
+        v = np.array([r[k] for r in ref])
+        assert (row["return"], row["cost"], row["cost_rate"]) == tuple(float(x) for x in v.mean(axis=0))
+        assert row["return_se"] == pytest.approx(v[:, 0].std(ddof=1) / np.sqrt(2), rel=1e-12)
+        assert row["cost_se"] == pytest.approx(v[:, 1].std(ddof=1) / np.sqrt(2), rel=1e-12, abs=1e-300)
+        assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
+        assert [(t["return"], t["cost"]) for t in row["tasks"]] == [tuple(x) for x in v[:, :2]]
+    assert rows[0]["return_se"] > 0
+    mean_action = meta_test(ckpt, n_tasks=2, adapt_steps=1, episodes=2, seed=1, deterministic=True)
+    assert mean_action[0]["return"] != rows[0]["return"]
+    (one,) = meta_test(ckpt, n_tasks=1, adapt_steps=0, seed=1)
+    assert one["return_se"] == one["cost_se"] == 0.0
+
+
+def test_meta_test_task_key_tells_tasks_apart_and_ignores_parameter_order():
+    """The seed key of a meta-test task's batches (training._task_key) differs between
+    tasks and depends only on the parameters' values, not on their order in the dict."""
+    a, b = sample_tasks("point-circle", 2, "test", seed=0)
+    assert _task_key(a) != _task_key(b)
+    reordered = dataclasses.replace(a, params=dict(reversed(list(a.params.items()))))
+    assert list(reordered.params) != list(a.params) and _task_key(reordered) == _task_key(a)
 
 
 def test_obs_norm_clips_both_sides():
