@@ -23,7 +23,8 @@ import numpy as np
 
 from metacpo_ref.advantages import init_value
 from metacpo_ref.baselines import baseline_iteration
-from metacpo_ref.config import COST_LIMIT, FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.config import (COST_LIMIT, FAMILIES, LOCAL_STEPS, META_TEST_TASKS, OBS_NORM_EPISODES, OBS_STD_FLOOR,
+                                 Config)
 from metacpo_ref.envs import make_env, sample_tasks, train_tasks
 from metacpo_ref.meta import meta_iteration
 from metacpo_ref.policy import act_fn, init_theta, n_params
@@ -386,8 +387,8 @@ def _task_key(task):
     return int(np.random.SeedSequence(list(digest)).generate_state(1)[0])
 
 
-def meta_test(checkpoint, family=None, n_tasks=5, adapt_steps=5, episodes=None, cost_limit=None,
-              deterministic=False, seed=0, workers=1, backend="process", ray_address=None):
+def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCAL_STEPS, episodes=None,
+              cost_limit=None, deterministic=False, seed=0, workers=1, backend="process", ray_address=None):
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
     ``adapt_steps`` steps (tasks in parallel on ``workers`` processes); one row per
     step k = 0..K with the mean episode return, episode cost and cost rate (cost
