@@ -71,6 +71,27 @@ def test_resume_uses_the_stored_config(run_copy):
     assert cfg == dataclasses.replace(stored, iterations=7)
 
 
+def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path):
+    """A run stored with ``episodes=None`` (the family's default) and hidden sizes as a tuple
+    resumes when the command line spells the same values out (the family's episode count,
+    the sizes as a list), and refuses another episode count."""
+    from metacpo_ref.advantages import init_value
+    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.policy import init_theta
+    from metacpo_ref.rollouts import ObsNorm
+    from metacpo_ref.update import specs
+    config = Config(family="point-circle", hidden=(8,), tasks=1, local_steps=1, iterations=1)
+    assert config.episodes is None
+    spec, vspec = specs(config)
+    save_checkpoint(tmp_path / "checkpoint.npz", State(config, init_theta(spec, 0), (
+        init_value(vspec, 1), init_value(vspec, 2)), ObsNorm(np.zeros(spec.obs_dim), np.ones(spec.obs_dim)), 1, 0))
+    default = FAMILIES["point-circle"].episodes
+    cfg = resume_config(tmp_path, {"family": "point-circle", "episodes": default, "hidden": [8], "iterations": 2})
+    assert cfg == dataclasses.replace(config, iterations=2)
+    with pytest.raises(CheckpointError, match=f"episodes {default} -> {default + 1}"):
+        resume_config(tmp_path, {"episodes": default + 1})
+
+
 def test_finished_run_says_so_in_one_line(run_copy):
     before = (run_copy / "config.json").read_bytes()
     runner = CliRunner()
