@@ -17,7 +17,7 @@ from metacpo_ref.policy import act_fn, init_theta, mlp
 from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
 from metacpo_ref.training import (NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on, initial_state,
-                                  load_policy, meta_test, read_metrics, save_checkpoint, train)
+                                  load_checkpoint, load_policy, meta_test, read_metrics, save_checkpoint, train)
 from metacpo_ref.update import StepData, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -243,6 +243,18 @@ def _checkpoint_with_a_normaliser(tmp_path, family="point-circle"):
     state = State(config, theta, (init_value(vspec, 7), init_value(vspec, 8)), norm, 0, 0)
     save_checkpoint(tmp_path / "checkpoint.npz", state)
     return tmp_path / "checkpoint.npz", state, spec
+
+
+def test_checkpoint_round_trips_the_normaliser_with_its_clip(tmp_path):
+    """A checkpoint restores the normaliser it was saved with: mean, std and clip (not the
+    default clip)."""
+    ckpt, state, _ = _checkpoint_with_a_normaliser(tmp_path)
+    norm = dataclasses.replace(state.obs_norm, clip=3.0)
+    save_checkpoint(ckpt, dataclasses.replace(state, obs_norm=norm))
+    back = load_checkpoint(ckpt).obs_norm
+    np.testing.assert_array_equal(back.mean, norm.mean)
+    np.testing.assert_array_equal(back.std, norm.std)
+    assert back.clip == 3.0
 
 
 def test_load_policy_is_the_policy_on_normalised_observations(tmp_path):
