@@ -251,6 +251,30 @@ def test_full_disk_keeps_the_checkpoint_and_leaves_no_tmp(run_copy, monkeypatch)
     assert not (run_copy / "checkpoint.npz.tmp").exists()
 
 
+def test_a_write_killed_before_its_rename_leaves_nothing_after_the_next_start(run_copy, monkeypatch):
+    """What write_atomic writes before its rename is what the next start cleans up: with the
+    rename lost (a kill at that instant), the run directory holds the same files after
+    prepare_run as before the write."""
+    before = sorted(p.name for p in run_copy.iterdir())
+    state = load_checkpoint(run_copy / "checkpoint.npz")
+    monkeypatch.setattr(os, "replace", lambda src, dst: None)
+    save_checkpoint(run_copy / "checkpoint.npz", state)
+    monkeypatch.undo()
+    assert sorted(p.name for p in run_copy.iterdir()) != before     # the temporary is there
+    prepare_run(dataclasses.replace(state.config, iterations=2), run_copy, resume=True, warn=lambda m: None)
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_metrics_with_blank_lines_and_undecodable_bytes_keep_every_good_row(tmp_path):
+    """scan_metrics skips blank lines anywhere (not stopping at them) and reports a line of
+    bytes that are not UTF-8 as damaged instead of failing on it."""
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"iteration": 0}\n\n\xff\xfe junk\n{"iteration": 1}\n   \n'
+                                             b'{"iteration": 2}\n')
+    good, bad = training_module.scan_metrics(tmp_path)
+    assert [r["iteration"] for r in good] == [0, 1, 2]
+    assert [n for n, _ in bad] == [3]
+
+
 def test_read_only_directory(tmp_path, monkeypatch):
     real_open = open
 
