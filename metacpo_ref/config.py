@@ -168,6 +168,8 @@ def default_metrics(algo):
     paper does) and for the baselines (which use neither: their step is Fisher, KL radius
     ``baseline_delta``)."""
     return META_CPO_METRICS if algo == "meta-cpo" else PAPER_METRICS
+
+
 META_TEST_TASKS = 5      # paper, Fig. 5 third row: meta-testing on unseen tasks (5 here, as in docs/results.md)
 
 
@@ -293,8 +295,8 @@ class Config:
     task: dict = setting(None, "Train on this one task (its parameters, e.g. {'radius': 1.5, 'wall_factor': "
                          "0.75}, checked against Table 1's ranges) instead of sampling tasks; None: sampled.")
     split_meta_gradient: bool = setting(
-        None, "Meta-CPO, Meta-TRPO: compute each task's part of eq. 11 (F_i, G_i, dF_i, dG_i) at the end of its inner loop, "
-        "on the worker that holds the task's data, and only sum them in the main process (issue 18: less serial "
+        None, "Meta-CPO, Meta-TRPO: compute each task's part of eq. 11 (F_i, G_i, dF_i, dG_i) at the end of its "
+        "inner loop, on the worker that holds the task's data, and only sum them in the main process (issue 18: less serial "
         "work, measured in README's scaling table). The same gradient up to rounding, not to the bit: one "
         "reverse pass over all tasks adds the tasks' terms in another order (measured: max |difference| "
         "5.6e-17, in 54% of the entries, 3 synthetic tasks), so a run's later iterations drift apart by "

@@ -239,7 +239,8 @@ def _checkpoint_with_a_normaliser(tmp_path, family="point-circle"):
     spec, vspec = specs(config)
     rng = np.random.default_rng(4)
     norm = ObsNorm(rng.standard_normal(spec.obs_dim), rng.uniform(0.5, 2.0, spec.obs_dim))
-    theta = init_theta(spec, 0) + 0.3 * rng.standard_normal(init_theta(spec, 0).size)
+    theta = init_theta(spec, 0)
+    theta = theta + 0.3 * rng.standard_normal(theta.size)
     state = State(config, theta, (init_value(vspec, 7), init_value(vspec, 8)), norm, 0, 0)
     save_checkpoint(tmp_path / "checkpoint.npz", state)
     return tmp_path / "checkpoint.npz", state, spec
