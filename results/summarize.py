@@ -5,7 +5,8 @@
 For each algorithm (from each run's config.json): training return and cost
 (pre-adaptation) over the last 10 iterations, and the meta-testing return and
 cost after k = 0..K adaptation steps (mean over seeds of each seed's mean over
-test tasks, +- standard error across seeds, or over test tasks for one seed).
+test tasks, +- standard error across seeds, or over test tasks for one seed);
+for the meta algorithms, what their local steps did to the batch cost in training.
 """
 import json
 import sys
@@ -35,6 +36,45 @@ def label(config):
     return f"meta-cpo inner {config['inner_metric']}, outer {config.get('outer_metric', 'identity')}"
 
 
+def local_step_changes(rows):
+    """``{case: [cost of batch k+1 - cost of batch k, ...]}`` over the local steps of
+    ``rows`` (metrics rows of a meta algorithm: per task, the K + 1 batch costs and the
+    case of eq. 9 each step solved)."""
+    out = defaultdict(list)
+    for r in rows:
+        for t in r.get("tasks", []):
+            for k, case in enumerate(t.get("cases", [])):   # baselines' rows: no local steps
+                out[case].append(t["costs"][k + 1] - t["costs"][k])
+    return out
+
+
+def local_step_table(runs):
+    """Markdown lines: per meta algorithm and case, the local steps of the second half of
+    training, the mean change of the batch cost per step and the fraction of steps after
+    which it fell (mean ± s.e. over seeds), and all steps together. The case is chosen on
+    the noisy batch before the step (recovery where it cost more than the limit), so per
+    case the change includes a regression to the mean; the "all" row does not."""
+    lines = []
+    for algo, rows in runs.items():
+        per_seed = [local_step_changes(rs[len(rs) // 2:]) for rs in rows]
+        cases = [c for c in ("trust", "both", "recovery", "infeasible") if any(s.get(c) for s in per_seed)]
+        for s in per_seed:
+            s["all"] = [d for case in cases for d in s.get(case, [])]
+        for case in cases + (["all"] if len(cases) > 1 else []):   # (one case: its row is all steps)
+            seeds = [s[case] for s in per_seed if s.get(case)]
+            if seeds:
+                lines.append(f"| {algo} | {case} | {sum(map(len, seeds))} | "
+                             f"{mean_se([np.mean(d) for d in seeds])} | "
+                             f"{mean_se([np.mean(np.asarray(d) < 0) for d in seeds])} |")
+    if not lines:
+        return []
+    return ["Local steps in the second half of training (eq. 9's case per step): episode cost of the "
+            "batch after the step minus the batch before it (mean ± s.e. over seeds; the case is chosen on "
+            "the batch before the step, so per case the change includes a regression to the mean)", "",
+            "| algorithm | case | steps | cost change per step | fraction with cost falling |",
+            "|---|---|---|---|---|", *lines, ""]
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -57,6 +97,7 @@ def main(root, test_name="test.json"):
                      f"`cli.py test FAMILY --checkpoint {d}/checkpoint.npz --json > {d}/{test_name}`)")
     print("| algorithm | seeds | env steps | train return (last 10 its) | train cost (last 10 its) |")
     print("|---|---|---|---|---|")
+    metrics = {}
     for algo, dirs in runs.items():
         rows = []
         for d in dirs:
@@ -64,12 +105,15 @@ def main(root, test_name="test.json"):
             if bad:
                 warn(f"{d}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row; left out")
             rows.append(good)
+        metrics[algo] = rows
         steps = sorted({rs[-1]["env_steps"] for rs in rows})
         steps = f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else "")
         print(f"| {algo} | {len(dirs)} | {steps} | "
               f"{mean_se([np.mean([r['return'] for r in rs[-10:]]) for rs in rows])} | "
               f"{mean_se([np.mean([r['cost'] for r in rs[-10:]]) for rs in rows])} |")
     print()
+    for line in local_step_table(metrics):
+        print(line)
     tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
              for algo, dirs in runs.items()}
     if not any(tests.values()):

@@ -318,3 +318,26 @@ def test_status_does_not_report_fields_a_run_predates(tmp_path):
     assert campaign.config_changes(run) == []
     (d / "config.json").write_text(json.dumps({**cfg, "gae_lambda": 0.5}))
     assert campaign.config_changes(run) == ["gae_lambda"]
+
+
+def test_summarize_local_step_table_is_the_cost_change_per_step_case():
+    """What a meta algorithm's local steps did to the batch cost: batch k+1's cost minus
+    batch k's, by the case step k solved, over the second half of each run's rows (a
+    reference computed by hand on two seeds), and an `all` row once there are two cases."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    early = {"tasks": [{"costs": [0.0, 100.0, 0.0], "cases": ["trust", "recovery"]}]}
+    seed0 = [early, {"tasks": [{"costs": [10.0, 4.0, 6.0], "cases": ["recovery", "trust"]},
+                               {"costs": [1.0, 2.0, 3.0], "cases": ["trust", "trust"]}]}]
+    seed1 = [early, {"tasks": [{"costs": [5.0, 2.0, 1.0], "cases": ["recovery", "recovery"]}]}]
+    assert dict(mod.local_step_changes(seed0[1:])) == {"recovery": [-6.0], "trust": [2.0, 1.0, 1.0]}
+    lines = mod.local_step_table({"meta-cpo": [seed0, seed1], "cpo": [[{"tasks": [{"params": {}}]}]]})
+    rows = {tuple(c.strip() for c in ln.split("|")[1:3]): [c.strip() for c in ln.split("|")[3:6]]
+            for ln in lines if ln.startswith("| meta-cpo")}
+    # recovery: seed 0 mean -6 (1 of 1 falls), seed 1 mean -2 (2 of 2): -4 ± 2
+    assert rows[("meta-cpo", "recovery")] == ["3", "-4.00 ± 2.00", "1.00 ± 0.00"]
+    assert rows[("meta-cpo", "trust")] == ["3", "1.33", "0.00"]            # seed 0 only
+    # all: seed 0 [2, 1, 1, -6] mean -0.5, 1 of 4 falls; seed 1 [-3, -1] mean -2, 2 of 2
+    assert rows[("meta-cpo", "all")] == ["6", "-1.25 ± 0.75", mod.mean_se([0.25, 1.0])]
+    assert not any(ln.startswith("| cpo") for ln in lines)
