@@ -324,3 +324,48 @@ def test_constraint_value_rejects_inconsistent_episode_lengths():
     b.ep_len = np.array([4, 5])
     with pytest.raises(ValueError):
         constraint_value(b, 1.0)
+
+
+# --- found by mutation testing (docs/mutation.md, advantages.py) ---------------------
+
+def test_one_iteration_fit_is_one_lbfgs_step_from_the_start():
+    """``iters=1`` fits (one L-BFGS-B iteration, as scipy takes it from the same start with
+    autograd's gradient); only ``iters <= 0`` returns the start unchanged."""
+    from autograd import value_and_grad
+    from scipy.optimize import minimize
+
+    vspec = ValueSpec(OBS_DIM, hidden=(6,))
+    obs, y = regression_data(5, n=120)
+    p0 = init_value(vspec, 5)
+    one = fit_value(vspec, p0, obs, y, iters=1)
+    ref = minimize(value_and_grad(lambda p: value_loss(vspec, p, obs, y)), p0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 1}).x
+    np.testing.assert_allclose(one, ref, rtol=1e-8, atol=1e-10)
+    assert value_loss(vspec, one, obs, y) < value_loss(vspec, p0, obs, y)
+    np.testing.assert_array_equal(fit_value(vspec, p0, obs, y, iters=-3), p0)
+
+
+def test_ftol_never_lets_the_fit_run_past_iters():
+    """With ``ftol`` given, ``iters`` still bounds the fit: a tolerance too small to stop it
+    gives exactly the plain ``iters``-iteration fit, not a longer one."""
+    vspec = ValueSpec(OBS_DIM, hidden=(6,))
+    obs, y = regression_data(6, n=120)
+    p0 = init_value(vspec, 6)
+    for iters in (2, 4):
+        bounded = fit_value(vspec, p0, obs, y, iters=iters, ftol=1e-15)
+        np.testing.assert_array_equal(bounded, fit_value(vspec, p0, obs, y, iters=iters))
+        assert not np.allclose(bounded, fit_value(vspec, p0, obs, y, iters=200), atol=1e-6)
+
+
+def test_constraint_value_rejects_episodes_without_their_end_flag():
+    """An episode whose end flag is missing inside the batch (the lengths still add up and
+    the batch still ends properly) is refused: the episode statistics would not be those
+    of the steps."""
+    rng = np.random.default_rng(7)
+    b = make_batch(rng, [(4, "term"), (3, "cut"), (2, "cut")])
+    assert constraint_value(b, 1.0) == pytest.approx((b.ep_cost.mean() - 1.0) / 3.0)
+    for flags, t in ((b.terminated, 3), (b.truncated, 6)):
+        flags[t] = False
+        with pytest.raises(ValueError, match="whole episodes"):
+            constraint_value(b, 1.0)
+        flags[t] = True
