@@ -10,8 +10,10 @@ from click.testing import CliRunner
 
 import cli
 from metacpo_ref.config import Config
-from metacpo_ref.envs import sample_tasks
-from metacpo_ref.training import (CheckpointError, State, load_checkpoint, load_policy, meta_test,
+from metacpo_ref.envs import make_env, sample_tasks, train_tasks
+from metacpo_ref.iteration import TaskJob, inner_loop
+from metacpo_ref.rollouts import NormalizedEnv, task_seed
+from metacpo_ref.training import (CheckpointError, State, initial_state, load_checkpoint, load_policy, meta_test,
                                   prepare_run, read_metrics, save_checkpoint, train)
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -182,3 +184,26 @@ def test_cli_train_and_resume(tmp_path):
     res = runner.invoke(cli.main, args + ["--iterations", "2", "--resume"])
     assert res.exit_code == 0 and "done: iteration 1" in res.output
     assert len(read_metrics(tmp_path / "run")) == 2
+
+
+def test_initial_state_reproduces_a_committed_runs_start():
+    """A committed run starts from its seed's initial state: ``initial_state`` of its
+    config gives the normaliser frozen in its checkpoint, and the first task's first local
+    step from that ``theta`` and those value functions reproduces the returns and costs its
+    first metrics row recorded for the pre-adaptation batch and the batch after the step
+    (point-button's campaign run: it has costs, and the code that made it is today's)."""
+    src = RESULTS / "campaign" / "point-button" / "meta-cpo-s0"
+    stored = load_checkpoint(src / "checkpoint.npz")
+    config = stored.config
+    start = initial_state(config)
+    np.testing.assert_array_equal(start.obs_norm.mean, stored.obs_norm.mean)
+    np.testing.assert_array_equal(start.obs_norm.std, stored.obs_norm.std)
+    assert (start.iteration, start.env_steps) == (0, 0)
+    row = read_metrics(src)[0]["tasks"][0]
+    task = train_tasks(config.family, config.tasks, task_seed(config.seed, 0), config.task)[0]
+    assert task.params == row["params"]
+    run = inner_loop(NormalizedEnv(make_env(config.family), start.obs_norm),
+                     TaskJob(task, 0, start.theta, start.vf, config, 0, 1))
+    assert row["costs"][0] > 0   # the pre-adaptation batch costs, so the cost value function is used
+    np.testing.assert_allclose(run.returns, row["returns"][:2], rtol=1e-9)
+    np.testing.assert_allclose(run.costs, row["costs"][:2], rtol=0, atol=1e-9)
