@@ -397,3 +397,34 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
     stored = json.loads((run / "test.json").read_text())["rows"][0]
     assert got["return"] == stored["return"] and got["cost"] == stored["cost"]
     assert [t["return"] for t in got["tasks"]] == [t["return"] for t in stored["tasks"]]
+
+
+def test_a_fresh_run_directory_holds_the_initial_state_and_is_not_reopened_by_default(tmp_path):
+    """prepare_run without ``resume`` creates the directory (parents too), removes a
+    temporary left by a first checkpoint write that was killed, and writes config.json,
+    an empty metrics.jsonl and the checkpoint of :func:`initial_state`, which it returns;
+    called again (``resume`` defaults to False) it refuses the directory; a file in the
+    way is an ``ENOTDIR`` error naming it."""
+    config = Config(**TINY)
+    out = tmp_path / "a" / "b" / "run"
+    out.mkdir(parents=True)
+    (out / "checkpoint.npz.tmp").write_bytes(b"PK\x03\x04 torn")
+    state = prepare_run(config, out)
+    ref = training_module.initial_state(config)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl"]
+    assert (out / "config.json").read_text() == training_module.config_to_json(config)
+    assert (out / "metrics.jsonl").read_bytes() == b""
+    for got in (state, load_checkpoint(out / "checkpoint.npz")):
+        assert got.config == config and (got.iteration, got.env_steps) == (0, 0)
+        np.testing.assert_array_equal(got.theta, ref.theta)
+        for a, b in zip(got.vf, ref.vf):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(got.obs_norm.mean, ref.obs_norm.mean)
+    with pytest.raises(CheckpointError, match="already has a checkpoint"):
+        prepare_run(config, out)
+    fresh = prepare_run(config, tmp_path / "c" / "d" / "run")   # parents created
+    np.testing.assert_array_equal(fresh.theta, ref.theta)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError) as e:
+        prepare_run(config, tmp_path / "afile")
+    assert e.value.errno == errno.ENOTDIR and e.value.filename == str(tmp_path / "afile")

@@ -1,5 +1,6 @@
 """End to end: tiny training runs of every algorithm, exact resume, safe checkpoints,
 meta-testing, and clear errors."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -207,3 +208,34 @@ def test_initial_state_reproduces_a_committed_runs_start():
     assert row["costs"][0] > 0   # the pre-adaptation batch costs, so the cost value function is used
     np.testing.assert_allclose(run.returns, row["returns"][:2], rtol=1e-9)
     np.testing.assert_allclose(run.costs, row["costs"][:2], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("algo", ["meta-cpo", "cpo"])
+def test_each_iteration_appends_its_row_then_checkpoints_the_next_state(tmp_path, algo):
+    """run_iterations from a state with env steps already counted: each yielded row is
+    appended to metrics.jsonl (which then holds every row so far), and the checkpoint then holds the next iteration, the env
+    steps so far (the state's plus every row's ``steps``), and the theta and value functions
+    of the algorithm's iteration (meta_iteration or baseline_iteration, called here on the
+    previous checkpoint's)."""
+    from metacpo_ref.baselines import baseline_iteration
+    from metacpo_ref.meta import meta_iteration
+    from metacpo_ref.training import run_iterations
+    from metacpo_ref.workers import Workers
+    cfg = Config(**{**TINY, "algo": algo, "iterations": 2})
+    start = dataclasses.replace(prepare_run(cfg, tmp_path), env_steps=1000)
+    iterate = meta_iteration if cfg.meta else baseline_iteration
+    prev, steps, rows = start, 1000, []
+    with Workers(cfg.family, start.obs_norm, 1) as w:
+        for row in run_iterations(start, tmp_path):
+            rows.append(row)
+            steps += row["steps"]
+            assert read_metrics(tmp_path) == json.loads(json.dumps(rows))   # appended, none lost
+            ck = load_checkpoint(tmp_path / "checkpoint.npz")
+            assert (ck.iteration, ck.env_steps, row["env_steps"]) == (row["iteration"] + 1, steps, steps)
+            theta, vf, _ = iterate(prev.theta, prev.vf, cfg, row["iteration"], w)
+            np.testing.assert_array_equal(ck.theta, theta)
+            for a, b in zip(ck.vf, vf):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(ck.obs_norm.mean, start.obs_norm.mean)
+            prev = ck
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[0]["steps"] > 0
