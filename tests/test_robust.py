@@ -122,6 +122,42 @@ def test_config_copy_rewritten_from_checkpoint_with_a_warning(run_copy, damage):
                                             "hidden": list(stored.hidden)}
 
 
+def test_an_intact_run_resumes_without_a_warning_and_keeps_its_files(run_copy):
+    """Nothing to repair, nothing said: an intact run directory resumes with no warning,
+    its metrics rows and config.json kept (only ``iterations`` updated), no .bad file."""
+    rows = read_metrics(run_copy)
+    stored = load_checkpoint(run_copy / "checkpoint.npz").config
+    said = []
+    state = prepare_run(dataclasses.replace(stored, iterations=3), run_copy, resume=True, warn=said.append)
+    assert said == []
+    assert state.config == dataclasses.replace(stored, iterations=3) and state.iteration == 1
+    assert read_metrics(run_copy) == rows and len(rows) == 1
+    assert json.loads((run_copy / "config.json").read_text())["iterations"] == 3
+    assert not (run_copy / "metrics.jsonl.bad").exists()
+
+
+@pytest.mark.parametrize("text, error", [("[1]", "TypeError"), ("{}", "KeyError"), ('"x"', "ValueError"),
+                                         (b"\xff\xfe", "UnicodeDecodeError"), (None, "PermissionError")])
+def test_any_unreadable_config_copy_is_rewritten_from_the_checkpoint(run_copy, monkeypatch, text, error):
+    """Whatever makes config.json unusable (not an object, a missing field, not JSON, not
+    UTF-8, not readable) is one warning naming the error, and the file is rewritten from
+    the checkpoint; the resume goes on."""
+    path = run_copy / "config.json"
+    if text is None:
+        real = Path.read_text
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(
+            PermissionError(errno.EACCES, "Permission denied", str(self))) if self == path else real(self, *a, **k))
+    else:
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    stored = load_checkpoint(run_copy / "checkpoint.npz").config
+    said = []
+    state = prepare_run(dataclasses.replace(stored, iterations=2), run_copy, resume=True, warn=said.append)
+    monkeypatch.undo()
+    assert state.config == dataclasses.replace(stored, iterations=2)
+    assert len(said) == 1 and f"unreadable ({error})" in said[0]
+    assert json.loads(path.read_text()) == {**dataclasses.asdict(stored), "iterations": 2, "hidden": list(stored.hidden)}
+
+
 def test_damaged_metrics_lose_no_rows(run_copy):
     """Line 11 of 40 rows damaged (the issue's sed): resume keeps the other 39, the
     damaged line goes to metrics.jsonl.bad, and plot and summarize name it."""

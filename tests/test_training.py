@@ -1,6 +1,7 @@
 """End to end: tiny training runs of every algorithm, exact resume, safe checkpoints,
 meta-testing, and clear errors."""
 import dataclasses
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -239,3 +240,27 @@ def test_each_iteration_appends_its_row_then_checkpoints_the_next_state(tmp_path
             np.testing.assert_array_equal(ck.obs_norm.mean, start.obs_norm.mean)
             prev = ck
     assert [r["iteration"] for r in rows] == [0, 1] and rows[0]["steps"] > 0
+
+
+def test_training_runs_on_the_workers_it_is_given(tmp_path, monkeypatch):
+    """train hands its worker count, backend and Ray address, the family and the run's
+    normaliser to the workers that run its iterations (results do not depend on them,
+    test_workers, so only this shows they arrive)."""
+    import metacpo_ref.training as training_module
+    from metacpo_ref.workers import Workers
+    made = []
+
+    class Spy(Workers):
+        def __init__(self, *args, **kwargs):
+            made.append((args, kwargs))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "Workers", Spy)
+    cfg = Config(**TINY)
+    state = train(cfg, tmp_path, workers=2, backend="process", ray_address="127.0.0.1:1")   # ignored by processes
+    [(args, kwargs)] = made
+    got = inspect.signature(Workers).bind(*args, **kwargs).arguments
+    assert {k: got.get(k) for k in ("family", "n", "backend", "ray_address")} == {
+        "family": "point-circle", "n": 2, "backend": "process", "ray_address": "127.0.0.1:1"}
+    np.testing.assert_array_equal(got["obs_norm"].mean, state.obs_norm.mean)
+    np.testing.assert_array_equal(got["obs_norm"].std, state.obs_norm.std)
