@@ -145,8 +145,13 @@ def test_any_unreadable_config_copy_is_rewritten_from_the_checkpoint(run_copy, m
     path = run_copy / "config.json"
     if text is None:
         real = Path.read_text
-        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(
-            PermissionError(errno.EACCES, "Permission denied", str(self))) if self == path else real(self, *a, **k))
+
+        def read_text(self, *a, **k):
+            if self == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, "read_text", read_text)
     else:
         (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
     stored = load_checkpoint(run_copy / "checkpoint.npz").config
@@ -155,7 +160,8 @@ def test_any_unreadable_config_copy_is_rewritten_from_the_checkpoint(run_copy, m
     monkeypatch.undo()
     assert state.config == dataclasses.replace(stored, iterations=2)
     assert len(said) == 1 and f"unreadable ({error})" in said[0]
-    assert json.loads(path.read_text()) == {**dataclasses.asdict(stored), "iterations": 2, "hidden": list(stored.hidden)}
+    assert json.loads(path.read_text()) == {**dataclasses.asdict(stored), "iterations": 2,
+                                            "hidden": list(stored.hidden)}
 
 
 def test_damaged_metrics_lose_no_rows(run_copy):

@@ -226,10 +226,10 @@ def test_initial_state_reproduces_a_committed_runs_start():
 @pytest.mark.parametrize("algo", ["meta-cpo", "cpo"])
 def test_each_iteration_appends_its_row_then_checkpoints_the_next_state(tmp_path, algo):
     """run_iterations from a state with env steps already counted: each yielded row is
-    appended to metrics.jsonl (which then holds every row so far), and the checkpoint then holds the next iteration, the env
-    steps so far (the state's plus every row's ``steps``), and the theta and value functions
-    of the algorithm's iteration (meta_iteration or baseline_iteration, called here on the
-    previous checkpoint's)."""
+    appended to metrics.jsonl (which then holds every row so far), and the checkpoint then
+    holds the next iteration, the env steps so far (the state's plus every row's ``steps``),
+    and the theta and value functions of the algorithm's iteration (meta_iteration or
+    baseline_iteration, called here on the previous checkpoint's)."""
     from metacpo_ref.baselines import baseline_iteration
     from metacpo_ref.meta import meta_iteration
     from metacpo_ref.training import run_iterations
