@@ -122,6 +122,48 @@ def test_config_copy_rewritten_from_checkpoint_with_a_warning(run_copy, damage):
                                             "hidden": list(stored.hidden)}
 
 
+def test_an_intact_run_resumes_without_a_warning_and_keeps_its_files(run_copy):
+    """Nothing to repair, nothing said: an intact run directory resumes with no warning,
+    its metrics rows and config.json kept (only ``iterations`` updated), no .bad file."""
+    rows = read_metrics(run_copy)
+    stored = load_checkpoint(run_copy / "checkpoint.npz").config
+    said = []
+    state = prepare_run(dataclasses.replace(stored, iterations=3), run_copy, resume=True, warn=said.append)
+    assert said == []
+    assert state.config == dataclasses.replace(stored, iterations=3) and state.iteration == 1
+    assert read_metrics(run_copy) == rows and len(rows) == 1
+    assert json.loads((run_copy / "config.json").read_text())["iterations"] == 3
+    assert not (run_copy / "metrics.jsonl.bad").exists()
+
+
+@pytest.mark.parametrize("text, error", [("[1]", "TypeError"), ("{}", "KeyError"), ('"x"', "ValueError"),
+                                         (b"\xff\xfe", "UnicodeDecodeError"), (None, "PermissionError")])
+def test_any_unreadable_config_copy_is_rewritten_from_the_checkpoint(run_copy, monkeypatch, text, error):
+    """Whatever makes config.json unusable (not an object, a missing field, not JSON, not
+    UTF-8, not readable) is one warning naming the error, and the file is rewritten from
+    the checkpoint; the resume goes on."""
+    path = run_copy / "config.json"
+    if text is None:
+        real = Path.read_text
+
+        def read_text(self, *a, **k):
+            if self == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, "read_text", read_text)
+    else:
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    stored = load_checkpoint(run_copy / "checkpoint.npz").config
+    said = []
+    state = prepare_run(dataclasses.replace(stored, iterations=2), run_copy, resume=True, warn=said.append)
+    monkeypatch.undo()
+    assert state.config == dataclasses.replace(stored, iterations=2)
+    assert len(said) == 1 and f"unreadable ({error})" in said[0]
+    assert json.loads(path.read_text()) == {**dataclasses.asdict(stored), "iterations": 2,
+                                            "hidden": list(stored.hidden)}
+
+
 def test_damaged_metrics_lose_no_rows(run_copy):
     """Line 11 of 40 rows damaged (the issue's sed): resume keeps the other 39, the
     damaged line goes to metrics.jsonl.bad, and plot and summarize name it."""
@@ -397,3 +439,34 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
     stored = json.loads((run / "test.json").read_text())["rows"][0]
     assert got["return"] == stored["return"] and got["cost"] == stored["cost"]
     assert [t["return"] for t in got["tasks"]] == [t["return"] for t in stored["tasks"]]
+
+
+def test_a_fresh_run_directory_holds_the_initial_state_and_is_not_reopened_by_default(tmp_path):
+    """prepare_run without ``resume`` creates the directory (parents too), removes a
+    temporary left by a first checkpoint write that was killed, and writes config.json,
+    an empty metrics.jsonl and the checkpoint of :func:`initial_state`, which it returns;
+    called again (``resume`` defaults to False) it refuses the directory; a file in the
+    way is an ``ENOTDIR`` error naming it."""
+    config = Config(**TINY)
+    out = tmp_path / "a" / "b" / "run"
+    out.mkdir(parents=True)
+    (out / "checkpoint.npz.tmp").write_bytes(b"PK\x03\x04 torn")
+    state = prepare_run(config, out)
+    ref = training_module.initial_state(config)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl"]
+    assert (out / "config.json").read_text() == training_module.config_to_json(config)
+    assert (out / "metrics.jsonl").read_bytes() == b""
+    for got in (state, load_checkpoint(out / "checkpoint.npz")):
+        assert got.config == config and (got.iteration, got.env_steps) == (0, 0)
+        np.testing.assert_array_equal(got.theta, ref.theta)
+        for a, b in zip(got.vf, ref.vf):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(got.obs_norm.mean, ref.obs_norm.mean)
+    with pytest.raises(CheckpointError, match="already has a checkpoint"):
+        prepare_run(config, out)
+    fresh = prepare_run(config, tmp_path / "c" / "d" / "run")   # parents created
+    np.testing.assert_array_equal(fresh.theta, ref.theta)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError) as e:
+        prepare_run(config, tmp_path / "afile")
+    assert e.value.errno == errno.ENOTDIR and e.value.filename == str(tmp_path / "afile")

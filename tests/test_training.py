@@ -1,5 +1,7 @@
 """End to end: tiny training runs of every algorithm, exact resume, safe checkpoints,
 meta-testing, and clear errors."""
+import dataclasses
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +12,10 @@ from click.testing import CliRunner
 
 import cli
 from metacpo_ref.config import Config
-from metacpo_ref.envs import sample_tasks
-from metacpo_ref.training import (CheckpointError, State, load_checkpoint, load_policy, meta_test,
+from metacpo_ref.envs import make_env, sample_tasks, train_tasks
+from metacpo_ref.iteration import TaskJob, inner_loop
+from metacpo_ref.rollouts import NormalizedEnv, task_seed
+from metacpo_ref.training import (CheckpointError, State, initial_state, load_checkpoint, load_policy, meta_test,
                                   prepare_run, read_metrics, save_checkpoint, train)
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -182,3 +186,93 @@ def test_cli_train_and_resume(tmp_path):
     res = runner.invoke(cli.main, args + ["--iterations", "2", "--resume"])
     assert res.exit_code == 0 and "done: iteration 1" in res.output
     assert len(read_metrics(tmp_path / "run")) == 2
+
+
+# A committed run made with each OpenBLAS kernel (docs/results.md: the kernels round
+# differently, so a run's batches are reproduced to the last digit with its own kernel only).
+RUN_BY_KERNEL = {"Haswell": "campaign/point-button/meta-cpo-s0", "Prescott": "point-circle/meta-cpo-s0"}
+
+
+def test_initial_state_reproduces_a_committed_runs_start():
+    """A committed run starts from its seed's initial state: ``initial_state`` of its
+    config gives the normaliser frozen in its checkpoint, and the first task's first local
+    step from that ``theta`` and those value functions reproduces the returns and costs its
+    first metrics row recorded for the pre-adaptation batch and the batch after the step
+    (exactly, with the run made with this machine's BLAS kernel; the normaliser, which
+    uses no BLAS, of both runs)."""
+    import threadpoolctl
+    starts = {}
+    for name in RUN_BY_KERNEL.values():
+        stored = load_checkpoint(RESULTS / name / "checkpoint.npz")
+        starts[name] = start = initial_state(stored.config)
+        np.testing.assert_array_equal(start.obs_norm.mean, stored.obs_norm.mean)
+        np.testing.assert_array_equal(start.obs_norm.std, stored.obs_norm.std)
+        assert (start.iteration, start.env_steps) == (0, 0)
+    kernel = threadpoolctl.threadpool_info()[0].get("architecture")
+    if kernel not in RUN_BY_KERNEL:
+        pytest.skip(f"no committed run made with the {kernel} OpenBLAS kernel (OPENBLAS_CORETYPE=Haswell runs it)")
+    src = RESULTS / RUN_BY_KERNEL[kernel]
+    start = starts[RUN_BY_KERNEL[kernel]]
+    config = start.config
+    row = read_metrics(src)[0]["tasks"][0]
+    task = train_tasks(config.family, config.tasks, task_seed(config.seed, 0), config.task)[0]
+    assert task.params == row["params"]
+    run = inner_loop(NormalizedEnv(make_env(config.family), start.obs_norm),
+                     TaskJob(task, 0, start.theta, start.vf, config, 0, 1))
+    np.testing.assert_allclose(run.returns, row["returns"][:2], rtol=1e-9)
+    np.testing.assert_allclose(run.costs, row["costs"][:2], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("algo", ["meta-cpo", "cpo"])
+def test_each_iteration_appends_its_row_then_checkpoints_the_next_state(tmp_path, algo):
+    """run_iterations from a state with env steps already counted: each yielded row is
+    appended to metrics.jsonl (which then holds every row so far), and the checkpoint then
+    holds the next iteration, the env steps so far (the state's plus every row's ``steps``),
+    and the theta and value functions of the algorithm's iteration (meta_iteration or
+    baseline_iteration, called here on the previous checkpoint's)."""
+    from metacpo_ref.baselines import baseline_iteration
+    from metacpo_ref.meta import meta_iteration
+    from metacpo_ref.training import run_iterations
+    from metacpo_ref.workers import Workers
+    cfg = Config(**{**TINY, "algo": algo, "iterations": 2})
+    start = dataclasses.replace(prepare_run(cfg, tmp_path), env_steps=1000)
+    iterate = meta_iteration if cfg.meta else baseline_iteration
+    prev, steps, rows = start, 1000, []
+    with Workers(cfg.family, start.obs_norm, 1) as w:
+        for row in run_iterations(start, tmp_path):
+            rows.append(row)
+            steps += row["steps"]
+            assert read_metrics(tmp_path) == json.loads(json.dumps(rows))   # appended, none lost
+            ck = load_checkpoint(tmp_path / "checkpoint.npz")
+            assert (ck.iteration, ck.env_steps, row["env_steps"]) == (row["iteration"] + 1, steps, steps)
+            theta, vf, _ = iterate(prev.theta, prev.vf, cfg, row["iteration"], w)
+            np.testing.assert_array_equal(ck.theta, theta)
+            for a, b in zip(ck.vf, vf):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(ck.obs_norm.mean, start.obs_norm.mean)
+            prev = ck
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[0]["steps"] > 0
+
+
+def test_training_runs_on_the_workers_it_is_given(tmp_path, monkeypatch):
+    """train hands its worker count, backend and Ray address, the family and the run's
+    normaliser to the workers that run its iterations (results do not depend on them,
+    test_workers, so only this shows they arrive)."""
+    import metacpo_ref.training as training_module
+    from metacpo_ref.workers import Workers
+    made = []
+
+    class Spy(Workers):
+        def __init__(self, *args, **kwargs):
+            made.append((args, kwargs))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "Workers", Spy)
+    cfg = Config(**TINY)
+    state = train(cfg, tmp_path, workers=2, backend="process", ray_address="127.0.0.1:1")   # ignored by processes
+    [(args, kwargs)] = made
+    got = inspect.signature(Workers).bind(*args, **kwargs).arguments
+    assert {k: got.get(k) for k in ("family", "n", "backend", "ray_address")} == {
+        "family": "point-circle", "n": 2, "backend": "process", "ray_address": "127.0.0.1:1"}
+    np.testing.assert_array_equal(got["obs_norm"].mean, state.obs_norm.mean)
+    np.testing.assert_array_equal(got["obs_norm"].std, state.obs_norm.std)

@@ -51,17 +51,19 @@ def spy_training(tmp_path, workers):
     return config, SimpleNamespace(**seen)
 
 
-@pytest.fixture(scope="module")
-def one_worker(tmp_path_factory):
-    return spy_training(tmp_path_factory.mktemp("wiring"), 1)
+@pytest.fixture
+def one_worker(tmp_path):
+    """One worker's TINY training run, made in every test that uses it (function scope: a
+    mutation-testing tool that selects tests by the code they run sees it in each)."""
+    return spy_training(tmp_path / "one", 1)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_workers_see_normalised_observations(tmp_path, one_worker, workers):
+def test_workers_see_normalised_observations(tmp_path, workers):
     """The first observation of every task's first batch, collected in the workers, is the
     checkpoint's normaliser applied to the raw reset observation of that seeded episode
     (training and the saved policy see the same inputs)."""
-    config, seen = one_worker if workers == 1 else spy_training(tmp_path, workers)
+    config, seen = spy_training(tmp_path, workers)
     norm = seen.state.obs_norm
     assert seen.obs_norm is not None
     tasks = sample_tasks(config.family, config.tasks, "train", seed=task_seed(config.seed, 0))
