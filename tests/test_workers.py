@@ -191,3 +191,57 @@ def test_ray_addresses_are_parsed_before_connecting():
             check_ray_address(address)
     for address in ("auto", "127.0.0.1:port", "head-node"):
         assert check_ray_address(address) is None
+
+
+# --- found by mutation testing (docs/mutation.md, workers.py) ------------------------
+
+def marked_job(env, kind, folder):
+    """``slow``: mark ``started``, work 4 s, mark ``finished``; ``fail`` / ``die``: wait until
+    the slow job runs, then raise / end the worker process."""
+    folder = Path(folder)
+    if kind == "slow":
+        (folder / "started").touch()
+        time.sleep(4)
+        (folder / "finished").touch()
+        return "done"
+    deadline = time.time() + 60
+    while not (folder / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    if kind == "die":
+        os._exit(3)
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("kind,message", [("fail", "task A failed in a worker: RuntimeError: boom"),
+                                          ("die", "a worker process died while running task A")])
+def test_a_failed_task_stops_the_tasks_still_running(tmp_path, kind, message):
+    """A task that raises, or whose worker process dies, stops the map with an error naming
+    it, and the other task, running at that moment, is stopped, not left to finish."""
+    w = Workers("point-circle", n=2)
+    with pytest.raises(WorkerError, match=message):
+        w.map(marked_job, [(kind, str(tmp_path)), ("slow", str(tmp_path))], ["task A", "task B"])
+    assert (tmp_path / "started").exists() and w._pool is None
+    time.sleep(6)   # the slow task would have finished by now
+    assert not (tmp_path / "finished").exists()
+
+
+def test_more_than_one_worker_runs_the_jobs_in_fresh_processes():
+    """n > 1: the jobs run in n pool processes, not here, started fresh (spawn: nothing of
+    this process's state, e.g. its env cache, is inherited); n = 1 runs them here."""
+    import metacpo_ref.workers as workers_module
+    with Workers("point-circle", n=1) as w:
+        assert w.map(pid_job, [(), ()]) == [os.getpid()] * 2
+    workers_module._ENVS.setdefault("parent-only", None)
+    try:
+        with Workers("point-circle", n=2) as w:
+            pids = w.map(pid_job, [()] * 6)
+            assert os.getpid() not in pids and 1 <= len(set(pids)) <= 2
+            assert w.submit(pid_job, ())() != os.getpid()
+            assert w.map(envs_job, [()] * 2) == [["point-circle"]] * 2
+    finally:
+        workers_module._ENVS.pop("parent-only")
+
+
+def envs_job(env):
+    from metacpo_ref.workers import _ENVS
+    return sorted(_ENVS)
