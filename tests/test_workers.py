@@ -229,8 +229,9 @@ def test_more_than_one_worker_runs_the_jobs_in_fresh_processes():
     """n > 1: the jobs run in n pool processes, not here, started fresh (spawn: nothing of
     this process's state, e.g. its env cache, is inherited); n = 1 runs them here."""
     import metacpo_ref.workers as workers_module
-    with Workers("point-circle", n=1) as w:
-        assert w.map(pid_job, [(), ()]) == [os.getpid()] * 2
+    for w in (Workers("point-circle", n=1), Workers("point-circle")):   # n = 1 is the default
+        with w:
+            assert w.map(pid_job, [(), ()]) == [os.getpid()] * 2
     workers_module._ENVS.setdefault("parent-only", None)
     try:
         with Workers("point-circle", n=2) as w:
@@ -245,3 +246,54 @@ def test_more_than_one_worker_runs_the_jobs_in_fresh_processes():
 def envs_job(env):
     from metacpo_ref.workers import _ENVS
     return sorted(_ENVS)
+
+
+def barrier_job(env, folder, n):
+    """Mark this process as running, wait (at most 20 s) until ``n`` processes run at once."""
+    folder = Path(folder)
+    (folder / str(os.getpid())).touch()
+    deadline = time.time() + 20
+    while len(list(folder.iterdir())) < n and time.time() < deadline:
+        time.sleep(0.05)
+    return len(list(folder.iterdir()))
+
+
+def test_n_workers_run_n_tasks_at_the_same_time(tmp_path):
+    """Workers(n=3) runs three tasks at once (three pool processes, more than this
+    machine's two cores), each job seeing all three running."""
+    with Workers("point-circle", n=3) as w:
+        assert w.map(barrier_job, [(str(tmp_path), 3)] * 3) == [3, 3, 3]
+
+
+def test_leaving_the_block_ends_the_worker_processes(tmp_path):
+    """A with block that ends normally waits for its worker processes to exit; one left by
+    an exception (Ctrl-C in the caller, say) stops the task still running at once."""
+    with Workers("point-circle", n=2) as w:
+        pids = w.map(pid_job, [()] * 4)
+    assert not [p for p in set(pids) if alive(p)]
+    with pytest.raises(KeyboardInterrupt):
+        with Workers("point-circle", n=2) as w:
+            w.submit(marked_job, ("slow", str(tmp_path)))
+            deadline = time.time() + 60
+            while not (tmp_path / "started").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+    time.sleep(6)   # the slow task would have finished by now
+    assert (tmp_path / "started").exists() and not (tmp_path / "finished").exists()
+
+
+def first_obs_job(env, seed):
+    return env.reset(seed=seed)[0]
+
+
+def test_submitted_and_mapped_jobs_see_the_normalised_env():
+    """``submit`` and ``map`` hand their jobs the same env: the normaliser applied to the
+    raw observation, in this process and in the pool's."""
+    from metacpo_ref.envs import make_env
+    from metacpo_ref.rollouts import ObsNorm
+    raw = make_env("point-circle").reset(seed=3)[0]
+    norm = ObsNorm(mean=np.full(raw.shape, 0.5), std=np.full(raw.shape, 2.0))
+    for n in (1, 2):
+        with Workers("point-circle", norm, n=n) as w:
+            np.testing.assert_array_equal(w.submit(first_obs_job, (3,))(), norm(raw))
+            np.testing.assert_array_equal(w.map(first_obs_job, [(3,)])[0], norm(raw))
