@@ -120,6 +120,11 @@ class Workers:
         elif self.n > 1:
             self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_worker_init, initargs=(os.getpid(),))
+            # Start the n processes now. CPython 3.11's executor spawns one per submit, after
+            # waking its manager thread, which may then wait without the new process's
+            # sentinel: a worker that died was noticed only at another task's result (or at
+            # task_timeout). Once each process has answered, the thread watches them all.
+            cf.wait([self._pool.submit(os.getpid) for _ in range(self.n)])
 
     def _start_ray(self, address):
         if address:
