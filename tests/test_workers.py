@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,132 @@ def test_submitted_and_mapped_jobs_see_the_normalised_env():
         with Workers("point-circle", norm, n=n) as w:
             np.testing.assert_array_equal(w.submit(first_obs_job, (3,))(), norm(raw))
             np.testing.assert_array_equal(w.map(first_obs_job, [(3,)])[0], norm(raw))
+
+
+class FakeRay:
+    """The part of Ray's API the ray backend uses, run in this process and recorded
+    (``calls``): what the backend asks of Ray, checked without starting Ray (the `slow`
+    test_ray_backend_matches_one_worker runs the real one)."""
+
+    class GetTimeoutError(Exception):
+        pass
+
+    class RayError(Exception):
+        pass
+
+    def __init__(self, initialized=False):
+        self.initialized, self.calls, self.actors = initialized, [], []
+        self.exceptions = self
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.initialized = False
+
+    def kill(self, actor):
+        self.calls.append(("kill", self.actors.index(actor)))
+
+    def remote(self, **options):
+        fake = self
+
+        def wrap(cls):
+            def new(*args):
+                obj, index = cls(*args), len(fake.actors)
+                actor = types.SimpleNamespace(obj=obj, options=options, args=args)
+
+                def run(fn, job):
+                    try:
+                        return index, obj.run(fn, job)
+                    except Exception as e:   # Ray raises a task's error at `get`
+                        return index, e
+                actor.run = types.SimpleNamespace(remote=run)
+                fake.actors.append(actor)
+                return actor
+            return types.SimpleNamespace(remote=new)
+        return wrap
+
+    def get(self, ref, timeout=None):
+        index, value = ref
+        self.calls.append(("get", index, timeout))
+        if value == "hang":
+            raise self.GetTimeoutError()
+        if isinstance(value, Exception):
+            raise self.RayError(f"task failed: {value}")
+        return value
+
+
+def env_job(env, x):
+    """Which env the job got (family, normalised or not) and its argument."""
+    return type(env).__name__, x
+
+
+def test_ray_backend_asks_ray_for_n_actors_and_maps_jobs_round_robin_in_order(monkeypatch):
+    """backend="ray" without an address: a local Ray with n CPUs, no dashboard, the BLAS
+    thread count passed on, no driver logs; n actors of one CPU each, holding the family
+    and the normaliser; jobs spread over them in turn, results in job order, each `get`
+    bounded by task_timeout; submit on the first actor; close kills every actor and shuts
+    down the Ray it started. With a Ray already running (or an address): no num_cpus, and
+    close leaves Ray running."""
+    from metacpo_ref.rollouts import ObsNorm
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    norm = ObsNorm(np.zeros(3), np.ones(3))
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    w = Workers("point-circle", obs_norm=norm, n=3, task_timeout=7.0, backend="ray")
+    (name, init), = fake.calls
+    assert name == "init" and init == {"address": None, "num_cpus": 3, "include_dashboard": False,
+                                       "log_to_driver": False,
+                                       "runtime_env": {"env_vars": {"OPENBLAS_NUM_THREADS": "1"}}}
+    assert len(fake.actors) == 3
+    assert all(a.options == {"num_cpus": 1} and a.args == ("point-circle", norm) for a in fake.actors)
+    fake.calls.clear()
+    assert w.map(env_job, [(i,) for i in range(5)]) == [("NormalizedEnv", i) for i in range(5)]
+    assert fake.calls == [("get", i % 3, 7.0) for i in range(5)]
+    fake.calls.clear()
+    assert w.submit(env_job, ("s",), "refit")() == ("NormalizedEnv", "s")
+    assert fake.calls == [("get", 0, 7.0)]
+    fake.calls.clear()
+    w.close()
+    assert fake.calls == [("kill", 0), ("kill", 1), ("kill", 2), ("shutdown",)] and w._actors is None
+
+    running = FakeRay(initialized=True)
+    monkeypatch.setitem(sys.modules, "ray", running)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with Workers("point-circle", n=2, backend="ray") as w:
+        assert running.calls == [] and len(running.actors) == 2
+        (env_name, x), = w.map(env_job, [(0,)])
+        assert x == 0 and env_name != "NormalizedEnv"   # no normaliser given: the raw env
+    assert running.calls[-2:] == [("kill", 0), ("kill", 1)]
+    fresh = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fresh)
+    Workers("point-circle", n=2, backend="ray", ray_address="auto").close()
+    assert fresh.calls[0] == ("init", {"address": "auto", "log_to_driver": False,
+                                       "runtime_env": {"env_vars": {"OPENBLAS_NUM_THREADS": "2"}}})
+    assert fresh.calls[-1] == ("shutdown",)
+
+
+def test_ray_backend_failures_name_the_task(monkeypatch):
+    """On Ray as in a pool: a job that raises or runs past task_timeout stops the map with a
+    WorkerError naming its task."""
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    with Workers("point-circle", n=2, task_timeout=1.0, backend="ray") as w:
+        with pytest.raises(WorkerError, match="task B did not finish within 1.0 s"):
+            w.map(env_or_hang, [(False,), (True,)], ["task A", "task B"])
+        with pytest.raises(WorkerError, match="task A failed on a Ray worker: task failed: boom"):
+            w.map(env_or_raise, [(), ()], ["task A", "task B"])
+        with pytest.raises(WorkerError, match="refit failed on a Ray worker"):
+            w.submit(env_or_raise, (), "refit")()
+
+
+def env_or_hang(env, hang):
+    return "hang" if hang else "ok"
+
+
+def env_or_raise(env):
+    raise RuntimeError("boom")
