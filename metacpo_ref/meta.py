@@ -212,7 +212,7 @@ def meta_iteration(theta, vf, config, iteration, workers):
 
 # --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------
 
-def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None):
+def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=None):
     """Seeded synthetic traces, recorded along the nominal chain from ``init_theta``.
 
     Observations and actions are Gaussian; reward advantages standardised and
@@ -220,10 +220,12 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
     last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``
     (``s = a'H^{-1}a`` in ``config.inner_metric``):
     ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
-    makes the cost constraint inactive. Returns ``(theta, traces)``.
+    makes the cost constraint inactive. ``log_std`` (default: the policy's) sets the
+    initial log-std before the perturbation. Returns ``(theta, traces)``.
     """
     rng = np.random.default_rng(seed)
-    theta = init_theta(spec, seed) + 0.3 * rng.standard_normal(n_params(spec))
+    start = init_theta(spec, seed) if log_std is None else init_theta(spec, seed, log_std)
+    theta = start + 0.3 * rng.standard_normal(n_params(spec))
     b_fracs = rng.uniform(-0.8, 0.8, (n_tasks, K + 1)) if b_fracs is None else np.asarray(b_fracs, float)
     betas = np.ones((n_tasks, K)) if betas is None else np.asarray(betas, float)
     traces = []

@@ -124,3 +124,25 @@ def test_outer_step_with_the_fisher_metric_shifts_by_its_fisher_threshold():
     shift = max(0.0, 2 * np.sqrt(2 * config.outer_delta * s) - res.G)
     ref = solve_step(res.dF, res.dG, res.G + shift, config.outer_delta, hinv=hinv)
     np.testing.assert_allclose(res.theta, theta + res.beta * ref.x, rtol=1e-8, atol=1e-12)
+
+
+def test_outer_fisher_shift_makes_a_recovery_step_where_the_identity_metrics_would_not():
+    """Where the Fisher metric's threshold is more than twice the identity metric's
+    (dG'H^-1 dG > 4 dG'dG: a wide policy, log-std 2, whose Fisher is small), only the
+    shift measured in the Fisher metric makes eq. 9 infeasible: G + shift >= 2 sqrt(2 delta s_F)
+    > sqrt(2 delta s_F), while G + the identity shift = 2 sqrt(2 delta s_I) stays below
+    sqrt(2 delta s_F). The outer step is the Fisher recovery step."""
+    config = Config(**{**ON, "outer_metric": "fisher"})
+    theta, traces = synthetic_traces(SPEC, 2, 1, 1, config, b_fracs=[[-0.5, 0.3], [-0.5, 0.2]], log_std=2.0)
+    res = outer_step(theta, traces, config)
+    obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
+    hinv = fisher_hinv(SPEC, theta, obs0, config)
+    s_f, s_i = res.dG @ hinv(res.dG), res.dG @ res.dG
+    threshold = np.sqrt(2 * config.outer_delta * s_f)
+    assert s_f > 4 * s_i and 0 < res.G < threshold   # the instance the metrics disagree on
+    assert res.case == "recovery" and res.beta > 0
+    ref = solve_step(res.dF, res.dG, res.G + max(0.0, 2 * threshold - res.G), config.outer_delta, hinv=hinv)
+    assert ref.case == "recovery"
+    identity = solve_step(res.dF, res.dG, 2 * np.sqrt(2 * config.outer_delta * s_i), config.outer_delta, hinv=hinv)
+    assert identity.case != "recovery"
+    np.testing.assert_allclose(res.theta, theta + res.beta * ref.x, rtol=1e-8, atol=1e-12)
