@@ -64,6 +64,8 @@ SEEDS = (0, 1, 2)            # paper: 3 seeds
 META_ITERATIONS = 50         # issue 19: 50 meta-iterations = 4.5M env steps per run
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
+BIG_BATCH = 4                # test-4x.json: 4x the run's episodes per batch (issue 19, fifth session:
+                             # with car's 6 episodes the k-trends were dominated by episode noise)
 DEFAULT_ROOT = "results/campaign"
 STOP_GRACE = 60              # seconds a child gets to exit after SIGINT before SIGKILL
 POLL = 0.5
@@ -101,7 +103,8 @@ class Run:
 
     config: Config
     path: Path          # the run directory
-    tests: tuple        # ((file name, cost limit or None for the family's test limit), ...)
+    tests: tuple        # ((file name, cost limit or None for the family's test limit,
+                        #   episodes per batch as a multiple of the run's), ...)
 
     @property
     def name(self):
@@ -136,11 +139,14 @@ def iterations_for(algo, meta_iterations, local_steps):
 
 def meta_tests(family):
     """``test.json`` at the family's test limit, plus ``test-limitL.json`` at the
-    training limit L where the two differ (car-circle-hazard: 10 -> 5, Fig. 5b)."""
+    training limit L where the two differ (car-circle-hazard: 10 -> 5, Fig. 5b), plus
+    ``test-4x.json``: at the test limit with ``BIG_BATCH`` x the run's episodes per batch
+    (the same tasks and first episodes, less noise)."""
     f = FAMILIES[family]
-    out = [("test.json", None)]
+    out = [("test.json", None, 1)]
     if f.cost_limit_train != f.cost_limit_test:
-        out.append((f"test-limit{f.cost_limit_train:g}.json", f.cost_limit_train))
+        out.append((f"test-limit{f.cost_limit_train:g}.json", f.cost_limit_train, 1))
+    out.append((f"test-{BIG_BATCH}x.json", None, BIG_BATCH))
     return tuple(out)
 
 
@@ -223,7 +229,7 @@ def needs_work(run):
     p = progress(run.path)
     if p is None or p[0] < run.iterations:
         return True
-    return not all(tested(run.path, name, p[0]) for name, _ in run.tests)
+    return not all(tested(run.path, name, p[0]) for name, *_ in run.tests)
 
 
 def running(run):
@@ -266,9 +272,10 @@ def run_overrides(config):
             if getattr(config, k) != getattr(default, k)}
 
 
-def test_argv(run, limit, budget, python):
+def test_argv(run, limit, factor, budget, python):
     argv = [python, "cli.py", "test", run.config.family, "--checkpoint", show(run.path / "checkpoint.npz"),
             "--adapt-steps", str(budget.adapt_steps), "--tasks", str(budget.test_tasks), "--workers", "1", "--json"]
+    argv += ["--episodes", str(factor * run.config.n_episodes)] if factor != 1 else []
     return argv + (["--cost-limit", f"{limit:g}"] if limit is not None else [])
 
 
@@ -295,10 +302,11 @@ def steps(run, budget, python):
     if p is None or p[0] < run.iterations:
         yield Step("train", tuple(train_argv(run, python)), run.log)
     p = progress(run.path) or (0, 0)
-    for name, limit in run.tests:
+    for name, limit, factor in run.tests:
         if not tested(run.path, name, p[0]):
             finish = (lambda name=name, p=p: write_test(run, name, *p))
-            yield Step("test", tuple(test_argv(run, limit, budget, python)), run.path / (name + ".tmp"), finish)
+            yield Step("test", tuple(test_argv(run, limit, factor, budget, python)), run.path / (name + ".tmp"),
+                       finish)
 
 
 def run_dirs(family_dir):
@@ -314,7 +322,7 @@ def report_argvs(root, family, python):
     fam = root / family
     dirs = [show(d) for d in run_dirs(fam)]
     out = [((python, "cli.py", "plot", *dirs, "--out", show(root / f"{family}.tmp.png")), root / f"{family}.png")]
-    for name, _ in meta_tests(family):
+    for name, *_ in meta_tests(family):
         out.append(((python, "results/summarize.py", show(fam), name), root / f"{family}.md"))
     return out if dirs else []
 
@@ -467,7 +475,7 @@ class Campaign:
             _kill(proc, signal.SIGINT)
             proc.wait()
         run.pidfile.unlink(missing_ok=True)
-        for name, _ in run.tests:
+        for name, *_ in run.tests:
             (run.path / (name + ".tmp")).unlink(missing_ok=True)
         self.failed.append(run)
         self.log(f"FAILED {run.name}: {msg}; the other runs go on")
@@ -485,7 +493,7 @@ class Campaign:
                 _kill(proc, signal.SIGKILL)
                 proc.wait()
             run.pidfile.unlink(missing_ok=True)
-            for test, _ in run.tests:
+            for test, *_ in run.tests:
                 (run.path / (test + ".tmp")).unlink(missing_ok=True)
             p = progress(run.path) or (0, 0)
             self.log(f"stopped {run.name} at iteration {p[0]} of {run.iterations}")
@@ -592,7 +600,7 @@ def config_changes(run):
 def meta_test_mark(run, iteration, finished):
     """"yes" when every meta-test of ``run`` is of its final checkpoint; else the ones
     there are, with the iteration each is of (or "no")."""
-    docs = {name: read_json(run.path / name) for name, _ in run.tests}
+    docs = {name: read_json(run.path / name) for name, *_ in run.tests}
     if finished and all(tested(run.path, name, iteration) for name in docs):
         return "yes"
     there = [f"{name[:-5]}@{d.get('iteration', '?')}" for name, d in docs.items() if isinstance(d, dict)]
@@ -629,7 +637,7 @@ def status_lines(runs, budget, root, jobs):
             lines.append(f"{run.name:30s} checkpoint unreadable: `cli.py train --resume` says why")
             continue
         it, env_steps = p
-        tests = [name for name, _ in run.tests if tested(run.path, name, it)]
+        tests = [name for name, *_ in run.tests if tested(run.path, name, it)]
         finished = it >= run.iterations
         all_tested = finished and len(tests) == len(run.tests)
         done_runs += finished
@@ -655,8 +663,8 @@ def status_lines(runs, budget, root, jobs):
                      f"{mark:14s} {state}")
         rate = estimate(run, measured)
         remaining = max(planned - env_steps, 0) + (0 if all_tested else sum(
-            budget.test_tasks * (budget.adapt_steps + 1) * run.config.n_episodes
-            * FAMILIES[run.config.family].episode_len for name, _ in run.tests if name not in tests))
+            budget.test_tasks * (budget.adapt_steps + 1) * factor * run.config.n_episodes
+            * FAMILIES[run.config.family].episode_len for name, _, factor in run.tests if name not in tests))
         if rate is None:
             unknown += remaining > 0
         else:
@@ -753,7 +761,7 @@ def dry_run_lines(runs, budget, root, python):
     lines.append("# then, after each finished run and at the end, per family:")
     for family in families:
         lines.append(f"{python} cli.py plot {show(root / family)}/ALGO-sSEED ... --out {show(root / family)}.png")
-        for name, _ in meta_tests(family):
+        for name, *_ in meta_tests(family):
             lines.append(f"{python} results/summarize.py {show(root / family)} {name} >> {show(root / family)}.md")
     return lines
 

@@ -65,10 +65,21 @@ def test_plan_selection_and_budget(tmp_path):
 
 
 def test_meta_tests_at_the_training_limit_only_where_it_differs():
-    assert campaign.meta_tests("car-circle-hazard") == (("test.json", None), ("test-limit10.json", 10.0))
+    big = ("test-4x.json", None, 4)   # every family: the test limit with 4x the episodes per batch
+    assert campaign.meta_tests("car-circle-hazard") == (("test.json", None, 1), ("test-limit10.json", 10.0, 1), big)
     assert FAMILIES["car-circle-hazard"].cost_limit_test == 5.0
-    assert campaign.meta_tests("point-button") == (("test.json", None),)
-    assert campaign.meta_tests("point-circle") == (("test.json", None),)
+    assert campaign.meta_tests("point-button") == (("test.json", None, 1), big)
+    assert campaign.meta_tests("point-circle") == (("test.json", None, 1), big)
+
+
+def test_the_big_batch_meta_test_asks_for_4x_the_runs_episodes():
+    run, = campaign.plan(families=("car-circle-hazard",), algos=("cpo",), seeds=(0,),
+                         budget=campaign.Budget(episodes=2))
+    argvs = {name: campaign.test_argv(run, limit, factor, campaign.Budget(), "python")
+             for name, limit, factor in run.tests}
+    assert "--episodes" not in argvs["test.json"] and "--episodes" not in argvs["test-limit10.json"]
+    big = argvs["test-4x.json"]
+    assert big[big.index("--episodes") + 1] == "8" and "--cost-limit" not in big
 
 
 # --- hand-made run directories ------------------------------------------------------------
@@ -101,11 +112,11 @@ def sleeper(run_dir):
 
 @pytest.fixture
 def handmade(tmp_path):
-    """car-circle-hazard seed 0: meta-trpo finished and meta-tested at both limits,
+    """car-circle-hazard seed 0: meta-trpo finished and meta-tested (both limits, big batch),
     trpo stopped at 7 of 300, cpo finished but tested only at limit 5 and on an older
     checkpoint and with another gamma than today's default, meta-cpo not started."""
     make_run(tmp_path, "car-circle-hazard", "meta-trpo", 0, 50, 90_000,
-             [("test.json", 50), ("test-limit10.json", 50)])
+             [("test.json", 50), ("test-limit10.json", 50), ("test-4x.json", 50)])
     make_run(tmp_path, "car-circle-hazard", "trpo", 0, 7, 15_000)
     make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test.json", 200)], config={"gamma": 0.9})
     return tmp_path
@@ -116,14 +127,14 @@ def test_resume_and_meta_test_detection(handmade):
     budget, py = campaign.Budget(), "python"
     todo = {a: [(s.phase, s.argv) for s in campaign.steps(r, budget, py)] for a, r in runs.items()}
     assert not campaign.needs_work(runs["meta-trpo"]) and todo["meta-trpo"] == []
-    assert [p for p, _ in todo["trpo"]] == ["train", "test", "test"]
+    assert [p for p, _ in todo["trpo"]] == ["train", "test", "test", "test"]
     train = todo["trpo"][0][1]
     assert train[-1] == "--resume" and train[train.index("--iterations") + 1] == "300"
     assert train[train.index("--workers") + 1] == "1"
-    assert [p for p, _ in todo["cpo"]] == ["test", "test"]      # trained; test.json is of iteration 200
+    assert [p for p, _ in todo["cpo"]] == ["test"] * 3         # trained; test.json is of iteration 200
     assert todo["cpo"][1][1][-2:] == ("--cost-limit", "10")
     assert "--cost-limit" not in todo["cpo"][0][1]               # the family's test limit (5)
-    assert [p for p, _ in todo["meta-cpo"]] == ["train", "test", "test"]
+    assert [p for p, _ in todo["meta-cpo"]] == ["train", "test", "test", "test"]
     assert "--resume" not in todo["meta-cpo"][0][1]
     # nothing but algorithm, seed, iterations, workers and the directory: config.py decides the rest
     opts = [a for a in todo["meta-cpo"][0][1] if a.startswith("--")]
@@ -153,7 +164,7 @@ def test_dry_run(handmade):
     assert " cli.py train car-circle-hazard --algo trpo --seed 0 --iterations 300 --workers 1 --out " in trpo
     assert trpo.endswith("--resume >> " + str(handmade / "car-circle-hazard" / "trpo-s0.log") + " 2>&1")
     assert sum(" cli.py train " in ln for ln in lines) == 2      # trpo and meta-cpo
-    assert sum(" cli.py test " in ln for ln in lines) == 6       # 2 each for trpo, cpo, meta-cpo
+    assert sum(" cli.py test " in ln for ln in lines) == 9       # 3 each for trpo, cpo, meta-cpo
     assert any("--cost-limit 10 > " in ln and "test-limit10.json.tmp" in ln for ln in lines)
     assert any("results/summarize.py" in ln and "test-limit10.json" in ln for ln in lines)
     assert not (handmade / "campaign.log").exists()              # a dry run writes nothing
@@ -180,10 +191,11 @@ def test_status(handmade):
         "trained, not meta-tested; config.json differs from today's defaults in gamma")
     assert rows["car-circle-hazard/meta-cpo-s0"].endswith("not started")
     # ETA: 3 s per 15,000-step iteration (2e-4 s per step) for trpo; meta-trpo's 3 s per 90,000 steps;
-    # left: trpo 4,395,000 steps + cpo's 2 meta-tests + meta-cpo's 4.5M steps + 2 meta-tests
+    # left: trpo 4,395,000 steps + cpo's 3 meta-tests + meta-cpo's 4.5M steps + 3 meta-tests; a run's
+    # meta-tests are 1 + 1 + 4 batches' worth (test.json, test-limit10.json, test-4x.json)
     test_steps = 5 * 6 * 6 * 500
     rate_meta = 3.0 / 90_000
-    left = 2e-4 * (4_395_000 + 2 * test_steps) + 2e-4 * 2 * test_steps + rate_meta * (4_500_000 + 2 * test_steps)
+    left = 2e-4 * (4_395_000 + 6 * test_steps) + 2e-4 * 6 * test_steps + rate_meta * (4_500_000 + 6 * test_steps)
     assert out.splitlines()[-1].startswith(
         f"2 of 4 runs trained, 1 meta-tested; ETA {campaign.fmt_duration(left / 2)} at 2 jobs")
 
