@@ -41,6 +41,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import make_vjp
 
+from metacpo_ref.config import INIT_LOG_STD
 from metacpo_ref.advantages import center, standardize, surrogates
 from metacpo_ref.cpo import solve_step
 from metacpo_ref.dco import cpo_layer
@@ -212,7 +213,7 @@ def meta_iteration(theta, vf, config, iteration, workers):
 
 # --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------
 
-def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=None):
+def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=INIT_LOG_STD):
     """Seeded synthetic traces, recorded along the nominal chain from ``init_theta``.
 
     Observations and actions are Gaussian; reward advantages standardised and
@@ -224,8 +225,7 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
     initial log-std before the perturbation. Returns ``(theta, traces)``.
     """
     rng = np.random.default_rng(seed)
-    start = init_theta(spec, seed) if log_std is None else init_theta(spec, seed, log_std)
-    theta = start + 0.3 * rng.standard_normal(n_params(spec))
+    theta = init_theta(spec, seed, log_std) + 0.3 * rng.standard_normal(n_params(spec))
     b_fracs = rng.uniform(-0.8, 0.8, (n_tasks, K + 1)) if b_fracs is None else np.asarray(b_fracs, float)
     betas = np.ones((n_tasks, K)) if betas is None else np.asarray(betas, float)
     traces = []
