@@ -216,7 +216,9 @@ def test(family, checkpoint, local_steps, tasks, episodes, cost_limit, determini
               help="Moving average over N iterations of each run's training curves (1: none).")
 @click.option("--adapted/--no-adapted", default=True, show_default=True,
               help="Also draw the meta algorithms' curves after the local steps (dashed).")
-def plot(run_dirs, out, x_axis, smooth, adapted):
+@click.option("--test", "test_name", default="test.json", show_default=True,
+              help="Each run's meta-testing file (the output of `cli.py test --json`), e.g. test-4x.json.")
+def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
     """Plot training and meta-testing curves of RUN_DIRS (as the paper's Fig. 5).
 
     RUN_DIRS may be a glob such as results/FAMILY/*: files among them (logs)
@@ -224,11 +226,11 @@ def plot(run_dirs, out, x_axis, smooth, adapted):
 
     Runs are grouped by algorithm (config.json); mean and standard error over
     seeds, runs of different lengths on the x range they all cover (see
-    metacpo_ref/plots.py); meta-testing from each run's test.json when present."""
+    metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
     from metacpo_ref.plots import PlotError, group, plot as draw
 
     try:
-        runs, warnings = draw(run_dirs, out, x_axis, smooth, adapted)
+        runs, warnings = draw(run_dirs, out, x_axis, smooth, adapted, test_name=test_name)
     except PlotError as e:
         raise click.ClickException(str(e))
     for w in warnings:

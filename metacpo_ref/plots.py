@@ -82,8 +82,9 @@ def color(algo):
 
 # --- loading ----------------------------------------------------------------------------
 
-def load_run(path):
-    """``(Run, warnings)`` of a run directory; :class:`PlotError` if it has no
+def load_run(path, test_name="test.json"):
+    """``(Run, warnings)`` of a run directory, its meta-testing rows from ``test_name``
+    (the campaign's runs also have e.g. ``test-4x.json``); :class:`PlotError` if it has no
     ``metrics.jsonl``, no ``config.json`` or no metrics rows. An empty
     ``test.json`` (meta-testing still running) is left out with a warning; an
     unreadable one is an error. Every line of ``metrics.jsonl`` that is not a row
@@ -113,10 +114,10 @@ def load_run(path):
     for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
         if key not in rows[0]:
             raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")
-    tpath = d / "test.json"
+    tpath = d / test_name
     if not tpath.exists():
-        warnings.append(f"{path} has no test.json, so no meta-testing curve; make one with `cli.py test {family} "
-                        f"--checkpoint {path}/checkpoint.npz --json > {path}/test.json`")
+        warnings.append(f"{path} has no {test_name}, so no meta-testing curve; make one with `cli.py test {family} "
+                        f"--checkpoint {path}/checkpoint.npz --json > {path}/{test_name}`")
     elif tpath.is_file():
         text = tpath.read_text()
         if not text.strip():
@@ -139,7 +140,7 @@ def load_run(path):
     return Run(str(path), config, rows, test), warnings
 
 
-def load_runs(paths):
+def load_runs(paths, test_name="test.json"):
     """The :class:`Run` of each directory, all of one family, and a list of warnings;
     :class:`PlotError` if there are none, a directory is not a run, or the
     families differ."""
@@ -160,7 +161,7 @@ def load_runs(paths):
     if not paths:
         raise PlotError("no run directories among the paths given (" + ", ".join(map(str, seen.values())) + ")")
     for p in paths:
-        run, w = load_run(p)
+        run, w = load_run(p, test_name)
         runs.append(run)
         warnings += w
     families = sorted({r.family for r in runs})
@@ -352,12 +353,12 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     return fig
 
 
-def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120):
-    """Load the run directories ``paths``, draw :func:`figure`, save it to ``out``
+def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120, test_name="test.json"):
+    """Load the run directories ``paths`` (meta-testing from each one's ``test_name``), draw :func:`figure`, save it to ``out``
     (the format from its extension). Returns ``(runs, warnings)``."""
     import matplotlib.pyplot as plt
 
-    runs, warnings = load_runs(paths)
+    runs, warnings = load_runs(paths, test_name)
     fig = figure(runs, x, n_smooth, adapted)
     out = Path(out)
     image = io.BytesIO()

@@ -15,12 +15,14 @@ that every algorithm has a seed early), and works through the unfinished ones,
 - a finished run is meta-tested (``cli.py test --json``: 5 unseen test tasks, 5
   adaptation steps, the family's test cost limit) into ``test.json``, and, where
   the training limit differs (car-circle-hazard: trained at 10, tested at 5),
-  also at the training limit into ``test-limit10.json``. Each file is written to
+  also at the training limit into ``test-limit10.json``, and with 4x the episodes
+  per batch into ``test-4x.json`` (see :func:`meta_tests`). Each file is written to
   ``.tmp`` and renamed, and records the checkpoint's ``iteration`` and
   ``env_steps``; a run extended later is meta-tested again and the old file kept
   as ``test_<k env steps>k.json``;
 - after each finished run, and at the end, ``cli.py plot`` and
-  ``results/summarize.py`` redraw ``ROOT/FAMILY.png`` and ``ROOT/FAMILY.md``.
+  ``results/summarize.py`` redraw ``ROOT/FAMILY.png`` (meta-testing from
+  ``test-4x.json``) and ``ROOT/FAMILY.md`` (a table per meta-test file).
 
 Equal environment steps: a meta-iteration collects K + 1 batches per task (K
 local steps, then the evaluation batch, Algorithm 1), a CPO / TRPO iteration
@@ -317,13 +319,20 @@ def run_dirs(family_dir):
             if d.is_dir() and (d / "config.json").is_file() and metrics_rows(d)]
 
 
+def figure_test(family):
+    """The meta-test the figure draws: the one at the family's test limit with the most
+    episodes per batch (``test-4x.json``)."""
+    return max((t for t in meta_tests(family) if t[1] is None), key=lambda t: t[2])[0]
+
+
 def report_argvs(root, family, python):
     """``(argv, output file)`` of the figure and the tables of ``family``."""
     fam = root / family
     dirs = [show(d) for d in run_dirs(fam)]
-    out = [((python, "cli.py", "plot", *dirs, "--out", show(root / f"{family}.tmp.png")), root / f"{family}.png")]
-    for name, *_ in meta_tests(family):
-        out.append(((python, "results/summarize.py", show(fam), name), root / f"{family}.md"))
+    out = [((python, "cli.py", "plot", *dirs, "--test", figure_test(family), "--out",
+             show(root / f"{family}.tmp.png")), root / f"{family}.png")]
+    names = [name for name, *_ in meta_tests(family)]
+    out.append(((python, "results/summarize.py", show(fam), *names), root / f"{family}.md"))
     return out if dirs else []
 
 
@@ -522,7 +531,7 @@ class Campaign:
             if dest.suffix == ".png":
                 os.replace(self.root / f"{family}.tmp.png", dest)
             else:
-                tables.append(f"## {argv[-1]}\n\n{r.stdout}")
+                tables.append(r.stdout)
         if tables:
             tmp = self.root / f"{family}.md.tmp"
             tmp.write_text(f"# {family}: tables of results/summarize.py\n\n" + "\n".join(tables))
@@ -760,9 +769,10 @@ def dry_run_lines(runs, budget, root, python):
     families = [f for f in FAMILY_ORDER if any(r.config.family == f for r in runs)]
     lines.append("# then, after each finished run and at the end, per family:")
     for family in families:
-        lines.append(f"{python} cli.py plot {show(root / family)}/ALGO-sSEED ... --out {show(root / family)}.png")
-        for name, *_ in meta_tests(family):
-            lines.append(f"{python} results/summarize.py {show(root / family)} {name} >> {show(root / family)}.md")
+        lines.append(f"{python} cli.py plot {show(root / family)}/ALGO-sSEED ... --test {figure_test(family)} "
+                     f"--out {show(root / family)}.png")
+        names = " ".join(name for name, *_ in meta_tests(family))
+        lines.append(f"{python} results/summarize.py {show(root / family)} {names} > {show(root / family)}.md")
     return lines
 
 

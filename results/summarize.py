@@ -1,11 +1,12 @@
 """Markdown tables for docs/results.md from the run directories of one family.
 
-    python results/summarize.py results/point-circle [test.json]
+    python results/summarize.py results/point-circle [test.json test-4x.json ...]
 
 For each algorithm (from each run's config.json): training return and cost
 (pre-adaptation) over the last 10 iterations, and the meta-testing return and
 cost after k = 0..K adaptation steps (mean over seeds of each seed's mean over
-test tasks, +- standard error across seeds, or over test tasks for one seed);
+test tasks, +- standard error across seeds, or over test tasks for one seed), one
+table per meta-test file named (default test.json);
 for the meta algorithms, what their local steps did to the batch cost in training.
 """
 import json
@@ -79,7 +80,8 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def main(root, test_name="test.json"):
+def main(root, *test_names):
+    test_names = test_names or ("test.json",)
     runs = defaultdict(list)
     for d in sorted(Path(root).iterdir()):   # run directories with metrics rows (not logs, not fresh runs)
         if not d.is_dir():
@@ -92,9 +94,10 @@ def main(root, test_name="test.json"):
             runs[label(json.loads((d / "config.json").read_text()))].append(d)
     for dirs in runs.values():
         for d in dirs:
-            if not (d / test_name).exists():
-                warn(f"{d} has no {test_name}: left out of the meta-testing table (make one with "
-                     f"`cli.py test FAMILY --checkpoint {d}/checkpoint.npz --json > {d}/{test_name}`)")
+            for name in test_names:
+                if not (d / name).exists():
+                    warn(f"{d} has no {name}: left out of the meta-testing table (make one with "
+                         f"`cli.py test FAMILY --checkpoint {d}/checkpoint.npz --json > {d}/{name}`)")
     print("| algorithm | seeds | env steps | train return (last 10 its) | train cost (last 10 its) |")
     print("|---|---|---|---|---|")
     metrics = {}
@@ -114,10 +117,22 @@ def main(root, test_name="test.json"):
     print()
     for line in local_step_table(metrics):
         print(line)
+    for name in test_names:
+        test_table(runs, name, heading=len(test_names) > 1)
+
+
+def test_table(runs, test_name, heading=False):
+    """The meta-testing table of ``test_name`` (one ``cli.py test --json`` file per run):
+    return / cost after k adaptation steps, per algorithm (with ``heading``, under a
+    ``### test_name`` line, for a page with several meta-tests)."""
+    if heading:
+        print(f"### {test_name}")
+        print()
     tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
              for algo, dirs in runs.items()}
     if not any(tests.values()):
         print(f"(no run is meta-tested yet: no {test_name})")
+        print()
         return
     K = min(len(t[0]) for t in tests.values() if t) - 1
     first = next(t[0] for t in tests.values() if t)
@@ -125,15 +140,16 @@ def main(root, test_name="test.json"):
     print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode: "
           "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
     print()
-    print("| algorithm | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
-    print("|---|" + "---|" * (K + 1))
+    print("| algorithm | seeds | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
+    print("|---|---|" + "---|" * (K + 1))
     for algo, t in tests.items():
         if t:
             one = len(t) == 1
             cells = [f"{mean_se([s[k]['return'] for s in t], t[0][k]['return_se'] if one else None)} / "
                      f"{mean_se([s[k]['cost'] for s in t], t[0][k]['cost_se'] if one else None)}"
                      for k in range(K + 1)]
-            print(f"| {algo} | " + " | ".join(cells) + " |")
+            print(f"| {algo} | {len(t)} | " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":

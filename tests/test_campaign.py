@@ -166,7 +166,8 @@ def test_dry_run(handmade):
     assert sum(" cli.py train " in ln for ln in lines) == 2      # trpo and meta-cpo
     assert sum(" cli.py test " in ln for ln in lines) == 9       # 3 each for trpo, cpo, meta-cpo
     assert any("--cost-limit 10 > " in ln and "test-limit10.json.tmp" in ln for ln in lines)
-    assert any("results/summarize.py" in ln and "test-limit10.json" in ln for ln in lines)
+    assert any("results/summarize.py" in ln and "test.json test-limit10.json test-4x.json" in ln for ln in lines)
+    assert any(" cli.py plot " in ln and "--test test-4x.json" in ln for ln in lines)
     assert not (handmade / "campaign.log").exists()              # a dry run writes nothing
 
 
@@ -247,6 +248,12 @@ def test_end_to_end_tiny(tmp_path):
     assert (tmp_path / "point-circle.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "point-circle.md").read_text()
     assert "| meta-trpo | 1 | 1,000 |" in table and "| trpo | 1 | 1,000 |" in table
+    # the training table once, then one meta-test table per file (test.json, test-4x.json)
+    assert table.count("| algorithm | seeds | env steps |") == 1
+    sections = table.split("### ")[1:]
+    assert [sec.splitlines()[0] for sec in sections] == ["test.json", "test-4x.json"]
+    for sec in sections:
+        assert "| meta-trpo | 1 | " in sec and "| trpo | 1 | " in sec
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.pid"))
     assert (fam / "trpo-s0.log").is_file()
     # run again: nothing to train or test

@@ -175,3 +175,23 @@ def test_empty_test_json_is_a_warning(tmp_path):
     assert res.exit_code == 0 and "warning:" in res.output and "still running" in res.output
     assert "(0 meta-tested)" in res.output
     png_size(out)
+
+
+def test_test_option_reads_that_meta_test_file(tmp_path, runs):
+    """``--test test-4x.json`` draws each run's test-4x.json (the campaign's meta-test with
+    more episodes); a run without one is named with the command that writes it."""
+    meta0 = runs[0]
+    rows = json.loads((meta0 / "test.json").read_text())
+    for r in rows["rows"]:
+        r["cost"] += 100.0
+    (meta0 / "test-4x.json").write_text(json.dumps(rows))
+    loaded, warnings = load_runs(runs, "test-4x.json")
+    assert [row["cost"] for row in loaded[0].test] == [120.0, 108.0, 106.0]
+    assert [r.test is not None for r in loaded] == [True, False, False, False]
+    assert f"{runs[1]} has no test-4x.json" in " ".join(warnings)
+    assert [row["cost"] for row in load_runs(runs)[0][0].test] == [20.0, 8.0, 6.0]   # default: test.json
+    res = CliRunner().invoke(cli.main, ["plot", *map(str, runs), "--test", "test-4x.json",
+                                        "--out", str(tmp_path / "4x.png")])
+    assert res.exit_code == 0, res.output
+    assert "meta-cpo 2 runs (1 meta-tested)" in res.output and "cpo 2 runs (0 meta-tested)" in res.output
+    assert f"--json > {runs[1]}/test-4x.json" in res.output
