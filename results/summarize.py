@@ -150,6 +150,22 @@ def test_table(runs, test_name, heading=False):
                      for k in range(K + 1)]
             print(f"| {algo} | {len(t)} | " + " | ".join(cells) + " |")
     print()
+    print("Test tasks at or under the cost limit after k adaptation steps (over seeds and test tasks; a task's "
+          "cost is its batch's mean episode cost)")
+    print()
+    print("| algorithm | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
+    print("|---|" + "---|" * (K + 1))
+    for algo, t in tests.items():
+        if t:
+            print(f"| {algo} | " + " | ".join(f"{n} of {total}" for n, total in tasks_within(t, K)) + " |")
+    print()
+
+
+def tasks_within(tests, K):
+    """``[(tasks at or under the limit, tasks), ...]`` for k = 0..K, over the seeds'
+    meta-test rows ``tests`` (the limit is each row's ``cost_limit``)."""
+    return [(sum(task["cost"] <= s[k]["cost_limit"] for s in tests for task in s[k]["tasks"]),
+             sum(len(s[k]["tasks"]) for s in tests)) for k in range(K + 1)]
 
 
 if __name__ == "__main__":

@@ -360,3 +360,19 @@ def test_summarize_local_step_table_is_the_cost_change_per_step_case():
     # all: seed 0 [2, 1, 1, -6] mean -0.5, 1 of 4 falls; seed 1 [-3, -1] mean -2, 2 of 2
     assert rows[("meta-cpo", "all")] == ["6", "-1.25 ± 0.75", mod.mean_se([0.25, 1.0])]
     assert not any(ln.startswith("| cpo") for ln in lines)
+
+
+def test_summarize_counts_test_tasks_within_the_limit():
+    """Per adaptation step, the (seed, task) pairs whose batch cost is at or under that
+    row's limit (a hand count: a cost equal to the limit is within it)."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rows(*costs_per_step, limit=5.0):
+        return [{"cost_limit": limit, "tasks": [{"cost": c} for c in costs]} for costs in costs_per_step]
+
+    seed0 = rows([4.0, 5.0, 6.0], [7.0, 8.0, 9.0])
+    seed1 = rows([0.0, 10.0, 10.0], [1.0, 2.0, 5.5])
+    assert mod.tasks_within([seed0, seed1], 1) == [(3, 6), (2, 6)]
+    assert mod.tasks_within([rows([9.0], [11.0], limit=10.0)], 1) == [(1, 1), (0, 1)]
