@@ -51,6 +51,8 @@ FISHER_CG_TOL = 1e-10      # else CG to this relative residual; measured: 61 ite
 FISHER_CG_MAX_ITERS = 250  # CG's cap (a warning says when the tolerance was not reached)
 
 # --- meta-training (Algorithm 1) --------------------------------------------
+META_ITERATIONS = 50     # issue 19's campaign: 4.5M env steps per run (5 tasks x 6 batches x ~3000 steps
+                         # each); what docs/results.md measured on every family (make train: point-button)
 META_TASKS = 5           # paper: 5 tasks per meta-iteration
 LOCAL_STEPS = 5          # paper: 5 local updates
 SEEDS = 3                # paper: 3 random seeds
@@ -234,9 +236,10 @@ class Config:
     family: str = setting("point-button", f"Task family of Table 1: {', '.join(FAMILIES)}.")
     algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
                         "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
-    iterations: int = setting(500, "Meta-iterations (baselines: iterations) of the whole run, counted from 0; "
-                              "on --resume the new total (measured: ~22 s per default point-button "
-                              "meta-iteration, one worker, README).", COUNT)
+    iterations: int = setting(META_ITERATIONS, "Meta-iterations (baselines: iterations) of the whole run, "
+                              "counted from 0; on --resume the new total (measured: ~22 s per default "
+                              "point-button meta-iteration, one worker, README). CPO / TRPO collect one batch per "
+                              "task per iteration, a meta-iteration K + 1: at K = 5, 300 match 50.", COUNT)
     tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", COUNT)
     local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", COUNT)
     episodes: int = setting(None, "Episodes per batch; None: the family's (6 for the circle families, "

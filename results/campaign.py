@@ -58,12 +58,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from metacpo_ref.config import ALGOS, FAMILIES, Config  # noqa: E402
+from metacpo_ref.config import ALGOS, FAMILIES, META_ITERATIONS, Config  # noqa: E402
 from metacpo_ref.training import config_from_dict  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first
 SEEDS = (0, 1, 2)            # paper: 3 seeds
-META_ITERATIONS = 50         # issue 19: 50 meta-iterations = 4.5M env steps per run
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
 BIG_BATCH = 4                # test-4x.json: 4x the run's episodes per batch (issue 19, fifth session:
