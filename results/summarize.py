@@ -140,24 +140,25 @@ def test_table(runs, test_name, heading=False):
     print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode: "
           "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
     print()
-    print("| algorithm | seeds | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
-    print("|---|---|" + "---|" * (K + 1))
-    for algo, t in tests.items():
-        if t:
-            one = len(t) == 1
-            cells = [f"{mean_se([s[k]['return'] for s in t], t[0][k]['return_se'] if one else None)} / "
-                     f"{mean_se([s[k]['cost'] for s in t], t[0][k]['cost_se'] if one else None)}"
-                     for k in range(K + 1)]
-            print(f"| {algo} | {len(t)} | " + " | ".join(cells) + " |")
-    print()
+    ks = [f"k={k}" for k in range(K + 1)]
+    tested = {algo: t for algo, t in tests.items() if t}
+    print_table(["algorithm", "seeds", *ks], [
+        [algo, len(t), *(f"{mean_se([s[k]['return'] for s in t], t[0][k]['return_se'] if len(t) == 1 else None)} / "
+                         f"{mean_se([s[k]['cost'] for s in t], t[0][k]['cost_se'] if len(t) == 1 else None)}"
+                         for k in range(K + 1))] for algo, t in tested.items()])
     print("Test tasks at or under the cost limit after k adaptation steps (over seeds and test tasks; a task's "
           "cost is its batch's mean episode cost)")
     print()
-    print("| algorithm | " + " | ".join(f"k={k}" for k in range(K + 1)) + " |")
-    print("|---|" + "---|" * (K + 1))
-    for algo, t in tests.items():
-        if t:
-            print(f"| {algo} | " + " | ".join(f"{n} of {total}" for n, total in tasks_within(t, K)) + " |")
+    print_table(["algorithm", *ks], [[algo, *(f"{n} of {total}" for n, total in tasks_within(t, K))]
+                                     for algo, t in tested.items()])
+
+
+def print_table(columns, rows):
+    """A markdown table of ``rows`` (lists of cells) under ``columns``, and a blank line."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
     print()
 
 
