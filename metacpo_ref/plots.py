@@ -354,8 +354,9 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
 
 
 def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120, test_name="test.json"):
-    """Load the run directories ``paths`` (meta-testing from each one's ``test_name``), draw :func:`figure`, save it to ``out``
-    (the format from its extension). Returns ``(runs, warnings)``."""
+    """Load the run directories ``paths`` (meta-testing from each one's ``test_name``),
+    draw :func:`figure`, save it to ``out`` (the format from its extension). Returns
+    ``(runs, warnings)``."""
     import matplotlib.pyplot as plt
 
     runs, warnings = load_runs(paths, test_name)

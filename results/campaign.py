@@ -19,7 +19,7 @@ that every algorithm has a seed early), and works through the unfinished ones,
   per batch into ``test-4x.json`` (see :func:`meta_tests`). Each file is written to
   ``.tmp`` and renamed, and records the checkpoint's ``iteration`` and
   ``env_steps``; a run extended later is meta-tested again and the old file kept
-  as ``test_<k env steps>k.json``;
+  as ``<its stem>_<k env steps>k.json`` (``test-4x_4500k.json``);
 - after each finished run, and at the end, ``cli.py plot`` and
   ``results/summarize.py`` redraw ``ROOT/FAMILY.png`` (meta-testing from
   ``test-4x.json``) and ``ROOT/FAMILY.md`` (a table per meta-test file).
