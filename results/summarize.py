@@ -98,9 +98,7 @@ def main(root, *test_names):
                 if not (d / name).exists():
                     warn(f"{d} has no {name}: left out of the meta-testing table (make one with "
                          f"`cli.py test FAMILY --checkpoint {d}/checkpoint.npz --json > {d}/{name}`)")
-    print("| algorithm | seeds | env steps | train return (last 10 its) | train cost (last 10 its) |")
-    print("|---|---|---|---|---|")
-    metrics = {}
+    metrics, table = {}, []
     for algo, dirs in runs.items():
         rows = []
         for d in dirs:
@@ -110,11 +108,9 @@ def main(root, *test_names):
             rows.append(good)
         metrics[algo] = rows
         steps = sorted({rs[-1]["env_steps"] for rs in rows})
-        steps = f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else "")
-        print(f"| {algo} | {len(dirs)} | {steps} | "
-              f"{mean_se([np.mean([r['return'] for r in rs[-10:]]) for rs in rows])} | "
-              f"{mean_se([np.mean([r['cost'] for r in rs[-10:]]) for rs in rows])} |")
-    print()
+        table.append([algo, len(dirs), f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else ""),
+                      *(mean_se([np.mean([r[key] for r in rs[-10:]]) for rs in rows]) for key in ("return", "cost"))])
+    print_table(["algorithm", "seeds", "env steps", "train return (last 10 its)", "train cost (last 10 its)"], table)
     for line in local_step_table(metrics):
         print(line)
     for name in test_names:
@@ -142,15 +138,20 @@ def test_table(runs, test_name, heading=False):
     print()
     ks = [f"k={k}" for k in range(K + 1)]
     tested = {algo: t for algo, t in tests.items() if t}
-    print_table(["algorithm", "seeds", *ks], [
-        [algo, len(t), *(f"{mean_se([s[k]['return'] for s in t], t[0][k]['return_se'] if len(t) == 1 else None)} / "
-                         f"{mean_se([s[k]['cost'] for s in t], t[0][k]['cost_se'] if len(t) == 1 else None)}"
-                         for k in range(K + 1))] for algo, t in tested.items()])
+    print_table(["algorithm", "seeds", *ks],
+                [[algo, len(t), *(f"{step_cell(t, k, 'return')} / {step_cell(t, k, 'cost')}" for k in range(K + 1))]
+                 for algo, t in tested.items()])
     print("Test tasks at or under the cost limit after k adaptation steps (over seeds and test tasks; a task's "
           "cost is its batch's mean episode cost)")
     print()
     print_table(["algorithm", *ks], [[algo, *(f"{n} of {total}" for n, total in tasks_within(t, K))]
                                      for algo, t in tested.items()])
+
+
+def step_cell(tests, k, key):
+    """``key`` (return or cost) after k steps over the seeds' meta-test rows ``tests``:
+    mean ± s.e. across seeds, or for one seed its s.e. over test tasks (marked *)."""
+    return mean_se([s[k][key] for s in tests], tests[0][k][f"{key}_se"] if len(tests) == 1 else None)
 
 
 def print_table(columns, rows):
