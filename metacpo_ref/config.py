@@ -52,8 +52,8 @@ FISHER_CG_MAX_ITERS = 250  # CG's cap (a warning says when the tolerance was not
 
 # --- meta-training (Algorithm 1) --------------------------------------------
 META_ITERATIONS = 50     # issue 19's campaign: 4.5M env steps per run (5 tasks x 6 batches x ~3000 steps
-                         # each), measured on every family; 100 (9M) on point-button gave the same
-                         # verdict (docs/results.md), so make train (point-button) keeps 50
+                         # each), measured on every family; 100 (9M) on point-button and point-circle gave
+                         # the same verdicts (docs/results.md), so make train (point-button) keeps 50
 META_TASKS = 5           # paper: 5 tasks per meta-iteration
 LOCAL_STEPS = 5          # paper: 5 local updates
 SEEDS = 3                # paper: 3 random seeds
