@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from metacpo_ref.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ALGOS, COUNT, FAMILIES, INNER_METRICS, META_TEST_TASKS,
+from metacpo_ref.config import (ALGOS, CAR_WALLS, COST_MEASURES, COUNT, FAMILIES, INNER_METRICS, META_TEST_TASKS,
                                 OUTER_METRICS, Config, Range,
                                 field_doc, field_range)
 
@@ -91,6 +91,8 @@ RESUME_FREE = ("iterations",)
 @config_option("local_steps")
 @config_option("episodes")
 @config_option("cost_limit")
+@config_option("cost_measure", type=click.Choice(list(COST_MEASURES)))
+@config_option("car_walls", type=click.Choice(list(CAR_WALLS)))
 @config_option("outer_metric", type=click.Choice(list(OUTER_METRICS)))
 @config_option("inner_metric", type=click.Choice(list(INNER_METRICS)))
 @config_option("seed")
@@ -107,8 +109,8 @@ RESUME_FREE = ("iterations",)
               help="Continue the run in --out with its stored settings; only --iterations (the new total) "
                    "and --workers/--backend/--ray-address may change.")
 @execution_options
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, outer_metric, inner_metric, seed, task_text,
-          recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
+def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
+          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
     from metacpo_ref.workers import WorkerError
@@ -116,11 +118,12 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
     from metacpo_ref.envs import parse_task
 
     try:
-        task = None if task_text is None else parse_task(family, task_text).params
+        task = None if task_text is None else parse_task(family, task_text, car_walls).params
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--task")
     values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                  episodes=episodes, cost_limit=cost_limit, outer_metric=outer_metric,
+                  episodes=episodes, cost_limit=cost_limit, cost_measure=cost_measure, car_walls=car_walls,
+                  outer_metric=outer_metric,
                   inner_metric=inner_metric, seed=seed, task=task,
                   recover_above_limit=recover_above_limit, split_meta_gradient=split_meta_gradient, vf_ftol=vf_ftol)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
@@ -142,14 +145,15 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
     iterations = config.iterations
     click.echo(f"{config.algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
                f"{config.tasks} tasks x {config.n_episodes} episodes per batch, "
-               f"cost limit {config.train_cost_limit:g}, run directory {out_dir}")
+               f"cost limit {config.train_cost_limit:g} ({MEASURE_NAMES[config.cost_measure]}), "
+               f"run directory {out_dir}")
     last = {}
 
     def show(row):
         if not row:
             return ""
         return (f"it {row['iteration']} return {row['return']:.2f} "
-                f"cost {row['cost']:.1f} (limit {row['cost_limit']:g})")
+                f"cost {row['cost']:.1f} (limit {row['cost_limit']:g}{_measure(row)})")
 
     try:
         with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address),
@@ -168,7 +172,15 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
                                    "(--resume continues)")
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
-                   f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}); {out_dir}/metrics.jsonl")
+                   f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}{_measure(last)}); {out_dir}/metrics.jsonl")
+
+
+MEASURE_NAMES = {"discounted": "discounted J_C per episode", "episode": "undiscounted cost per episode"}
+
+
+def _measure(row):
+    """``", discounted"`` after a limit in the discounted measure (rows of older runs have no name: episode)."""
+    return ", discounted" if row.get("cost_measure") == "discounted" else ""
 
 
 @main.command()
@@ -179,32 +191,44 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, ou
                help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
 @click.option("--tasks", type=Number(COUNT), default=META_TEST_TASKS, show_default=True,
               help="Unseen test tasks (Table 1 test ranges).")
-@click.option("--episodes", type=Number(COUNT), default=None, help="Episodes per batch [default: the run's].")
-@config_option("cost_limit", help="Cost limit per episode [default: the family's test limit]; "
-                                  "0 means no cost at all.")
-@click.option("--deterministic", is_flag=True, help="Report the mean action's episodes.")
+@click.option("--episodes", type=Number(COUNT), default=None,
+              help="Episodes per adaptation batch [default: the run's batch size].")
+@click.option("--eval-episodes", type=Number(COUNT), default=None,
+              help="Separate evaluation episodes of each adapted policy, the same layouts at every step and for "
+                   "every checkpoint [default: the run's batch size].")
+@config_option("cost_limit", help="Cost limit per episode, in the run's cost measure [default: the family's test "
+                                  "limit]; 0 means no cost at all.")
+@click.option("--eval-deterministic", "--deterministic", "deterministic", is_flag=True,
+              help="Evaluate the mean actions (adaptation always uses stochastic batches).")
+@click.option("--random-policy", is_flag=True,
+              help="Instead: a uniformly random policy on the same test tasks and evaluation episodes (one row).")
 @config_option("seed", help="Seed of the test tasks and their batches.")
 @execution_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (what plot reads as RUN/test.json) instead of a table.")
-def test(family, checkpoint, local_steps, tasks, episodes, cost_limit, deterministic, seed, workers, backend,
-         ray_address, as_json):
+def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy, seed,
+         workers, backend, ray_address, as_json):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.training import CheckpointError, meta_test
     from metacpo_ref.workers import WorkerError
 
     try:
         rows = meta_test(checkpoint, family, tasks, local_steps, episodes, cost_limit, deterministic, seed, workers,
-                         backend, ray_address)
+                         backend, ray_address, eval_episodes, random_policy)
     except (CheckpointError, WorkerError) as e:
         raise click.ClickException(str(e))
     if as_json:
         click.echo(json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1))
         return
-    click.echo(f"{'step':>4s} {'return':>9s} {'+-se':>7s} {'cost':>8s} {'+-se':>7s} {'cost/step':>9s}  (limit {rows[0]['cost_limit']:g})")
+    click.echo(f"cost limit {rows[0]['cost_limit']:g} on the {MEASURE_NAMES[rows[0]['cost_measure']]}; "
+               f"{rows[0]['eval_episodes']} evaluation episodes per task and step; authors': their logged "
+               "measure (the batch discounted from its first step, never reset), for comparison only")
+    click.echo(f"{'step':>4s} {'return':>9s} {'+-se':>7s} {'episode':>8s} {'+-se':>7s} {'discntd':>8s} {'+-se':>7s} "
+               f"{'authors':>8s} {'cost/step':>9s}")
     for r in rows:
-        click.echo(f"{r['step']:4d} {r['return']:9.3f} {r['return_se']:7.3f} {r['cost']:8.2f} "
-                   f"{r['cost_se']:7.2f} {r['cost_rate']:9.4f}")
+        click.echo(f"{r['step']:4d} {r['return']:9.3f} {r['return_se']:7.3f} {r['cost_episode']:8.2f} "
+                   f"{r['cost_episode_se']:7.2f} {r['cost_discounted']:8.2f} {r['cost_discounted_se']:7.2f} "
+                   f"{r['cost_authors']:8.2f} {r['cost_rate']:9.4f}")
 
 
 @main.command()

@@ -21,8 +21,11 @@ whose log-probabilities ``logp_beh`` were stored at collection):
   whose gradients at the behaviour parameters are ``g`` and ``a`` of eq. 9
   (and whose values after adaptation are the meta objective ``F`` and
   constraint ``G`` of eq. 10);
-- ``b`` of eq. 9 in the same per-step units: (mean episode cost - limit) /
-  mean episode length (D16).
+- ``b`` of eq. 9 in the same per-step units: (cost measure - limit) / the
+  measure's mean episode weight (D16, D37): the undiscounted episode cost over
+  the mean episode length (``episode``), or the paper's discounted ``J_C`` over
+  the mean discounted episode length (``discounted``), whose cost surrogate
+  weights step t of an episode by ``gamma^t`` (D38; docs/derivations.md, section 12).
 
 Observations arrive already normalised (training wraps the env in
 :class:`metacpo_ref.rollouts.NormalizedEnv` with a normaliser frozen for the
@@ -243,10 +246,12 @@ def surrogates(spec, batch, adv_r, adv_c, logp_beh):
     return L_R, L_C
 
 
-def constraint_value(batch, cost_limit):
-    """``b`` of eq. 9 in per-step units: ``(mean episode cost - cost_limit) / mean episode length``.
+def constraint_value(batch, cost_limit, measure="episode", gamma=GAMMA):
+    """``b`` of eq. 9 in per-step units (D16, D37): ``(J - cost_limit) / W``, with ``J`` the
+    batch's cost in ``measure`` and ``W`` the mean episode weight (:func:`measured_cost`).
 
-    The limit is on the undiscounted episode cost. The means run over the
+    ``episode``: ``(mean episode cost - cost_limit) / mean episode length``, the limit on
+    the undiscounted episode cost. ``discounted``: the limit on the paper's ``J_C``. The means run over the
     complete episodes: those that ended by a termination or a time-limit cut.
     A :class:`~metacpo_ref.rollouts.Batch` holds only such episodes (every
     episode ends with a terminated or truncated step; ``collect`` never
@@ -259,4 +264,68 @@ def constraint_value(batch, cost_limit):
     n_ep = len(batch.ep_cost)
     if n_ep == 0 or int(np.sum(ends)) != n_ep or not ends[-1] or int(np.sum(batch.ep_len)) != len(batch):
         raise ValueError("batch must consist of whole episodes (one terminated/truncated end per episode)")
-    return float((np.mean(batch.ep_cost) - cost_limit) / np.mean(batch.ep_len))
+    J, W = measured_cost(batch, measure, gamma)
+    return float((J - cost_limit) / W)
+
+
+# --- the cost measures (docs/derivations.md, section 12) ------------------------
+
+def step_weights(batch, measure, gamma=GAMMA):
+    """The weight ``w_t`` of each step in ``measure`` (D36): 1 (``episode``) or
+    ``gamma^tau_t`` (``discounted``), ``tau_t`` the steps since the start of step t's
+    episode (0 at its first step; the discount restarts at every episode end)."""
+    if measure == "episode":
+        return np.ones(len(batch))
+    if measure != "discounted":
+        raise ValueError(f"unknown cost measure {measure!r}; valid: discounted, episode")
+    ends = np.asarray(batch.episode_ends, dtype=bool)
+    starts = np.concatenate([[0], np.flatnonzero(ends[:-1]) + 1])
+    first = np.repeat(starts, np.diff(np.append(starts, len(ends))))   # first step of each step's episode
+    return float(gamma) ** (np.arange(len(ends)) - first).astype(np.float64)
+
+
+def measured_cost(batch, measure, gamma=GAMMA):
+    """``(J, W)`` of a batch of whole episodes in ``measure`` (D36):
+
+        J = mean_e sum_{t in e} w_t c_t,     W = mean_e sum_{t in e} w_t
+
+    ``episode``: the mean undiscounted episode cost and the mean episode length
+    (``batch.ep_cost``, ``batch.ep_len``). ``discounted``: the paper's
+    ``J_C = E[sum_t gamma^t C_t]`` (Section 2) from each episode's first step and the
+    mean discounted length ``sum_t gamma^t``. An episode cut by the time limit counts
+    with the costs it has: nothing is bootstrapped beyond the cut (at gamma = 0.99 the
+    steps after 500 could add at most ``gamma^500 / (1 - gamma) = 0.66`` per unit of
+    cost per step)."""
+    if measure == "episode":
+        return float(np.mean(batch.ep_cost)), float(np.mean(batch.ep_len))
+    w = step_weights(batch, measure, gamma)
+    n_ep = max(len(batch.ep_len), 1)
+    return float(np.sum(w * batch.cost) / n_ep), float(np.sum(w) / n_ep)
+
+
+def episode_measures(batch, gamma=GAMMA):
+    """Per episode ``(undiscounted cost, discounted cost J_C)`` of a batch (D36), shapes (E,)."""
+    w = step_weights(batch, "discounted", gamma)
+    ends = np.flatnonzero(batch.episode_ends)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    disc = np.add.reduceat(w * np.asarray(batch.cost, dtype=np.float64), starts) if len(ends) else np.zeros(0)
+    return np.asarray(batch.ep_cost, dtype=np.float64), disc
+
+
+def authors_cost(batch, gamma=GAMMA):
+    """The authors' logged cost, for comparison only (docs/results.md): ``sum_i gamma^i c_i``
+    over the whole batch from its first step, the discount never reset at an episode end
+    (circle and button episodes are only truncated). Nothing else in the package uses it."""
+    cost = np.asarray(batch.cost, dtype=np.float64)
+    return float(np.sum(float(gamma) ** np.arange(len(cost), dtype=np.float64) * cost))
+
+
+def weight_cost_advantages(adv_c, batch, measure, gamma=GAMMA):
+    """The centred cost advantages of a batch in ``measure``'s weights (D38):
+    ``adv_c * w_t / mean(w)``, so that ``L_C = mean_t rho_t adv_c`` is the
+    ``w``-weighted mean ``sum_t w_t rho_t A_C,t / sum_t w_t`` and ``W L_C`` the
+    first-order change of ``J`` (D39). ``episode``: ``adv_c`` itself (unchanged to the bit)."""
+    if measure == "episode":
+        return np.asarray(adv_c, dtype=np.float64)
+    w = step_weights(batch, measure, gamma)
+    return np.asarray(adv_c, dtype=np.float64) * (w / np.mean(w))

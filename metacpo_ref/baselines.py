@@ -11,20 +11,27 @@ cost constraint; TRPO drops it. Both reuse the iteration frame
 """
 import numpy as np
 
-from metacpo_ref.advantages import constraint_value
+from metacpo_ref.advantages import constraint_value, step_weights
 from metacpo_ref.iteration import json_float, run_iteration
 from metacpo_ref.rollouts import concat_batches
 from metacpo_ref.update import StepData, policy_update, specs
 
 
-def pooled_data(runs, theta, cost_limit):
+def pooled_data(runs, theta, cost_limit, config):
     """One :class:`StepData` from the tasks' batches of ``theta`` (each run's
-    ``trace.eval``): arrays concatenated, ``b_hat`` from the pooled episodes."""
+    ``trace.eval``): arrays concatenated, ``b_hat`` from the pooled episodes in
+    ``config.cost_measure``. Each task's cost advantages carry its own batch's weights
+    ``w_t / mean(w)`` (D38); rescaled by ``mean_task(w) / mean_pooled(w)`` they are the
+    pooled batch's (a factor 1.0 with the episode measure or equal batch lengths)."""
     d = [r.trace.eval for r in runs]
-    batch = concat_batches([r.batch0 for r in runs])
-    return StepData(*(np.concatenate([getattr(x, k) for x in d])
-                      for k in ("obs", "act", "logp_beh", "adv_r", "adv_c")),
-                    constraint_value(batch, cost_limit), np.asarray(theta, dtype=np.float64))
+    batches = [r.batch0 for r in runs]
+    batch = concat_batches(batches)
+    mean_w = lambda b: float(np.mean(step_weights(b, config.cost_measure, config.gamma)))
+    pooled_w = mean_w(batch)
+    adv_c = np.concatenate([x.adv_c * (mean_w(b) / pooled_w) for x, b in zip(d, batches)])
+    return StepData(*(np.concatenate([getattr(x, k) for x in d]) for k in ("obs", "act", "logp_beh", "adv_r")),
+                    adv_c, constraint_value(batch, cost_limit, config.cost_measure, config.gamma),
+                    np.asarray(theta, dtype=np.float64))
 
 
 def baseline_iteration(theta, vf, config, iteration, workers):
@@ -35,7 +42,7 @@ def baseline_iteration(theta, vf, config, iteration, workers):
     spec, _ = specs(config)
 
     def learn(theta, runs):
-        upd = policy_update(spec, theta, pooled_data(runs, theta, config.train_cost_limit), config)
+        upd = policy_update(spec, theta, pooled_data(runs, theta, config.train_cost_limit, config), config)
         return upd.phi, {"cases": {upd.case: 1}, "beta": upd.beta, "lam": upd.lam, "nu": json_float(upd.nu)}
 
     return run_iteration(theta, vf, config, iteration, workers, 0, learn)

@@ -5,7 +5,8 @@ Sources: "paper" is Meta-CPO (arXiv 2312.10230, Table 1, Section 5, Fig. 5);
 them); "derivations" is docs/derivations.md in this repository (the CPO step,
 its line search and its derivative, with numbered equations D1-D33);
 "measured" means chosen here from a measurement, described beside it.
-Cost limits are on the UNDISCOUNTED sum of costs over one episode.
+Cost limits are on the run's cost measure (``Config.cost_measure``): the paper's
+discounted ``J_C`` (the default) or the undiscounted sum of costs over one episode.
 """
 import math
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,7 @@ class Family:
     test: dict
     int_params: tuple = ()
     episodes: int = 6    # episodes per batch: about 3000 steps (authors' code)
+    stock_walls_drop: tuple = ()   # parameters a task of the stock walls lacks (Config.car_walls="stock")
     act_dim: int = 2     # Safety-Gymnasium's point and car robots both have two actuators
 
 
@@ -104,10 +106,15 @@ FAMILIES = {
         episode_len=500,
         cost_limit_train=10.0,   # paper, Fig. 5b
         cost_limit_test=5.0,     # paper, Fig. 5b (tighter in meta-testing)
-        train={"radius": (0.7, 1.0), "num_hazards": (3, 7)},          # paper Table 1
-        test={"radius": (1.2, 1.5), "num_hazards": (7, 12)},          # paper Table 1
+        # Table 1's caption: "For P-Circle and C-Circle-H, s x r_c determines the wall
+        # distance, and the same s is applied for both environments": P-Circle's ranges.
+        train={"radius": (0.7, 1.0), "num_hazards": (3, 7), "wall_factor": (0.65, 0.75)},   # paper Table 1
+        test={"radius": (1.2, 1.5), "num_hazards": (7, 12), "wall_factor": (0.55, 0.65)},   # paper Table 1
         int_params=("num_hazards",),
         episodes=6,
+        # the first campaign (issue 19) kept Safety-Gymnasium's walls at |x| = 1.125: its tasks
+        # have no wall_factor (Config.car_walls="stock", what its checkpoints load with)
+        stock_walls_drop=("wall_factor",),
     ),
     "point-button": Family(
         name="point-button",
@@ -149,6 +156,16 @@ BUTTON_HAZARD_KEEPOUT = 0.18
 RECOVER_ABOVE_LIMIT = True
 
 ALGOS = ("meta-cpo", "meta-trpo", "cpo", "trpo")
+
+# --- the cost measure: what the limit is on (docs/derivations.md, section 12) ------
+# discounted: the paper's constraint, J_C(pi) = E[sum_t gamma^t C(s_t, a_t)] <= h (Section 2),
+#   discounted from each episode's first step; about the cost of an episode's first ~100 steps
+#   (sum_t gamma^t = 99.3 over 500 steps at gamma 0.99).
+# episode: the undiscounted cost per episode (Safety-Gymnasium's and OmniSafe's convention, and
+#   the first campaign's, issue 19); for comparisons with their benchmarks.
+COST_MEASURES = ("discounted", "episode")
+COST_MEASURE = "discounted"   # paper, Section 2
+CAR_WALLS = ("paper", "stock")
 OUTER_METRICS = ("identity", "fisher")
 
 # --- the metrics of the meta algorithms' steps (issue 15) -------------------------
@@ -247,7 +264,16 @@ class Config:
                             "3 for point-button: ~3000 steps, authors' code).", COUNT)
     seed: int = setting(0, "Seed of everything random: initial parameters, tasks, every batch "
                         "(keyed by seed, iteration, task, step).", SEED)
-    cost_limit: float = setting(None, "Cost limit per episode (undiscounted sum of costs); None: the family's "
+    cost_measure: str = setting(COST_MEASURE, "What the cost limit is on: discounted, the paper's J_C = "
+                                "E[sum_t gamma^t C_t] from each episode's first step (Section 2), or episode, "
+                                "the undiscounted cost per episode (Safety-Gymnasium's and OmniSafe's "
+                                "convention; runs made before this setting). Every place the limit meets the "
+                                "data uses it: b of eq. 9 and the cost surrogate (derivations D36-D39), the line "
+                                "search, the recover rule, G of eq. 10, meta-testing, the progress line.")
+    car_walls: str = setting("paper", "Car-Circle-Hazard's walls: paper, at s x r_c with s from Point-Circle's "
+                             "ranges (Table 1's caption; a wall_factor task key), or stock, Safety-Gymnasium's "
+                             "|x| = 1.125 (the first campaign's runs). Other families ignore it.")
+    cost_limit: float = setting(None, "Cost limit per episode, in cost_measure; None: the family's "
                                 "training limit (paper, Fig. 5). 0 is valid and means no cost at all: a batch "
                                 "with any cost event violates it (b > 0), so every step works on the cost "
                                 "first; negative limits are refused (costs are >= 0: nothing meets them).",
@@ -322,6 +348,10 @@ class Config:
             raise ValueError(f"unknown outer metric {self.outer_metric!r}; valid: {', '.join(OUTER_METRICS)}")
         if self.inner_metric not in INNER_METRICS:
             raise ValueError(f"unknown inner metric {self.inner_metric!r}; valid: {', '.join(INNER_METRICS)}")
+        if self.cost_measure not in COST_MEASURES:
+            raise ValueError(f"unknown cost measure {self.cost_measure!r}; valid: {', '.join(COST_MEASURES)}")
+        if self.car_walls not in CAR_WALLS:
+            raise ValueError(f"unknown car walls {self.car_walls!r}; valid: {', '.join(CAR_WALLS)}")
         for f in fields(self):
             valid, v = f.metadata["range"], getattr(self, f.name)
             if valid is not None and v is not None:

@@ -43,8 +43,9 @@ from functools import partial
 import numpy as np
 
 import metacpo_ref
-from metacpo_ref.advantages import (ValueSpec, center, constraint_value, gae, init_value, standardize,
-                                    surrogates, value_loss_and_grad)
+from metacpo_ref.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
+                                    measured_cost, standardize, step_weights, surrogates, value_loss_and_grad,
+                                    weight_cost_advantages)
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, PAPER, Config
 from metacpo_ref.cpo import CASES, cg, solve_step
 from metacpo_ref.dco import cpo_layer, cpo_step_vjp
@@ -279,6 +280,51 @@ def make_constraint_value():
          "ep_cost": "undiscounted cost of each episode (E,)", "ep_len": "length of each episode (E,)",
          "cost_limit": "limit on the undiscounted episode cost",
          "b": "(mean ep_cost - cost_limit) / mean ep_len, scalar"})
+
+
+def _cost_batch(inp):
+    """A :class:`Batch` of the stored per-step costs and episode ends (episode sums derived)."""
+    term, trunc = np.asarray(inp["terminated"]), np.asarray(inp["truncated"])
+    cost = np.asarray(inp["cost"], dtype=np.float64)
+    ends = np.flatnonzero(term | trunc)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    batch = _batch(term, truncated=trunc, ep_cost=np.add.reduceat(cost, starts), ep_len=ends - starts + 1)
+    return dataclasses.replace(batch, cost=cost)
+
+
+def compute_constraint_value_discounted(inp):
+    batch, gamma, limit = _cost_batch(inp), float(inp["gamma"]), float(inp["cost_limit"])
+    J, W = measured_cost(batch, "discounted", gamma)
+    return {"w": _f(step_weights(batch, "discounted", gamma)), "J": _f(J), "W": _f(W),
+            "b": _f(constraint_value(batch, limit, "discounted", gamma)),
+            "adv_c_weighted": _f(weight_cost_advantages(inp["adv_c"], batch, "discounted", gamma)),
+            "b_episode": _f(constraint_value(batch, limit, "episode", gamma)), "authors": _f(authors_cost(batch, gamma))}
+
+
+def make_constraint_value_discounted():
+    rng = np.random.default_rng(107)
+    terminated, truncated = _ends()
+    T = len(terminated)
+    inp = {"terminated": terminated, "truncated": truncated, "cost": _f(rng.integers(0, 2, T)),
+           "adv_c": _f(center(rng.standard_normal(T))[0]), "gamma": _f(0.9), "cost_limit": _f(1.5)}
+    return inp, compute_constraint_value_discounted(inp), _meta(
+        "the paper's discounted cost measure (derivations D36-D38): per-step weights gamma^tau restarted at "
+        "every episode start, J_C and the mean discounted length W, b = (J_C - limit) / W, the cost "
+        "advantages in the same weights; and, for contrast, b of the undiscounted measure and the authors' "
+        "logged measure (the batch discounted from its first step, never reset). gamma = 0.9 so that the "
+        "weights differ visibly within these short episodes",
+        "metacpo_ref.advantages.step_weights, measured_cost, constraint_value, weight_cost_advantages, "
+        "authors_cost", EXACT,
+        {"terminated": "true termination at step t (T,)", "truncated": "time-limit cut at step t (T,)",
+         "cost": "per-step cost c_t (T,)", "adv_c": "centred cost advantages (T,)", "gamma": "discount",
+         "cost_limit": "limit h on the discounted cost J_C",
+         "w": "gamma^tau_t, tau_t the steps since the start of step t's episode (T,)",
+         "J": "mean over episodes of sum_t w_t c_t (the paper's J_C), scalar",
+         "W": "mean over episodes of sum_t w_t, scalar", "b": "(J - cost_limit) / W, scalar",
+         "adv_c_weighted": "adv_c * w / mean(w): L_C = mean_t rho_t adv_c_weighted is the w-weighted surrogate "
+                           "(D38) (T,)",
+         "b_episode": "(mean undiscounted episode cost - cost_limit) / mean episode length (D16), scalar",
+         "authors": "sum_i gamma^i c_i over the whole batch, i counted from its first step (for comparison only)"})
 
 
 def compute_value_loss_grad(inp):
@@ -741,6 +787,7 @@ BLOCKS = [
     ("policy_act", make_policy_act, compute_policy_act),
     ("gae", make_gae, compute_gae),
     ("constraint_value", make_constraint_value, compute_constraint_value),
+    ("constraint_value_discounted", make_constraint_value_discounted, compute_constraint_value_discounted),
     ("value_loss_grad", make_value_loss_grad, compute_value_loss_grad),
     ("obs_norm", make_obs_norm, compute_obs_norm),
     ("surrogates", make_surrogates, compute_surrogates),

@@ -185,9 +185,74 @@ def check_policy_value_loss(tol=1e-6):
     return result("policy_value_loss", rel_error(grad(f)(params), central_diff(f, params)), tol)
 
 
+# --- the discounted cost measure (advantages.py, derivations section 12) -------
+DISCOUNTED_EPISODES = ((7, "truncated"), (5, "terminated"), (8, "truncated"))   # 20 steps, as _policy_problem
+
+
+def discounted_problem(seed=0, gamma=0.9, limit=1.5):
+    """:func:`_policy_problem` with an episode structure, per-step costs and the cost
+    advantages in the discounted measure's weights (D38); ``b_hat`` from (D37)."""
+    from metacpo_ref.advantages import center, constraint_value, weight_cost_advantages
+    from metacpo_ref.rollouts import Batch
+
+    pb = _policy_problem(seed)
+    rng = np.random.default_rng(seed + 1)
+    lens = [n for n, _ in DISCOUNTED_EPISODES]
+    term = np.concatenate([[False] * (n - 1) + [how == "terminated"] for n, how in DISCOUNTED_EPISODES])
+    trunc = np.concatenate([[False] * (n - 1) + [how == "truncated"] for n, how in DISCOUNTED_EPISODES])
+    cost = rng.integers(0, 2, len(term)).astype(np.float64)
+    z = np.zeros(len(term))
+    ep_cost = np.add.reduceat(cost, np.cumsum([0] + lens[:-1]))
+    batch = Batch(obs=pb["obs"], act=pb["act"], logp=pb["logp_beh"], rew=z, cost=cost, terminated=term,
+                  truncated=trunc, bootstrap_obs=np.zeros_like(pb["obs"]), ep_return=np.zeros(len(lens)),
+                  ep_cost=ep_cost, ep_len=np.array(lens))
+    raw = center(pb["adv_c"])[0]
+    pb.update(batch=batch, gamma=gamma, limit=limit, raw_adv_c=raw,
+              adv_c=weight_cost_advantages(raw, batch, "discounted", gamma),
+              b_hat=constraint_value(batch, limit, "discounted", gamma))
+    return pb
+
+
+def check_discounted_constraint_value(tol=1e-6):
+    """Gradient of ``b(theta) = b_hat + L_C(theta) - L_C(theta_beh)`` (D17) with the
+    discounted measure's cost surrogate (D38) away from the behaviour parameters."""
+    from autograd import grad
+
+    pb = discounted_problem()
+    _, L_C = _policy_surrogates(pb)
+    b = lambda t: pb["b_hat"] + L_C(t) - L_C(pb["theta_beh"])
+    return result("discounted_constraint_value", rel_error(grad(b)(pb["theta"]), central_diff(b, pb["theta"])), tol)
+
+
+def check_discounted_first_order(tol=1e-12):
+    """The discounted measure's pieces against a loop over episodes and steps written from
+    the paper's definitions: ``b_hat = (J_C - h) / W`` (D37) and ``W (L_C(theta) -
+    L_C(theta_beh)) = (1/E) sum_e sum_t gamma^t (rho_t - 1) A_t`` (D39), relative error."""
+    from metacpo_ref.policy import log_prob
+
+    pb = discounted_problem()
+    _, L_C = _policy_surrogates(pb)
+    batch, gamma = pb["batch"], pb["gamma"]
+    rho = np.exp(log_prob(pb["spec"], pb["theta"], pb["obs"], pb["act"]) - pb["logp_beh"])
+    J = W = change = 0.0
+    t = 0
+    for n in batch.ep_len:
+        for tau in range(int(n)):
+            J += gamma ** tau * batch.cost[t]
+            W += gamma ** tau
+            change += gamma ** tau * (rho[t] - 1.0) * pb["raw_adv_c"][t]
+            t += 1
+    E = len(batch.ep_len)
+    J, W, change = J / E, W / E, change / E
+    err = max(abs(pb["b_hat"] - (J - pb["limit"]) / W) / abs((J - pb["limit"]) / W),
+              abs(W * (L_C(pb["theta"]) - L_C(pb["theta_beh"])) - change) / abs(change))
+    return result("discounted_first_order", err, tol)
+
+
 POLICY_CHECKS = [check_policy_log_prob, check_policy_mean_kl, check_policy_fvp,
                  check_policy_surrogate_R, check_policy_surrogate_C,
                  check_policy_surrogate_hvp, check_policy_value_loss]
+COST_MEASURE_CHECKS = [check_discounted_constraint_value, check_discounted_first_order]
 
 
 # --- checks of the meta-gradient (meta.py, eq. 11) ----------------------------
@@ -347,7 +412,7 @@ QP_CHECKS = [_qp_check(arg) for arg in ("Q", "q", "A", "b", "G", "h")]
 
 def all_checks():
     """Every check function, in the order they are printed."""
-    return CPO_CHECKS + POLICY_CHECKS + META_CHECKS + QP_CHECKS
+    return CPO_CHECKS + POLICY_CHECKS + COST_MEASURE_CHECKS + META_CHECKS + QP_CHECKS
 
 
 def run_checks():

@@ -18,7 +18,7 @@ import numpy as np
 from metacpo_ref.advantages import fit_value
 from metacpo_ref.envs import train_tasks
 from metacpo_ref.rollouts import batch_seed, task_seed
-from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
+from metacpo_ref.update import StepData, batch_cost, collect_step_data, policy_update, specs
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +50,8 @@ class TaskJob:
 
 @dataclass(frozen=True, eq=False)
 class TaskRun:
-    """One task's inner loop: its trace, per-batch returns/costs/steps (K + 1
+    """One task's inner loop: its trace, per-batch returns, costs (in the run's cost
+    measure; ``costs_episode`` undiscounted per episode) and steps (K + 1
     batches: k = 0..K-1 local, then evaluation), each local step's case, multipliers
     ``lam``, ``nu`` (eq. 9) and line-search fraction, the pre-adaptation batch
     ``batch0`` and its value targets, timings, and ``part``, the value of
@@ -69,6 +70,7 @@ class TaskRun:
     env_time: float
     learner_time: float
     part: object = None
+    costs_episode: list = ()
 
     @property
     def obs0(self):
@@ -85,7 +87,8 @@ def inner_loop(env, job):
     spec, vspec = specs(config)
     env.set_task(job.task)
     phi, vf, steps = np.asarray(job.theta, dtype=np.float64), job.vf, []
-    out = {"returns": [], "costs": [], "steps": [], "cases": [], "betas": [], "lams": [], "nus": []}
+    out = {"returns": [], "costs": [], "costs_episode": [], "steps": [], "cases": [], "betas": [], "lams": [],
+           "nus": []}
     env_time = learner_time = 0.0
     for k in range(job.local_steps + 1):
         c = collect_step_data(env, spec, vspec, phi, vf, config,
@@ -94,7 +97,8 @@ def inner_loop(env, job):
         if k == 0:
             batch0, targets0 = c.batch, (c.adv.targets_r, c.adv.targets_c)
         out["returns"].append(float(np.mean(c.batch.ep_return)))
-        out["costs"].append(float(np.mean(c.batch.ep_cost)))
+        out["costs"].append(batch_cost(c.batch, config))
+        out["costs_episode"].append(float(np.mean(c.batch.ep_cost)))
         out["steps"].append(len(c.batch))
         t0 = time.perf_counter()
         if k < job.local_steps:
@@ -143,11 +147,12 @@ def json_float(v):
 
 def iteration_metrics(tasks, runs, config):
     """The frame's part of a ``metrics.jsonl`` row: pre-adaptation (k = 0) return
-    and cost, env steps, per-task numbers (with each local step's case, ``lam``,
-    ``nu`` and ``beta`` when there are local steps), times."""
+    and cost (``cost`` in the run's ``cost_measure``, the one ``cost_limit`` is on;
+    ``cost_episode`` undiscounted per episode), env steps, per-task numbers (with each
+    local step's case, ``lam``, ``nu`` and ``beta`` when there are local steps), times."""
     rows = []
     for t, r in zip(tasks, runs):
-        row = {"params": t.params, "returns": r.returns, "costs": r.costs}
+        row = {"params": t.params, "returns": r.returns, "costs": r.costs, "costs_episode": list(r.costs_episode)}
         if r.cases:
             row.update(betas=r.betas, cases=r.cases, lams=[json_float(v) for v in r.lams],
                        nus=[json_float(v) for v in r.nus])
@@ -155,7 +160,9 @@ def iteration_metrics(tasks, runs, config):
     return {
         "return": float(np.mean([r.returns[0] for r in runs])),
         "cost": float(np.mean([r.costs[0] for r in runs])),
+        "cost_episode": float(np.mean([r.costs_episode[0] for r in runs])),
         "cost_limit": config.train_cost_limit,
+        "cost_measure": config.cost_measure,
         "steps": int(sum(sum(r.steps) for r in runs)),
         "tasks": rows,
         "time_env": float(sum(r.env_time for r in runs)),
@@ -178,7 +185,8 @@ def run_iteration(theta, vf, config, iteration, workers, local_steps, learn, tas
     Returns ``(theta_new, vf_new, metrics)``; ``metrics`` is the frame's row
     (:func:`iteration_metrics`) updated with the algorithm's own."""
     _, vspec = specs(config)
-    tasks = train_tasks(config.family, config.tasks, task_seed(config.seed, iteration), config.task)
+    tasks = train_tasks(config.family, config.tasks, task_seed(config.seed, iteration), config.task,
+                        config.car_walls)
     jobs = [(TaskJob(task, i, theta, vf, config, iteration, local_steps, task_part),)
             for i, task in enumerate(tasks)]
     t0 = time.perf_counter()

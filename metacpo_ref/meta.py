@@ -202,6 +202,7 @@ def meta_iteration(theta, vf, config, iteration, workers):
         return outer.theta, {
             "return_adapted": float(np.mean([r.returns[-1] for r in runs])),
             "cost_adapted": float(np.mean([r.costs[-1] for r in runs])),
+            "cost_adapted_episode": float(np.mean([r.costs_episode[-1] for r in runs])),
             "cases": {c: cases.count(c) for c in sorted(set(cases))},
             "outer_case": outer.case, "outer_beta": outer.beta, "outer_lam": outer.lam,
             "outer_nu": json_float(outer.nu), "F": outer.F, "G": outer.G, "F_new": outer.F_new,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metacpo_ref.advantages import init_value
+from metacpo_ref.advantages import authors_cost, episode_measures, init_value
 from metacpo_ref.baselines import baseline_iteration
 from metacpo_ref.config import (COST_LIMIT, FAMILIES, LOCAL_STEPS, META_TEST_TASKS, OBS_NORM_EPISODES, OBS_STD_FLOOR,
                                  Config)
@@ -32,7 +32,8 @@ from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fi
 from metacpo_ref.update import collect_step_data, policy_update, specs
 from metacpo_ref.workers import Workers
 
-TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing batches (never a training iteration)
+TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing's adaptation batches (never a training iteration)
+EVAL_ITERATION = 2**31 - 6   # the seed key of meta-testing's evaluation episodes
 NORM_ITERATION = 2**31 - 4   # the seed key of the observation normaliser's episodes
 
 
@@ -60,7 +61,7 @@ def initial_state(config):
     seeds = np.random.SeedSequence([config.seed, 7]).generate_state(3)
     env = make_env(config.family)
     obs = []
-    for i, task in enumerate(train_tasks(config.family, config.tasks, config.seed, config.task)):
+    for i, task in enumerate(train_tasks(config.family, config.tasks, config.seed, config.task, config.car_walls)):
         env.set_task(task)
         batch = collect(env, random_act, OBS_NORM_EPISODES, batch_seed(config.seed, NORM_ITERATION, i, 0))
         obs.append(batch.obs)
@@ -76,7 +77,7 @@ def config_to_json(config):
 RENAMED = {"kl_delta": ("baseline_delta", "ls_kl")}   # old config key -> the fields that took over its jobs
 # Fields added later, and the value that reproduces what a config written before them ran with.
 BEFORE_FIELD = {"recover_above_limit": False, "task": None, "inner_metric": "identity", "split_meta_gradient": False,
-                "vf_ftol": None}
+                "vf_ftol": None, "cost_measure": "episode", "car_walls": "stock"}
 
 
 def config_from_dict(d):
@@ -341,26 +342,46 @@ def train(config, out_dir, resume=False, workers=1, backend="process", ray_addre
 
 # --- meta-testing -------------------------------------------------------------------
 
-def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=False):
+MEASURES = ("return", "cost_episode", "cost_discounted", "cost_authors", "cost_rate")
+
+
+def evaluate_policy(env, act, n_episodes, seed, gamma):
+    """What meta-testing reports of a policy ``act(obs, rng)`` (D36): over ``n_episodes``
+    episodes seeded by ``seed``, the mean episode return, the undiscounted cost per
+    episode, the paper's discounted ``J_C`` (each episode from its first step), and, for
+    comparison only, the authors' logged measure (:func:`metacpo_ref.advantages.authors_cost`:
+    the whole batch discounted from its first step, never reset); and the cost per step.
+    A dict keyed by :data:`MEASURES`."""
+    batch = collect(env, act, n_episodes, seed)
+    undiscounted, discounted = episode_measures(batch, gamma)
+    return {"return": float(np.mean(batch.ep_return)), "cost_episode": float(np.mean(undiscounted)),
+            "cost_discounted": float(np.mean(discounted)), "cost_authors": authors_cost(batch, gamma),
+            "cost_rate": float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))}
+
+
+def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=False, eval_episodes=None):
     """Adapt ``theta`` on ``task`` for ``k`` steps in ``env`` (a job for the workers).
 
-    Returns ``(phi_k, stats)``, ``stats[j] = (mean episode return, mean episode
-    cost, cost per step)`` of the batch collected with ``phi_j`` (j = 0..k), or of
-    as many mean-action episodes with ``deterministic`` (adaptation always uses
-    the stochastic batches)."""
+    Returns ``(phi_k, stats)``: ``stats[j]`` (j = 0..k) is :func:`evaluate_policy` of
+    ``phi_j`` on ``eval_episodes`` (default ``config.n_episodes``) separate evaluation
+    episodes, never the batch the next step adapts on. Adaptation takes the algorithm's
+    own step (``policy_update``) on a batch of ``config.n_episodes`` stochastic episodes
+    of ``phi_j``, with ``b`` in ``config.cost_measure`` against ``cost_limit``. The
+    evaluation episodes of every ``phi_j`` share one seed per task (the same layouts and
+    action noise at each j, and for every checkpoint tested with the same ``seed``), so
+    the rows differ by the policy, not by the draw; ``deterministic``: mean actions."""
     env.set_task(task)
     spec, vspec = specs(config)
+    n_eval = config.n_episodes if eval_episodes is None else int(eval_episodes)
     phi, stats = np.asarray(theta, dtype=np.float64), []
     for j in range(k + 1):
-        c = collect_step_data(env, spec, vspec, phi, vf, config,
-                              batch_seed(seed, TEST_ITERATION, _task_key(task), j), cost_limit)
-        vf, batch = c.vf, c.batch
-        if deterministic:
-            batch = collect(env, act_fn(spec, phi, deterministic=True), config.n_episodes,
-                            batch_seed(seed, TEST_ITERATION + 1, _task_key(task), j))
-        stats.append((float(np.mean(batch.ep_return)), float(np.mean(batch.ep_cost)),
-                      float(np.sum(batch.ep_cost) / np.sum(batch.ep_len))))
+        if n_eval:   # 0: adapt only (the Python API's adapt)
+            stats.append(evaluate_policy(env, act_fn(spec, phi, deterministic=deterministic), n_eval,
+                                         _eval_seed(seed, task), config.gamma))
         if j < k:
+            c = collect_step_data(env, spec, vspec, phi, vf, config,
+                                  batch_seed(seed, TEST_ITERATION, _task_key(task), j), cost_limit)
+            vf = c.vf
             phi = policy_update(spec, phi, c.data, config).phi   # the algorithm's own rule
     return phi, stats
 
@@ -378,7 +399,7 @@ def adapt(theta, task, k, config=None, vf=None, obs_norm=None, seed=0, cost_limi
     limit = FAMILIES[task.family].cost_limit_test if cost_limit is None else float(cost_limit)
     env = make_env(task.family, task)
     env = env if obs_norm is None else NormalizedEnv(env, obs_norm)
-    return adapt_on(env, task, theta, k, config, vf, seed, limit)[0]
+    return adapt_on(env, task, theta, k, config, vf, seed, limit, eval_episodes=0)[0]
 
 
 def _task_key(task):
@@ -387,34 +408,75 @@ def _task_key(task):
     return int(np.random.SeedSequence(list(digest)).generate_state(1)[0])
 
 
+def _se(x):
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def test_rows(tasks, per_task, config, limit, protocol):
+    """One meta-test row per step k from the tasks' :func:`evaluate_policy` dicts
+    ``per_task[i][k]``: every measure of :data:`MEASURES` averaged over tasks (and its
+    standard error ``NAME_se``), ``cost`` the one in the run's ``cost_measure`` (what
+    ``cost_limit`` is on), and the per-task numbers."""
+    rows = []
+    for j in range(len(per_task[0])):
+        stats = [p[j] for p in per_task]
+        row = {"step": j}
+        for m in MEASURES:
+            v = [s[m] for s in stats]
+            row[m], row[m + "_se"] = float(np.mean(v)), _se(v)
+        own = "cost_" + config.cost_measure
+        row.update(cost=row[own], cost_se=row[own + "_se"], cost_limit=limit, cost_measure=config.cost_measure,
+                   **protocol, tasks=[{"params": t.params, **s, "cost": s[own]} for t, s in zip(tasks, stats)])
+        rows.append(row)
+    return rows
+
+
 def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCAL_STEPS, episodes=None,
-              cost_limit=None, deterministic=False, seed=0, workers=1, backend="process", ray_address=None):
+              cost_limit=None, deterministic=False, seed=0, workers=1, backend="process", ray_address=None,
+              eval_episodes=None, random_policy=False):
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
-    ``adapt_steps`` steps (tasks in parallel on ``workers`` processes); one row per
-    step k = 0..K with the mean episode return, episode cost and cost rate (cost
-    per step) over tasks, their standard errors, and per-task numbers.
-    ``deterministic`` reports the mean action's episodes. ``cost_limit`` defaults
-    to the family's test limit."""
+    ``adapt_steps`` steps (tasks in parallel on ``workers`` processes) and measure each
+    ``phi_k`` on separate evaluation episodes (:func:`adapt_on`): one row per step
+    k = 0..K (:func:`test_rows`). Adaptation batches have the run's size unless
+    ``episodes`` is given; ``eval_episodes`` defaults to the same number.
+    ``deterministic`` evaluates mean actions. ``cost_limit`` defaults to the family's
+    test limit, in the run's cost measure. ``random_policy``: instead, one row k = 0 of a
+    uniformly random policy on the same tasks and evaluation episodes (the checkpoint
+    gives the family, the walls, the normaliser and the numbers of episodes)."""
     state = load_checkpoint(checkpoint, family)
     config = state.config
     if cost_limit is not None:
         COST_LIMIT.check("cost_limit", cost_limit)
     if episodes is not None:
         config = dataclasses.replace(config, episodes=episodes)
-    tasks = sample_tasks(config.family, n_tasks, "test", seed=seed)
+    n_eval = config.n_episodes if eval_episodes is None else int(eval_episodes)
+    tasks = sample_tasks(config.family, n_tasks, "test", seed=seed, walls=config.car_walls)
     limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
-    jobs = [(task, state.theta, adapt_steps, config, state.vf, seed, limit, deterministic) for task in tasks]
+    if random_policy:
+        jobs = [(task, seed, n_eval, config.gamma) for task in tasks]
+        fn, adapt_steps = _random_on, 0
+    else:
+        jobs = [(task, state.theta, adapt_steps, config, state.vf, seed, limit, deterministic, n_eval)
+                for task in tasks]
+        fn = adapt_on
     with Workers(config.family, state.obs_norm, workers, backend=backend, ray_address=ray_address) as w:
-        results = w.map(adapt_on, jobs, [f"test task {t.params}" for t in tasks])
-    rows = []
-    for j in range(adapt_steps + 1):
-        v = np.array([stats[j] for _, stats in results])
-        se = (lambda x: float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0)
-        rows.append({"step": j, "return": float(v[:, 0].mean()), "cost": float(v[:, 1].mean()),
-                     "cost_rate": float(v[:, 2].mean()), "cost_limit": limit,
-                     "return_se": se(v[:, 0]), "cost_se": se(v[:, 1]),
-                     "tasks": [{"params": t.params, "return": r, "cost": c} for t, (r, c, _) in zip(tasks, v)]})
-    return rows
+        results = w.map(fn, jobs, [f"test task {t.params}" for t in tasks])
+    protocol = {"adapt_episodes": config.n_episodes, "eval_episodes": n_eval,
+                "deterministic": bool(deterministic), "policy": "random" if random_policy else "checkpoint"}
+    return test_rows(tasks, [stats for _, stats in results], config, limit, protocol)
+
+
+def _random_on(env, task, seed, n_episodes, gamma):
+    """A uniformly random policy's :func:`evaluate_policy` numbers on ``task`` (the
+    evaluation episodes' seed of :func:`adapt_on`), as ``(None, [stats])``."""
+    env.set_task(task)
+    return None, [evaluate_policy(env, random_act, n_episodes, _eval_seed(seed, task), gamma)]
+
+
+def _eval_seed(seed, task):
+    """The seed of a test task's evaluation episodes (the same for every ``phi_k`` and checkpoint)."""
+    return batch_seed(seed, EVAL_ITERATION, _task_key(task), 0)
 
 
 def load_policy(path, deterministic=True):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from autograd import grad
 
-from metacpo_ref.advantages import ValueSpec, advantages, constraint_value, surrogates
+from metacpo_ref.advantages import (ValueSpec, advantages, constraint_value, measured_cost, surrogates,
+                                    weight_cost_advantages)
 from metacpo_ref.config import FAMILIES
 from metacpo_ref.cpo import cg, solve_step
 from metacpo_ref.fisher_solve import fisher_solver
@@ -26,8 +27,8 @@ class StepData:
 
     ``phi`` are the parameters that collected the batch (``phi_k^collected``),
     ``logp_beh`` their stored log-probabilities, ``adv_r`` the standardised
-    reward and ``adv_c`` the centred cost advantages, ``b_hat`` the per-step
-    constraint value; ``beta`` is the accepted line-search fraction of the
+    reward and ``adv_c`` the centred cost advantages (in the weights of the run's cost
+    measure, D38), ``b_hat`` the per-step constraint value (D37); ``beta`` is the accepted line-search fraction of the
     step taken from ``phi`` (1.0 until the line search has run) and ``b_shift``
     the constant :func:`recovery_shift` added to ``b`` (0.0 until the update has run).
     """
@@ -61,17 +62,25 @@ class Collected:
         return self.adv.vf_params_r, self.adv.vf_params_c
 
 
-def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
-    """Algorithm 1 lines 7-8: collect ``config.n_episodes`` episodes with ``pi_phi``,
-    then estimate advantages (value functions ``vf = (vf_r, vf_c)`` refitted once,
-    warm-started) and ``b_hat`` (per-step units)."""
+def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit, n_episodes=None):
+    """Algorithm 1 lines 7-8: collect ``n_episodes`` (default ``config.n_episodes``)
+    episodes with ``pi_phi``, then estimate advantages (value functions ``vf = (vf_r, vf_c)``
+    refitted once, warm-started) and ``b_hat`` (per-step units), both in
+    ``config.cost_measure`` (D37, D38)."""
     t0 = time.perf_counter()
-    batch = collect(env, act_fn(spec, phi), config.n_episodes, seed)
+    batch = collect(env, act_fn(spec, phi), config.n_episodes if n_episodes is None else n_episodes, seed)
     env_time = time.perf_counter() - t0
     adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters, config.vf_ftol)
-    data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r, adv.adv_c,
-                    constraint_value(batch, cost_limit), np.array(phi, dtype=np.float64))
+    data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r,
+                    weight_cost_advantages(adv.adv_c, batch, config.cost_measure, config.gamma),
+                    constraint_value(batch, cost_limit, config.cost_measure, config.gamma),
+                    np.array(phi, dtype=np.float64))
     return Collected(batch, data, adv, env_time, time.perf_counter() - t0 - env_time)
+
+
+def batch_cost(batch, config):
+    """The mean cost of a batch's episodes in ``config.cost_measure`` (what the limit is on)."""
+    return measured_cost(batch, config.cost_measure, config.gamma)[0]
 
 
 def step_problem(spec, phi, data, constrained=True):

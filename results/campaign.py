@@ -13,16 +13,18 @@ that every algorithm has a seed early), and works through the unfinished ones,
 - a run whose checkpoint has fewer iterations than planned is continued with
   ``--resume`` (a new one is started without); a finished run is not trained;
 - a finished run is meta-tested (``cli.py test --json``: 5 unseen test tasks, 5
-  adaptation steps, the family's test cost limit) into ``test.json``, and, where
-  the training limit differs (car-circle-hazard: trained at 10, tested at 5),
-  also at the training limit into ``test-limit10.json``, and with 4x the episodes
-  per batch into ``test-4x.json`` (see :func:`meta_tests`). Each file is written to
-  ``.tmp`` and renamed, and records the checkpoint's ``iteration`` and
-  ``env_steps``; a run extended later is meta-tested again and the old file kept
-  as ``<its stem>_<k env steps>k.json`` (``test-4x_4500k.json``);
+  adaptation steps at the run's batch size, the family's test cost limit in the run's
+  cost measure, each adapted policy measured on 4x the run's episodes per batch of
+  separate evaluation episodes, issue 29) into ``test-eval.json`` (see
+  :func:`meta_tests`). The file is written to ``.tmp`` and renamed, and records the
+  checkpoint's ``iteration`` and ``env_steps``; a run extended later is meta-tested
+  again and the old file kept as ``<its stem>_<k env steps>k.json``. (The first
+  campaign's ``test.json``, ``test-limit10.json`` and ``test-4x.json``, made before
+  issue 29 with the adaptation batch's own statistics, stay in its run directories;
+  the campaign no longer makes them.)
 - after each finished run, and at the end, ``cli.py plot`` and
-  ``results/summarize.py`` redraw ``ROOT/FAMILY.png`` (meta-testing from
-  ``test-4x.json``) and ``ROOT/FAMILY.md`` (a table per meta-test file).
+  ``results/summarize.py`` redraw ``ROOT/FAMILY.png`` and ``ROOT/FAMILY.md`` (a
+  table per meta-test file).
 
 Equal environment steps: a meta-iteration collects K + 1 batches per task (K
 local steps, then the evaluation batch, Algorithm 1), a CPO / TRPO iteration
@@ -65,8 +67,9 @@ FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 1
 SEEDS = (0, 1, 2)            # paper: 3 seeds
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
-BIG_BATCH = 4                # test-4x.json: 4x the run's episodes per batch (issue 19, fifth session:
-                             # with car's 6 episodes the k-trends were dominated by episode noise)
+EVAL_FACTOR = 4              # test-eval.json: 4x the run's episodes per batch as evaluation episodes (issue 19,
+                             # fifth session: with car's 6 episodes the k-trends were dominated by episode noise;
+                             # issue 29: more episodes for the measurement only, not for the adaptation)
 DEFAULT_ROOT = "results/campaign"
 STOP_GRACE = 60              # seconds a child gets to exit after SIGINT before SIGKILL
 POLL = 0.5
@@ -105,7 +108,7 @@ class Run:
     config: Config
     path: Path          # the run directory
     tests: tuple        # ((file name, cost limit or None for the family's test limit,
-                        #   episodes per batch as a multiple of the run's), ...)
+                        #   evaluation episodes as a multiple of the run's episodes per batch), ...)
 
     @property
     def name(self):
@@ -139,16 +142,11 @@ def iterations_for(algo, meta_iterations, local_steps):
 
 
 def meta_tests(family):
-    """``test.json`` at the family's test limit, plus ``test-limitL.json`` at the
-    training limit L where the two differ (car-circle-hazard: 10 -> 5, Fig. 5b), plus
-    ``test-4x.json``: at the test limit with ``BIG_BATCH`` x the run's episodes per batch
-    (the same tasks and first episodes, less noise)."""
-    f = FAMILIES[family]
-    out = [("test.json", None, 1)]
-    if f.cost_limit_train != f.cost_limit_test:
-        out.append((f"test-limit{f.cost_limit_train:g}.json", f.cost_limit_train, 1))
-    out.append((f"test-{BIG_BATCH}x.json", None, BIG_BATCH))
-    return tuple(out)
+    """``test-eval.json``: issue 29's meta-test at the family's test limit (car-circle-hazard:
+    5, Fig. 5b), adaptation at the run's batch size, each ``phi_k`` measured on
+    ``EVAL_FACTOR`` x the run's episodes per batch of separate evaluation episodes (every
+    cost measure). The same for every family; a tuple, so that more can be listed."""
+    return (("test-eval.json", None, EVAL_FACTOR),)
 
 
 def plan(families=FAMILY_ORDER, algos=ALGOS, seeds=SEEDS, budget=Budget(), root=DEFAULT_ROOT):
@@ -273,10 +271,17 @@ def run_overrides(config):
             if getattr(config, k) != getattr(default, k)}
 
 
+def meta_test_steps(run, budget, factor):
+    """Env steps of one meta-test: per test task ``adapt_steps`` adaptation batches of the
+    run's size and ``adapt_steps + 1`` evaluations of ``factor`` x as many episodes."""
+    batches = budget.adapt_steps + (budget.adapt_steps + 1) * factor
+    return budget.test_tasks * batches * run.config.n_episodes * FAMILIES[run.config.family].episode_len
+
+
 def test_argv(run, limit, factor, budget, python):
     argv = [python, "cli.py", "test", run.config.family, "--checkpoint", show(run.path / "checkpoint.npz"),
             "--adapt-steps", str(budget.adapt_steps), "--tasks", str(budget.test_tasks), "--workers", "1", "--json"]
-    argv += ["--episodes", str(factor * run.config.n_episodes)] if factor != 1 else []
+    argv += ["--eval-episodes", str(factor * run.config.n_episodes)] if factor != 1 else []
     return argv + (["--cost-limit", f"{limit:g}"] if limit is not None else [])
 
 
@@ -320,7 +325,7 @@ def run_dirs(family_dir):
 
 def figure_test(family):
     """The meta-test the figure draws: the one at the family's test limit with the most
-    episodes per batch (``test-4x.json``)."""
+    evaluation episodes (``test-eval.json``)."""
     return max((t for t in meta_tests(family) if t[1] is None), key=lambda t: t[2])[0]
 
 
@@ -671,8 +676,7 @@ def status_lines(runs, budget, root, jobs):
                      f"{mark:14s} {state}")
         rate = estimate(run, measured)
         remaining = max(planned - env_steps, 0) + (0 if all_tested else sum(
-            budget.test_tasks * (budget.adapt_steps + 1) * factor * run.config.n_episodes
-            * FAMILIES[run.config.family].episode_len for name, _, factor in run.tests if name not in tests))
+            meta_test_steps(run, budget, factor) for name, _, factor in run.tests if name not in tests))
         if rate is None:
             unknown += remaining > 0
         else:

@@ -6,7 +6,10 @@ For each algorithm (from each run's config.json): training return and cost
 (pre-adaptation) over the last 10 iterations, and the meta-testing return and
 cost after k = 0..K adaptation steps (mean over seeds of each seed's mean over
 test tasks, +- standard error across seeds, or over test tasks for one seed), one
-table per meta-test file named (default test.json);
+table per meta-test file named (default test.json); for meta-tests of issue 29's
+protocol (separate evaluation episodes, every cost measure), a table of the measures at
+k = 0 and k = K, with a uniformly random policy's row from ``FAMILY/random.json``
+(``cli.py test FAMILY --random-policy --json``) when there is one;
 for the meta algorithms, what their local steps did to the batch cost in training.
 """
 import json
@@ -114,7 +117,8 @@ def main(root, *test_names):
     for line in local_step_table(metrics):
         print(line)
     for name in test_names:
-        test_table(runs, name, heading=len(test_names) > 1)
+        test_table(runs, name, heading=True)
+        measures_table(runs, name, Path(root) / "random.json")
 
 
 def test_table(runs, test_name, heading=False):
@@ -133,7 +137,8 @@ def test_table(runs, test_name, heading=False):
     K = min(len(t[0]) for t in tests.values() if t) - 1
     first = next(t[0] for t in tests.values() if t)
     limit, n_tasks = first[0]["cost_limit"], len(first[0]["tasks"])
-    print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode: "
+    measure = {"discounted": "discounted J_C", "episode": "undiscounted cost"}[first[0].get("cost_measure", "episode")]
+    print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode ({measure}): "
           "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
     print()
     ks = [f"k={k}" for k in range(K + 1)]
@@ -146,6 +151,33 @@ def test_table(runs, test_name, heading=False):
     print()
     print_table(["algorithm", *ks], [[algo, *(f"{n} of {total}" for n, total in tasks_within(t, K))]
                                      for algo, t in tested.items()])
+
+
+MEASURES = (("return", "return"), ("cost_episode", "cost per episode"), ("cost_discounted", "discounted J_C"),
+            ("cost_authors", "authors' measure (comparison only)"))
+
+
+def measures_table(runs, test_name, random_file=None):
+    """For meta-tests with every measure (issue 29): per algorithm and k in (0, K), the
+    return and the three cost measures, mean ± s.e. over seeds; a uniformly random
+    policy's row (``random_file``, one ``cli.py test --random-policy --json``: s.e. over
+    test tasks) under them."""
+    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+             for algo, dirs in runs.items()}
+    tested = {algo: t for algo, t in tests.items() if t and "cost_discounted" in t[0][0]}
+    if not tested:
+        return
+    K = min(len(t[0]) for t in tested.values()) - 1
+    print(f"Every measure after k = 0 and k = {K} adaptation steps (evaluation episodes; mean ± s.e. over seeds)")
+    print()
+    rows = [[algo, len(t), k, *(step_cell(t, k, key) for key, _ in MEASURES)] for algo, t in tested.items()
+            for k in (0, K)]
+    doc = json.loads(random_file.read_text()) if random_file is not None and random_file.exists() else None
+    if doc:
+        r = doc["rows"][0]
+        rows.append(["uniformly random policy", "-", "-", *(f"{r[key]:.2f} ± {r[key + '_se']:.2f}*"
+                                                             for key, _ in MEASURES)])
+    print_table(["algorithm", "seeds", "k", *(name for _, name in MEASURES)], rows)
 
 
 def step_cell(tests, k, key):

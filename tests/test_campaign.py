@@ -64,22 +64,19 @@ def test_plan_selection_and_budget(tmp_path):
     assert steps["trpo"] == steps["meta-trpo"]
 
 
-def test_meta_tests_at_the_training_limit_only_where_it_differs():
-    big = ("test-4x.json", None, 4)   # every family: the test limit with 4x the episodes per batch
-    assert campaign.meta_tests("car-circle-hazard") == (("test.json", None, 1), ("test-limit10.json", 10.0, 1), big)
+def test_meta_test_is_issue_29s_at_the_test_limit():
+    for family in FAMILIES:   # the family's test limit (car-circle-hazard: 5), 4x evaluation episodes
+        assert campaign.meta_tests(family) == (("test-eval.json", None, 4),)
     assert FAMILIES["car-circle-hazard"].cost_limit_test == 5.0
-    assert campaign.meta_tests("point-button") == (("test.json", None, 1), big)
-    assert campaign.meta_tests("point-circle") == (("test.json", None, 1), big)
 
 
-def test_the_big_batch_meta_test_asks_for_4x_the_runs_episodes():
+def test_the_meta_test_adapts_at_the_runs_batch_size_and_evaluates_on_4x():
     run, = campaign.plan(families=("car-circle-hazard",), algos=("cpo",), seeds=(0,),
                          budget=campaign.Budget(episodes=2))
-    argvs = {name: campaign.test_argv(run, limit, factor, campaign.Budget(), "python")
-             for name, limit, factor in run.tests}
-    assert "--episodes" not in argvs["test.json"] and "--episodes" not in argvs["test-limit10.json"]
-    big = argvs["test-4x.json"]
-    assert big[big.index("--episodes") + 1] == "8" and "--cost-limit" not in big
+    (name, limit, factor), = run.tests
+    argv = campaign.test_argv(run, limit, factor, campaign.Budget(), "python")
+    assert "--episodes" not in argv and "--cost-limit" not in argv
+    assert argv[argv.index("--eval-episodes") + 1] == "8"
 
 
 # --- hand-made run directories ------------------------------------------------------------
@@ -115,10 +112,9 @@ def handmade(tmp_path):
     """car-circle-hazard seed 0: meta-trpo finished and meta-tested (both limits, big batch),
     trpo stopped at 7 of 300, cpo finished but tested only at limit 5 and on an older
     checkpoint and with another gamma than today's default, meta-cpo not started."""
-    make_run(tmp_path, "car-circle-hazard", "meta-trpo", 0, 50, 90_000,
-             [("test.json", 50), ("test-limit10.json", 50), ("test-4x.json", 50)])
+    make_run(tmp_path, "car-circle-hazard", "meta-trpo", 0, 50, 90_000, [("test-eval.json", 50)])
     make_run(tmp_path, "car-circle-hazard", "trpo", 0, 7, 15_000)
-    make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test.json", 200)], config={"gamma": 0.9})
+    make_run(tmp_path, "car-circle-hazard", "cpo", 0, 300, 15_000, [("test-eval.json", 200)], config={"gamma": 0.9})
     return tmp_path
 
 
@@ -127,14 +123,13 @@ def test_resume_and_meta_test_detection(handmade):
     budget, py = campaign.Budget(), "python"
     todo = {a: [(s.phase, s.argv) for s in campaign.steps(r, budget, py)] for a, r in runs.items()}
     assert not campaign.needs_work(runs["meta-trpo"]) and todo["meta-trpo"] == []
-    assert [p for p, _ in todo["trpo"]] == ["train", "test", "test", "test"]
+    assert [p for p, _ in todo["trpo"]] == ["train", "test"]
     train = todo["trpo"][0][1]
     assert train[-1] == "--resume" and train[train.index("--iterations") + 1] == "300"
     assert train[train.index("--workers") + 1] == "1"
-    assert [p for p, _ in todo["cpo"]] == ["test"] * 3         # trained; test.json is of iteration 200
-    assert todo["cpo"][1][1][-2:] == ("--cost-limit", "10")
+    assert [p for p, _ in todo["cpo"]] == ["test"]             # trained; test-eval.json is of iteration 200
     assert "--cost-limit" not in todo["cpo"][0][1]               # the family's test limit (5)
-    assert [p for p, _ in todo["meta-cpo"]] == ["train", "test", "test", "test"]
+    assert [p for p, _ in todo["meta-cpo"]] == ["train", "test"]
     assert "--resume" not in todo["meta-cpo"][0][1]
     # nothing but algorithm, seed, iterations, workers and the directory: config.py decides the rest
     opts = [a for a in todo["meta-cpo"][0][1] if a.startswith("--")]
@@ -143,16 +138,16 @@ def test_resume_and_meta_test_detection(handmade):
 
 def test_write_test_keeps_the_older_meta_test(handmade):
     run = {r.config.algo: r for r in campaign.plan(("car-circle-hazard",), seeds=(0,), root=handmade)}["cpo"]
-    old = json.loads((run.path / "test.json").read_text())
+    old = json.loads((run.path / "test-eval.json").read_text())
     old["env_steps"] = 3_000_000
-    (run.path / "test.json").write_text(json.dumps(old))
-    (run.path / "test.json.tmp").write_text(json.dumps({"family": "car-circle-hazard", "rows": [{"step": 0}]}))
-    campaign.write_test(run, "test.json", 300, 4_500_000)
-    new = json.loads((run.path / "test.json").read_text())
+    (run.path / "test-eval.json").write_text(json.dumps(old))
+    (run.path / "test-eval.json.tmp").write_text(json.dumps({"family": "car-circle-hazard", "rows": [{"step": 0}]}))
+    campaign.write_test(run, "test-eval.json", 300, 4_500_000)
+    new = json.loads((run.path / "test-eval.json").read_text())
     assert (new["iteration"], new["env_steps"]) == (300, 4_500_000)
-    assert json.loads((run.path / "test_3000k.json").read_text())["iteration"] == 200
-    assert not (run.path / "test.json.tmp").exists()
-    assert campaign.tested(run.path, "test.json", 300) and not campaign.tested(run.path, "test.json", 301)
+    assert json.loads((run.path / "test-eval_3000k.json").read_text())["iteration"] == 200
+    assert not (run.path / "test-eval.json.tmp").exists()
+    assert campaign.tested(run.path, "test-eval.json", 300) and not campaign.tested(run.path, "test-eval.json", 301)
 
 
 def test_dry_run(handmade):
@@ -164,10 +159,10 @@ def test_dry_run(handmade):
     assert " cli.py train car-circle-hazard --algo trpo --seed 0 --iterations 300 --workers 1 --out " in trpo
     assert trpo.endswith("--resume >> " + str(handmade / "car-circle-hazard" / "trpo-s0.log") + " 2>&1")
     assert sum(" cli.py train " in ln for ln in lines) == 2      # trpo and meta-cpo
-    assert sum(" cli.py test " in ln for ln in lines) == 9       # 3 each for trpo, cpo, meta-cpo
-    assert any("--cost-limit 10 > " in ln and "test-limit10.json.tmp" in ln for ln in lines)
-    assert any("results/summarize.py" in ln and "test.json test-limit10.json test-4x.json" in ln for ln in lines)
-    assert any(" cli.py plot " in ln and "--test test-4x.json" in ln for ln in lines)
+    assert sum(" cli.py test " in ln for ln in lines) == 3       # 1 each for trpo, cpo, meta-cpo
+    assert any("--eval-episodes 24 > " in ln and "test-eval.json.tmp" in ln for ln in lines)
+    assert any("results/summarize.py" in ln and ln.rstrip().split(">")[0].endswith("test-eval.json ") for ln in lines)
+    assert any(" cli.py plot " in ln and "--test test-eval.json" in ln for ln in lines)
     assert not (handmade / "campaign.log").exists()              # a dry run writes nothing
 
 
@@ -187,16 +182,16 @@ def test_status(handmade):
     assert rows["car-circle-hazard/meta-trpo-s0"].endswith("done")
     assert rows["car-circle-hazard/trpo-s0"].split()[1:4] == ["7/300", "105,000", "4,500,000"]
     assert rows["car-circle-hazard/trpo-s0"].endswith(f"running (train, pid {child.pid})")
-    assert "test@200" in rows["car-circle-hazard/cpo-s0"]
+    assert "test-eval@200" in rows["car-circle-hazard/cpo-s0"]
     assert rows["car-circle-hazard/cpo-s0"].endswith(
         "trained, not meta-tested; config.json differs from today's defaults in gamma")
     assert rows["car-circle-hazard/meta-cpo-s0"].endswith("not started")
     # ETA: 3 s per 15,000-step iteration (2e-4 s per step) for trpo; meta-trpo's 3 s per 90,000 steps;
-    # left: trpo 4,395,000 steps + cpo's 3 meta-tests + meta-cpo's 4.5M steps + 3 meta-tests; a run's
-    # meta-tests are 1 + 1 + 4 batches' worth (test.json, test-limit10.json, test-4x.json)
-    test_steps = 5 * 6 * 6 * 500
+    # left: trpo 4,395,000 steps + cpo's meta-test + meta-cpo's 4.5M steps + its meta-test; a meta-test
+    # is per test task 5 adaptation batches and 6 evaluations of 4x the batch (test-eval.json)
+    test_steps = 5 * (5 + 6 * 4) * 6 * 500
     rate_meta = 3.0 / 90_000
-    left = 2e-4 * (4_395_000 + 6 * test_steps) + 2e-4 * 6 * test_steps + rate_meta * (4_500_000 + 6 * test_steps)
+    left = 2e-4 * (4_395_000 + test_steps) + 2e-4 * test_steps + rate_meta * (4_500_000 + test_steps)
     assert out.splitlines()[-1].startswith(
         f"2 of 4 runs trained, 1 meta-tested; ETA {campaign.fmt_duration(left / 2)} at 2 jobs")
 
@@ -242,16 +237,16 @@ def test_end_to_end_tiny(tmp_path):
     assert sum(row["steps"] for row in read_metrics(fam / "trpo-s0")) == 1000
     assert meta.config.tasks == 1 and meta.config.local_steps == 1 and meta.config.episodes == 1
     for algo in ("meta-trpo", "trpo"):
-        doc = json.loads((fam / f"{algo}-s0" / "test.json").read_text())
+        doc = json.loads((fam / f"{algo}-s0" / "test-eval.json").read_text())
         assert (doc["iteration"], doc["env_steps"], len(doc["rows"]), len(doc["rows"][0]["tasks"])) == \
             ((1 if algo == "meta-trpo" else 2), 1000, 2, 2)
     assert (tmp_path / "point-circle.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "point-circle.md").read_text()
     assert "| meta-trpo | 1 | 1,000 |" in table and "| trpo | 1 | 1,000 |" in table
-    # the training table once, then one meta-test table per file (test.json, test-4x.json)
+    # the training table once, then one meta-test table per file (test-eval.json)
     assert table.count("| algorithm | seeds | env steps |") == 1
     sections = table.split("### ")[1:]
-    assert [sec.splitlines()[0] for sec in sections] == ["test.json", "test-4x.json"]
+    assert [sec.splitlines()[0] for sec in sections] == ["test-eval.json"]
     for sec in sections:
         assert "| meta-trpo | 1 | " in sec and "| trpo | 1 | " in sec
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.pid"))

@@ -27,7 +27,10 @@ def test_parse_task_full_and_partial():
     t = parse_task("point-button", " num_buttons = 4 ")
     assert t.params == {"num_buttons": 4, "num_hazards": 4, "extent": 1.875}
     assert isinstance(t.params["num_buttons"], int)
-    assert parse_task("car-circle-hazard", "num_hazards=10,radius=1.3").params == {"radius": 1.3, "num_hazards": 10}
+    assert parse_task("car-circle-hazard", "num_hazards=10,radius=1.3").params == {
+        "radius": 1.3, "num_hazards": 10, "wall_factor": 0.7}
+    assert parse_task("car-circle-hazard", "num_hazards=10,radius=1.3", "stock").params == {
+        "radius": 1.3, "num_hazards": 10}
 
 
 @pytest.mark.parametrize("text, words", [

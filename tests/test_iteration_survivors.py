@@ -5,9 +5,10 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import metacpo_ref.iteration
-from metacpo_ref.advantages import fit_value, init_value
+from metacpo_ref.advantages import episode_measures, fit_value, init_value
 from metacpo_ref.config import Config
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.iteration import Refit, TaskJob, inner_loop, json_float, refit_values
@@ -60,7 +61,10 @@ def test_a_task_run_is_k_local_batches_then_the_evaluation_batch_of_phi_k(monkey
     assert len(run.trace.steps) == len(run.cases) == len(run.betas) == len(run.lams) == len(run.nus) == K
     for k, (c, upd) in enumerate(ref):
         assert run.returns[k] == float(np.mean(c.batch.ep_return))
-        assert run.costs[k] == float(np.mean(c.batch.ep_cost))
+        assert run.costs_episode[k] == float(np.mean(c.batch.ep_cost))
+        # the run's measure (the paper's discounted J_C by default), per episode from its first step
+        assert config.cost_measure == "discounted"
+        assert run.costs[k] == pytest.approx(float(np.mean(episode_measures(c.batch, config.gamma)[1])), rel=1e-12)
         assert run.steps[k] == len(c.batch)
         data = run.trace.steps[k] if k < K else run.trace.eval
         np.testing.assert_array_equal(data.obs, c.data.obs)

@@ -57,7 +57,7 @@ def test_one_iteration_each_algorithm(tmp_path, algo):
     else:
         assert row["lam"] > 0 and (row["nu"] is None) == ("recovery" in row["cases"])
         assert 0 <= row["beta"] <= 1   # the baselines' accepted line-search fraction is recorded
-        assert all(set(t) == {"params", "returns", "costs"} for t in row["tasks"])
+        assert all(set(t) == {"params", "returns", "costs", "costs_episode"} for t in row["tasks"])
     if algo.endswith("trpo"):
         assert (row["outer_nu"] if algo == "meta-trpo" else row["nu"]) == 0.0
     assert json.loads((tmp_path / "config.json").read_text())["algo"] == algo
@@ -94,10 +94,11 @@ def test_committed_run_from_before_the_kl_delta_split_loads_and_resumes(tmp_path
     cfg = Config(family="point-circle", algo=old["algo"], tasks=old["tasks"], local_steps=old["local_steps"],
                  episodes=old["episodes"], seed=old["seed"], iterations=old["iterations"] + 1,
                  recover_above_limit=False, inner_metric="identity", outer_metric=old["outer_metric"],
-                 split_meta_gradient=False)
+                 split_meta_gradient=False, cost_measure="episode", car_walls="stock")
     # (what runs before those fields ran with: training.BEFORE_FIELD)
     assert state.config.recover_above_limit is False and state.config.task is None
     assert state.config.split_meta_gradient is False
+    assert (state.config.cost_measure, state.config.car_walls) == ("episode", "stock")
     resumed = prepare_run(cfg, tmp_path / "run", resume=True)   # refuses any config change but iterations
     np.testing.assert_array_equal(resumed.theta, state.theta)
     assert resumed.iteration == state.iteration == old["iterations"]

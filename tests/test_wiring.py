@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 import metacpo_ref.meta
-from metacpo_ref.advantages import advantages, constraint_value, fit_value, init_value
+from metacpo_ref.advantages import advantages, constraint_value, fit_value, init_value, weight_cost_advantages
 from metacpo_ref.baselines import pooled_data
 from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.policy import act_fn, init_theta, mlp
 from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.training import (NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on, initial_state,
+from metacpo_ref.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on, initial_state,
                                   load_checkpoint, load_policy, meta_test, read_metrics, save_checkpoint, train)
-from metacpo_ref.update import StepData, specs
+from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 
@@ -112,7 +112,8 @@ def test_value_functions_are_carried_through_the_inner_loop_and_refitted_from_th
     - the local step's refit (reward on reward, cost on cost targets) is carried to the
       evaluation batch (its advantages are those of the refitted functions);
     - after the iteration, each value function is one fit, warm-started from the
-      iteration's input, on the pre-adaptation batches' own targets (cost on cost)."""
+      iteration's input, on the pre-adaptation batches' own targets (cost on cost);
+    - the cost advantages a step sees are in the run's cost measure (D38)."""
     config, seen = one_worker
     spec, vspec = specs(config)
     vf_in = seen.vf
@@ -122,7 +123,8 @@ def test_value_functions_are_carried_through_the_inner_loop_and_refitted_from_th
     targets = ([], [])
     for i, (task, run) in enumerate(zip(tasks, seen.runs)):
         ref0 = advantages(vspec, run.batch0, *vf_in, *args)
-        np.testing.assert_allclose(run.trace.steps[0].adv_c, ref0.adv_c, atol=1e-10)
+        weighted = lambda a, b: weight_cost_advantages(a, b, config.cost_measure, config.gamma)
+        np.testing.assert_allclose(run.trace.steps[0].adv_c, weighted(ref0.adv_c, run.batch0), atol=1e-10)
         np.testing.assert_allclose(run.trace.steps[0].adv_r, ref0.adv_r, atol=1e-10)
         targets[0].append(ref0.targets_r)
         targets[1].append(ref0.targets_c)
@@ -133,7 +135,7 @@ def test_value_functions_are_carried_through_the_inner_loop_and_refitted_from_th
         ref1 = advantages(vspec, batch1, ref0.vf_params_r, ref0.vf_params_c, *args)
         stale = advantages(vspec, batch1, *vf_in, *args)
         assert np.abs(stale.adv_c - ref1.adv_c).max() > 1e-6   # the refit matters here
-        np.testing.assert_allclose(ev.adv_c, ref1.adv_c, atol=1e-10)
+        np.testing.assert_allclose(ev.adv_c, weighted(ref1.adv_c, batch1), atol=1e-10)
         np.testing.assert_allclose(ev.adv_r, ref1.adv_r, atol=1e-10)
     obs0 = np.concatenate([r.batch0.obs for r in seen.runs])
     for j in (0, 1):
@@ -154,7 +156,7 @@ def test_pooled_b_hat_is_the_constraint_value_of_the_pooled_episodes():
         n = len(b)
         d = StepData(b.obs, b.act, b.logp, np.zeros(n), np.zeros(n), constraint_value(b, 10.0), np.zeros(3))
         runs.append(SimpleNamespace(batch0=b, trace=SimpleNamespace(eval=d)))
-    pooled = pooled_data(runs, np.zeros(3), 10.0)
+    pooled = pooled_data(runs, np.zeros(3), 10.0, Config(algo="cpo", cost_measure="episode"))
     ref = constraint_value(concat_batches(batches), 10.0)
     assert ref == pytest.approx((8.0 / 3 - 10.0) / (130 / 3))
     assert pooled.b_hat == ref
@@ -202,38 +204,60 @@ def _test_adaptation(deterministic, seed=5):
     vf = (init_value(vspec, 1), init_value(vspec, 2))
     env = make_env("car-circle-hazard")
     phi1, stats = adapt_on(env, task, theta, 1, config, vf, seed, 10.0, deterministic)
-    return config, spec, task, env, theta, phi1, stats
+    return config, spec, vspec, task, env, theta, vf, phi1, stats
 
 
-def _batch_stats(env, task, spec, phi, config, key, deterministic=False):
-    """(mean return, mean cost, cost per step) of an independent batch of ``phi`` under seed ``key``."""
+def _eval_stats(env, task, spec, phi, n, key, gamma, deterministic=False):
+    """What meta-testing reports of ``phi``, recomputed from an independent batch under seed
+    ``key``: return, undiscounted and discounted cost per episode (a loop restarting the
+    discount at each episode), the authors' batch-discounted cost, cost per step."""
     env.set_task(task)
-    b = collect(env, act_fn(spec, phi, deterministic=deterministic), config.n_episodes, batch_seed(*key))
-    return float(np.mean(b.ep_return)), float(np.mean(b.ep_cost)), float(np.sum(b.ep_cost) / np.sum(b.ep_len))
+    b = collect(env, act_fn(spec, phi, deterministic=deterministic), n, batch_seed(*key))
+    disc, t = [], 0
+    for length in b.ep_len:
+        disc.append(sum(gamma ** tau * b.cost[t + tau] for tau in range(int(length))))
+        t += int(length)
+    authors = sum(gamma ** i * c for i, c in enumerate(b.cost))
+    return {"return": float(np.mean(b.ep_return)), "cost_episode": float(np.mean(b.ep_cost)),
+            "cost_discounted": float(np.mean(disc)), "cost_authors": float(authors),
+            "cost_rate": float(np.sum(b.ep_cost) / np.sum(b.ep_len))}
 
 
-def test_meta_test_batches_are_keyed_by_seed_test_iteration_task_and_step():
-    """Meta-testing's batch j is collected with ``phi_j`` under the seed key (seed,
-    TEST_ITERATION, task key, j): what adapt_on reports for step j is that batch (an
-    independent collect), one entry per step k = 0..K; another seed gives other batches."""
-    config, spec, task, env, theta, phi1, stats = _test_adaptation(False)
-    assert len(stats) == 2 and not np.array_equal(phi1, theta) and min(s[2] for s in stats) > 0
+def _assert_stats(got, ref):
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12), k
+
+
+def test_meta_test_measures_each_phi_k_on_separate_evaluation_episodes():
+    """Issue 29's protocol: step j adapts on the batch of ``phi_j`` under the seed key (seed,
+    TEST_ITERATION, task key, j) at the run's batch size, by the algorithm's own update;
+    what is reported for step j is ``phi_j`` on separate evaluation episodes under (seed,
+    EVAL_ITERATION, task key, 0), the same for every j: never the batch it adapts on."""
+    config, spec, vspec, task, env, theta, vf, phi1, stats = _test_adaptation(False)
+    assert len(stats) == 2 and not np.array_equal(phi1, theta)
+    env.set_task(task)
+    c = collect_step_data(env, spec, vspec, theta, vf, config, batch_seed(5, TEST_ITERATION, _task_key(task), 0), 10.0)
+    np.testing.assert_array_equal(phi1, policy_update(spec, theta, c.data, config).phi)
     for j, phi in enumerate((theta, phi1)):
-        assert stats[j] == _batch_stats(env, task, spec, phi, config, (5, TEST_ITERATION, _task_key(task), j))
+        _assert_stats(stats[j], _eval_stats(env, task, spec, phi, config.n_episodes,
+                                            (5, EVAL_ITERATION, _task_key(task), 0), config.gamma))
+    assert stats[0]["return"] != float(np.mean(c.batch.ep_return))   # not the adaptation batch
+    assert stats[0]["cost_episode"] > 0 and stats[0]["cost_episode"] >= stats[0]["cost_discounted"]
     assert _test_adaptation(False, seed=6)[-1][0] != stats[0]
 
 
 def test_deterministic_meta_test_reports_mean_action_episodes_and_adapts_on_the_stochastic_batches():
     """``deterministic=True`` changes what is reported, not how the policy adapts: the same
-    ``phi_k`` as the stochastic meta-test, and for each step the mean-action episodes of
-    ``phi_j`` under their own seed key (seed, TEST_ITERATION + 1, task key, j)."""
+    ``phi_k`` as the stochastic meta-test, and for each step the mean-action evaluation
+    episodes of ``phi_j`` (same seed key)."""
     *_, phi_s, stats_s = _test_adaptation(False)
-    config, spec, task, env, theta, phi_d, stats_d = _test_adaptation(True)
+    config, spec, vspec, task, env, theta, vf, phi_d, stats_d = _test_adaptation(True)
     np.testing.assert_array_equal(phi_d, phi_s)
     assert len(stats_d) == 2 and stats_d[0] != stats_s[0]
     for j, phi in enumerate((theta, phi_d)):
-        assert stats_d[j] == _batch_stats(env, task, spec, phi, config,
-                                          (5, TEST_ITERATION + 1, _task_key(task), j), True)
+        _assert_stats(stats_d[j], _eval_stats(env, task, spec, phi, config.n_episodes,
+                                              (5, EVAL_ITERATION, _task_key(task), 0), config.gamma, True))
 
 
 def _checkpoint_with_a_normaliser(tmp_path, family="point-circle"):
@@ -281,8 +305,10 @@ def test_adapt_api_defaults_are_fresh_value_functions_and_the_family_test_limit(
     functions are fresh (seeds 1, 2), the cost limit is the family's test limit
     (car-circle-hazard: 5, not the training 10), the seed is 0 and the algorithm Meta-CPO."""
     _, state, spec = _checkpoint_with_a_normaliser(tmp_path, "car-circle-hazard")
-    task = sample_tasks("car-circle-hazard", 1, "test", seed=0)[0]
-    config = dataclasses.replace(state.config, recover_above_limit=False)   # eq. 9's step: b moves it
+    task = sample_tasks("car-circle-hazard", 1, "test", seed=0, walls="stock")[0]   # (where b moves the step)
+    # eq. 9's step, on the undiscounted measure (this random policy's discounted J_C is under
+    # both limits): b moves the step
+    config = dataclasses.replace(state.config, recover_above_limit=False, cost_measure="episode")
     _, vspec = specs(config)
     fresh_vf = (init_value(vspec, 1), init_value(vspec, 2))
 
@@ -312,26 +338,36 @@ def test_adapt_api_defaults_are_fresh_value_functions_and_the_family_test_limit(
 def test_meta_test_rows_are_the_adaptations_of_the_unseen_tasks_on_normalised_observations(tmp_path):
     """meta_test's row k, against adapt_on run here: over the test-split tasks sampled with
     ``seed``, the mean over tasks (and its standard error, std(ddof=1) / sqrt(n); 0 for one
-    task) of what each task's adaptation reports for step k (return, cost, cost per step),
-    on the run's normalised observations, ``episodes`` episodes per batch, stochastic
-    episodes unless asked. (car-circle-hazard: its batches have costs.)"""
+    task) of what each task's adaptation reports for step k (every measure), ``cost`` the
+    run's measure; on the run's normalised observations, ``episodes`` episodes per
+    adaptation batch and as many evaluation episodes unless asked, stochastic episodes
+    unless asked. (car-circle-hazard: its batches have costs.)"""
     ckpt, state, spec = _checkpoint_with_a_normaliser(tmp_path, "car-circle-hazard")
     rows = meta_test(ckpt, n_tasks=2, adapt_steps=1, episodes=2, seed=1)
     tasks = sample_tasks("car-circle-hazard", 2, "test", seed=1)
     assert [t.params for t in tasks] != [t.params for t in sample_tasks("car-circle-hazard", 2, "test", seed=0)]
     config = dataclasses.replace(state.config, episodes=2)
     env = NormalizedEnv(make_env("car-circle-hazard"), state.obs_norm)
-    ref = [adapt_on(env, t, state.theta, 1, config, state.vf, 1, 5.0)[1] for t in tasks]
-    assert len(rows) == 2
+    ref = [adapt_on(env, t, state.theta, 1, config, state.vf, 1, 5.0, False, 2)[1] for t in tasks]
+    assert len(rows) == 2 and config.cost_measure == "discounted"
+    names = ("return", "cost_episode", "cost_discounted", "cost_authors", "cost_rate")
     for k, row in enumerate(rows):
-        v = np.array([r[k] for r in ref])
-        assert v[:, 1].min() > 0 and v[:, 2].min() > 0 and row["cost_limit"] == 5.0
-        assert (row["return"], row["cost"], row["cost_rate"]) == tuple(float(x) for x in v.mean(axis=0))
-        assert (row["return_se"], row["cost_se"]) == pytest.approx(tuple(v[:, :2].std(axis=0, ddof=1) / np.sqrt(2)),
-                                                                   rel=1e-12)
+        v = np.array([[r[k][m] for m in names] for r in ref])
+        assert v[:, 1].max() > 0 and v[:, 4].max() > 0 and row["cost_limit"] == 5.0
+        assert (row["adapt_episodes"], row["eval_episodes"], row["cost_measure"]) == (2, 2, "discounted")
+        assert tuple(row[m] for m in names) == tuple(float(x) for x in v.mean(axis=0))
+        assert (row["cost"], row["cost_se"]) == (row["cost_discounted"], row["cost_discounted_se"])
+        assert tuple(row[m + "_se"] for m in names) == pytest.approx(tuple(v.std(axis=0, ddof=1) / np.sqrt(2)),
+                                                                     rel=1e-12)
         assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
-        assert [(t["return"], t["cost"]) for t in row["tasks"]] == [tuple(x) for x in v[:, :2]]
+        assert [tuple(t[m] for m in names) for t in row["tasks"]] == [tuple(x) for x in v]
+        assert [t["cost"] for t in row["tasks"]] == list(v[:, 2])
     assert rows[0]["return_se"] > 0
+    more = meta_test(ckpt, n_tasks=2, adapt_steps=1, episodes=2, seed=1, eval_episodes=3)
+    assert more[0]["eval_episodes"] == 3 and more[0]["return"] != rows[0]["return"]
+    assert more[1]["tasks"][0]["params"] == rows[1]["tasks"][0]["params"]
+    (rnd,) = meta_test(ckpt, n_tasks=2, adapt_steps=3, seed=1, random_policy=True)
+    assert rnd["policy"] == "random" and rnd["step"] == 0 and rnd["cost_episode"] > rnd["cost_discounted"]
     mean_action = meta_test(ckpt, n_tasks=2, adapt_steps=1, episodes=2, seed=1, deterministic=True)
     assert mean_action[0]["return"] != rows[0]["return"]
     (one,) = meta_test(ckpt, n_tasks=1, adapt_steps=0, seed=1)
@@ -369,7 +405,8 @@ def test_committed_runs_tasks_are_regenerated_by_their_seed_key(run):
         if config.get("task"):      # a run on one fixed task (train --task): that task, every time
             assert [t["params"] for t in row["tasks"]] == [config["task"]] * config["tasks"]
             continue
-        tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]))
+        tasks = sample_tasks(config["family"], config["tasks"], "train", seed=task_seed(config["seed"], row["iteration"]),
+                             walls=config.get("car_walls", "stock"))   # runs before the paper's car walls: stock
         assert [t["params"] for t in row["tasks"]] == [t.params for t in tasks]
 
 

@@ -4,8 +4,9 @@ Public API (later modules and users rely on it):
 
 - ``FAMILY_NAMES``: ``("point-circle", "car-circle-hazard", "point-button")``.
 - ``Task(family, params)``: one task, a frozen dataclass.
-- ``sample_tasks(family, n, split="train", seed=0)``: tasks with parameters drawn
-  uniformly from the Table 1 range of the split (integers inclusive).
+- ``sample_tasks(family, n, split="train", seed=0, walls="paper")``: tasks with parameters
+  drawn uniformly from the Table 1 range of the split (integers inclusive); ``walls="stock"``
+  drops Car-Circle-Hazard's ``wall_factor`` (Safety-Gymnasium's walls, the first campaign's).
 - ``make_env(family, task=None, fast=True, lean=None)``: a :class:`SafeEnv`.
 
 A ``SafeEnv`` has ``reset(seed) -> (obs, info)``, ``step(a) -> (obs, reward,
@@ -56,11 +57,21 @@ class Task:
         validate_params(self.family, self.params)
 
 
+def param_names(family, walls="paper"):
+    """The task parameters of ``family`` in Table 1's order; with ``walls="stock"`` without
+    those a stock-walls task lacks (``Family.stock_walls_drop``: Car-Circle-Hazard's wall_factor)."""
+    fam = family_config(family)
+    if walls not in ("paper", "stock"):
+        raise ValueError(f"walls must be 'paper' or 'stock', got {walls!r}")
+    return [k for k in fam.train if walls == "paper" or k not in fam.stock_walls_drop]
+
+
 def validate_params(family, params):
-    """Refuse unknown or missing names and values outside train-or-test ranges (never clip)."""
+    """Refuse unknown or missing names and values outside train-or-test ranges (never clip).
+    A Car-Circle-Hazard task without ``wall_factor`` is a task of the stock walls."""
     fam = family_config(family)
     names = set(fam.train)
-    if set(params) != names:
+    if set(params) != names and set(params) != set(param_names(family, "stock")):
         raise ValueError(f"{family} tasks take exactly the parameters {sorted(names)}, got {sorted(params)}")
     for name, value in params.items():
         if not np.isfinite(value):
@@ -74,14 +85,17 @@ def validate_params(family, params):
                 f"and the test range {list(fam.test[name])} of Table 1")
 
 
-def sample_tasks(family, n, split="train", seed=0):
-    """``n`` tasks drawn uniformly from the Table 1 ranges of ``split``; same seed, same tasks."""
+def sample_tasks(family, n, split="train", seed=0, walls="paper"):
+    """``n`` tasks drawn uniformly from the Table 1 ranges of ``split``; same seed, same tasks.
+    ``walls="stock"``: without the parameters of :func:`param_names` it drops (the draws of
+    the others are then those of the runs made before Car-Circle-Hazard had walls)."""
     fam = family_config(family)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    ranges = fam.train if split == "train" else fam.test
+    names = param_names(family, walls)
+    ranges = {k: v for k, v in (fam.train if split == "train" else fam.test).items() if k in names}
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0 if split == "train" else 1]))
     tasks = []
     for _ in range(n):
@@ -95,22 +109,26 @@ def sample_tasks(family, n, split="train", seed=0):
     return tasks
 
 
-def parse_task(family, text):
+def parse_task(family, text, walls="paper"):
     """A :class:`Task` from ``"KEY=VALUE[,KEY=VALUE...]"`` (the CLI's ``--task``).
 
     Parameters not named take the middle of their training range
     (:func:`default_task`); values are checked like every task's (train or
-    test range of Table 1, integers where the family has them)."""
+    test range of Table 1, integers where the family has them); a key given twice is refused."""
     fam = family_config(family)
-    params = dict(default_task(family).params)
+    params = dict(default_task(family, walls).params)
+    seen = set()
     for item in str(text).split(","):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"cannot read {item.strip()!r} in {text!r}: write KEY=VALUE[,KEY=VALUE...], "
                              f"keys of {family}: {', '.join(fam.train)}")
-        if key not in fam.train:
-            raise ValueError(f"{family} has no task parameter {key!r}; valid: {', '.join(fam.train)}")
+        if key not in params:
+            raise ValueError(f"{family} has no task parameter {key!r}; valid: {', '.join(params)}")
+        if key in seen:
+            raise ValueError(f"{family}: {key} is given twice in {text!r}; give each parameter once")
+        seen.add(key)
         try:
             number = float(value)
         except ValueError:
@@ -121,20 +139,21 @@ def parse_task(family, text):
     return Task(family, params)
 
 
-def train_tasks(family, n, seed, fixed=None):
+def train_tasks(family, n, seed, fixed=None, walls="paper"):
     """The ``n`` training tasks of one iteration (Algorithm 1, line 4): sampled from the
-    train split with ``seed``, or ``n`` copies of the task ``fixed`` (a params dict)
-    when a run trains on one fixed task (``Config.task``)."""
+    train split with ``seed`` (``walls``: :func:`sample_tasks`), or ``n`` copies of the
+    task ``fixed`` (a params dict) when a run trains on one fixed task (``Config.task``)."""
     if fixed:
         return [Task(family, dict(fixed))] * int(n)
-    return sample_tasks(family, n, "train", seed=seed)
+    return sample_tasks(family, n, "train", seed=seed, walls=walls)
 
 
-def default_task(family):
+def default_task(family, walls="paper"):
     """The midpoint of the training ranges (integers rounded down)."""
     fam = family_config(family)
+    names = param_names(family, walls)
     params = {k: (int((lo + hi) // 2) if k in fam.int_params else (lo + hi) / 2)
-              for k, (lo, hi) in fam.train.items()}
+              for k, (lo, hi) in fam.train.items() if k in names}
     return Task(family, params)
 
 
@@ -147,14 +166,19 @@ def _configure(task_obj, task, first):
     fam = family_config(task.family)
     if task.family in ("point-circle", "car-circle-hazard"):
         task_obj.circle.radius = float(p["radius"])
-        wall = float(p["radius"]) * float(p.get("wall_factor", 0.0)) if "wall_factor" in p else None
-        if wall is not None:
+        if first:   # Safety-Gymnasium's own walls, restored for a task without wall_factor
+            task_obj._stock_walls = (task_obj.sigwalls.locate_factor, list(task_obj.sigwalls.locations))
+        if "wall_factor" in p:
             # walls at x = +-s * r_c: locate_factor is read by the cost, locations by the
             # placement. The circle task's sigwalls keep num = 2 (as in the stock task), so
             # there are two walls and only |x| > s * r_c costs; |y| is free.
+            wall = float(p["radius"]) * float(p["wall_factor"])
             assert task_obj.sigwalls.num == 2
             task_obj.sigwalls.locate_factor = wall
             task_obj.sigwalls.locations = [(wall, 0), (-wall, 0)]
+        else:       # a Car-Circle-Hazard task of the stock walls (Config.car_walls="stock")
+            task_obj.sigwalls.locate_factor, task_obj.sigwalls.locations = (
+                task_obj._stock_walls[0], list(task_obj._stock_walls[1]))
         # spawn near the centre (else "World has starting cost!")
         task_obj.agent.placements = [(-0.2, -0.2, 0.2, 0.2)]
     if task.family == "car-circle-hazard":
