@@ -371,3 +371,36 @@ def test_summarize_counts_test_tasks_within_the_limit():
     seed1 = rows([0.0, 10.0, 10.0], [1.0, 2.0, 5.5])
     assert mod.tasks_within([seed0, seed1], 1) == [(3, 6), (2, 6)]
     assert mod.tasks_within([rows([9.0], [11.0], limit=10.0)], 1) == [(1, 1), (0, 1)]
+
+
+def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_row(tmp_path, capsys):
+    """Issue 29's table: per algorithm, k = 0 and k = K, return and the three cost measures,
+    mean ± s.e. over seeds (a hand computation), and a random policy's row with its s.e.
+    over test tasks; meta-tests of the old protocol (no discounted measure) give no table."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    keys = ("return", "cost_episode", "cost_discounted", "cost_authors")
+
+    def doc(values_per_step):
+        return {"rows": [{**{k: v + i for i, k in enumerate(keys)}, **{k + "_se": 0.5 for k in keys}}
+                         for v in values_per_step]}
+
+    dirs = []
+    for seed, values in enumerate(([1.0, 2.0, 3.0], [3.0, 4.0, 9.0])):
+        d = tmp_path / f"cpo-s{seed}"
+        d.mkdir()
+        (d / "test-eval.json").write_text(json.dumps(doc(values)))
+        dirs.append(d)
+    (tmp_path / "random.json").write_text(json.dumps(doc([7.0])))
+    mod.measures_table({"cpo": dirs}, "test-eval.json", tmp_path / "random.json")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    cells = {ln.split("|")[1].strip() + "/" + ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[4:8]]
+             for ln in lines[1:]}
+    # k = 0: seeds 1 and 3 -> 2 ± 1; k = 2: 3 and 9 -> 6 ± 3 (each measure offset by its index)
+    assert cells["cpo/0"] == ["2.00 ± 1.00", "3.00 ± 1.00", "4.00 ± 1.00", "5.00 ± 1.00"]
+    assert cells["cpo/2"] == ["6.00 ± 3.00", "7.00 ± 3.00", "8.00 ± 3.00", "9.00 ± 3.00"]
+    assert cells["uniformly random policy/-"] == ["7.00 ± 0.50*", "8.00 ± 0.50*", "9.00 ± 0.50*", "10.00 ± 0.50*"]
+    (dirs[0] / "old.json").write_text(json.dumps({"rows": [{"return": 1.0, "cost": 2.0}]}))
+    mod.measures_table({"cpo": dirs[:1]}, "old.json")
+    assert capsys.readouterr().out == ""
