@@ -213,6 +213,25 @@ def discounted_problem(seed=0, gamma=0.9, limit=1.5):
     return pb
 
 
+def discounted_by_loop(ep_len, cost, gamma, signal=None):
+    """The paper's definitions by plain loops, a reference for (D36)-(D39): ``(J, W, change,
+    authors)`` with ``J = (1/E) sum_e sum_tau gamma^tau c``, ``W = (1/E) sum_e sum_tau
+    gamma^tau``, ``change = (1/E) sum_e sum_tau gamma^tau signal`` (the discount restarted
+    at each episode's first step) and ``authors = sum_i gamma^i c_i`` over the whole batch."""
+    signal = np.zeros(len(cost)) if signal is None else signal
+    J = W = change = authors = 0.0
+    t = 0
+    for n in ep_len:
+        for tau in range(int(n)):
+            J += gamma ** tau * cost[t]
+            W += gamma ** tau
+            change += gamma ** tau * signal[t]
+            authors += gamma ** t * cost[t]
+            t += 1
+    E = len(ep_len)
+    return J / E, W / E, change / E, authors
+
+
 def check_discounted_constraint_value(tol=1e-6):
     """Gradient of ``b(theta) = b_hat + L_C(theta) - L_C(theta_beh)`` (D17) with the
     discounted measure's cost surrogate (D38) away from the behaviour parameters."""
@@ -234,16 +253,7 @@ def check_discounted_first_order(tol=1e-12):
     _, L_C = _policy_surrogates(pb)
     batch, gamma = pb["batch"], pb["gamma"]
     rho = np.exp(log_prob(pb["spec"], pb["theta"], pb["obs"], pb["act"]) - pb["logp_beh"])
-    J = W = change = 0.0
-    t = 0
-    for n in batch.ep_len:
-        for tau in range(int(n)):
-            J += gamma ** tau * batch.cost[t]
-            W += gamma ** tau
-            change += gamma ** tau * (rho[t] - 1.0) * pb["raw_adv_c"][t]
-            t += 1
-    E = len(batch.ep_len)
-    J, W, change = J / E, W / E, change / E
+    J, W, change, _ = discounted_by_loop(batch.ep_len, batch.cost, gamma, (rho - 1.0) * pb["raw_adv_c"])
     err = max(abs(pb["b_hat"] - (J - pb["limit"]) / W) / abs((J - pb["limit"]) / W),
               abs(W * (L_C(pb["theta"]) - L_C(pb["theta_beh"])) - change) / abs(change))
     return result("discounted_first_order", err, tol)

@@ -1,7 +1,6 @@
 """The cost measure (docs/derivations.md, section 12): the paper's discounted J_C and the
 undiscounted cost per episode, wherever the limit meets the data; Car-Circle-Hazard's
 walls as Table 1 has them; old runs load with what they ran with."""
-import dataclasses
 import json
 
 import numpy as np
@@ -10,14 +9,14 @@ from click.testing import CliRunner
 
 from cli import main
 from metacpo_ref.advantages import (authors_cost, center, constraint_value, episode_measures, measured_cost,
-                                    step_weights, surrogates, weight_cost_advantages)
+                                    step_weights, weight_cost_advantages)
 from metacpo_ref.baselines import pooled_data
 from metacpo_ref.config import FAMILIES, Config
 from metacpo_ref.envs import Task, make_env, parse_task, sample_tasks
-from metacpo_ref.gradcheck import check_discounted_constraint_value, check_discounted_first_order
+from metacpo_ref.gradcheck import check_discounted_constraint_value, check_discounted_first_order, discounted_by_loop
 from metacpo_ref.iteration import Trace
 from metacpo_ref.rollouts import Batch, batch_seed, collect, random_act
-from metacpo_ref.training import config_from_dict, config_to_json, prepare_run, resume_config, CheckpointError
+from metacpo_ref.training import CheckpointError, config_from_dict, config_to_json, resume_config
 from metacpo_ref.update import StepData
 
 GAMMA = 0.9
@@ -44,15 +43,8 @@ def batch_of(lengths, seed=0, terminated_last=False):
 def loop_measures(batch, gamma):
     """(J, W) of the discounted measure, and the authors' measure, by plain loops from the
     definitions: the discount restarts at every episode's first step (not for the authors')."""
-    J = W = authors = 0.0
-    t = 0
-    for n in batch.ep_len:
-        for tau in range(int(n)):
-            J += gamma ** tau * batch.cost[t]
-            W += gamma ** tau
-            authors += gamma ** t * batch.cost[t]
-            t += 1
-    return J / len(batch.ep_len), W / len(batch.ep_len), authors
+    J, W, _, authors = discounted_by_loop(batch.ep_len, batch.cost, gamma)
+    return J, W, authors
 
 
 def test_discounted_measure_restarts_the_discount_at_every_episode():
