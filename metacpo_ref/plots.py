@@ -275,6 +275,16 @@ def _band(ax, curve, c, label, **kw):
         ax.fill_between(curve.x, curve.mean - curve.se, curve.mean + curve.se, color=c, alpha=0.2, linewidth=0)
 
 
+COST_LABELS = {"discounted": "discounted cost J_C", "episode": "episode cost (undiscounted)"}
+
+
+def _cost_label(rows):
+    """The y label of a cost panel from its rows' ``cost_measure`` (rows from before the
+    setting: the undiscounted episode cost); several measures are named together."""
+    measures = sorted({row.get("cost_measure", "episode") for row in rows})
+    return " / ".join(COST_LABELS[m] for m in measures) + (" (mixed measures)" if len(measures) > 1 else "")
+
+
 def _limits(ax, limits):
     for lim in sorted(limits):
         ax.axhline(lim, color="black", linestyle="--", linewidth=1.5, label="cost limit", zorder=3)
@@ -312,7 +322,7 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
         ax = axes[0, col]
         ax.set_title(f"training: {key}" + (f" (moving average of {n_smooth})" if n_smooth > 1 else ""))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"episode {key}")
+        ax.set_ylabel("episode return" if key == "return" else _cost_label([row for r in runs for row in r.rows]))
         if x == "env-steps":
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
 
@@ -332,7 +342,8 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
             ax = axes[1, col]
             ax.set_title(f"meta-testing on unseen tasks: {key}")
             ax.set_xlabel("adaptation step k")
-            ax.set_ylabel(f"episode {key}")
+            ax.set_ylabel("episode return" if key == "return" else _cost_label(
+                [t[0] for tests in tested.values() for t in tests]))
             ax.set_xticks(range(kmax + 1))
         axes[1, 0].legend(*axes[1, 0].get_legend_handles_labels(), fontsize=8, loc="best",
                           title="error bar: s.e. across seeds", title_fontsize=8)

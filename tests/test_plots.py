@@ -195,3 +195,14 @@ def test_test_option_reads_that_meta_test_file(tmp_path, runs):
     assert res.exit_code == 0, res.output
     assert "meta-cpo 2 runs (1 meta-tested)" in res.output and "cpo 2 runs (0 meta-tested)" in res.output
     assert f"--json > {runs[1]}/test-4x.json" in res.output
+
+
+def test_cost_panels_name_the_runs_cost_measure():
+    """The cost axis says what the limit is on: rows of a discounted run, of an old run (no
+    ``cost_measure``: undiscounted), or both (named together, marked as mixed)."""
+    from metacpo_ref.plots import _cost_label
+
+    assert _cost_label([{"cost_measure": "discounted"}]) == "discounted cost J_C"
+    assert _cost_label([{}, {"cost_measure": "episode"}]) == "episode cost (undiscounted)"
+    assert _cost_label([{}, {"cost_measure": "discounted"}]) == \
+        "discounted cost J_C / episode cost (undiscounted) (mixed measures)"
