@@ -178,6 +178,22 @@ def measures_table(runs, test_name, random_file=None):
         rows.append(["uniformly random policy", "-", "-", *(f"{r[key]:.2f} ± {r[key + '_se']:.2f}*"
                                                              for key, _ in MEASURES)])
     print_table(["algorithm", "seeds", "k", *(name for _, name in MEASURES)], rows)
+    limit = next(iter(tested.values()))[0][0]["cost_limit"]
+    print(f"(Seed, task) pairs at or under the limit {limit:g} in each measure after k = 0 and k = {K} steps")
+    print()
+    within = [[algo, k, *(within_limit(t, k, key) for key, _ in MEASURES[1:])] for algo, t in tested.items()
+              for k in (0, K)]
+    if doc:
+        within.append(["uniformly random policy", "-", *(within_limit([doc["rows"]], 0, key, limit)
+                                                           for key, _ in MEASURES[1:])])
+    print_table(["algorithm", "k", *(name for _, name in MEASURES[1:])], within)
+
+
+def within_limit(tests, k, key, limit=None):
+    """``"n of N"``: the (seed, task) pairs of ``tests`` whose ``key`` after k steps is at or
+    under the limit (each row's ``cost_limit``, or ``limit``)."""
+    pairs = [(task[key], s[k]["cost_limit"] if limit is None else limit) for s in tests for task in s[k]["tasks"]]
+    return f"{sum(v <= lim for v, lim in pairs)} of {len(pairs)}"
 
 
 def step_cell(tests, k, key):

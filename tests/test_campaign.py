@@ -382,8 +382,9 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
     spec.loader.exec_module(mod)
     keys = ("return", "cost_episode", "cost_discounted", "cost_authors")
 
-    def doc(values_per_step):
-        return {"rows": [{**{k: v + i for i, k in enumerate(keys)}, **{k + "_se": 0.5 for k in keys}}
+    def doc(values_per_step):   # one task per row, with the row's values; limit 4.5
+        return {"rows": [{**{k: v + i for i, k in enumerate(keys)}, **{k + "_se": 0.5 for k in keys},
+                          "cost_limit": 4.5, "tasks": [{k: v + i for i, k in enumerate(keys)}]}
                          for v in values_per_step]}
 
     dirs = []
@@ -394,9 +395,17 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
         dirs.append(d)
     (tmp_path / "random.json").write_text(json.dumps(doc([7.0])))
     mod.measures_table({"cpo": dirs}, "test-eval.json", tmp_path / "random.json")
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    out = capsys.readouterr().out
+    first, second = out.split("(Seed, task) pairs at or under the limit 4.5")
+    lines = [ln for ln in first.splitlines() if ln.startswith("| ")]
     cells = {ln.split("|")[1].strip() + "/" + ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[4:8]]
              for ln in lines[1:]}
+    # pairs under 4.5: k = 0 episode costs 2 and 4 (both), discounted 3 and 5 (one), authors' 4 and 6 (one)
+    within = {ln.split("|")[1].strip() + "/" + ln.split("|")[2].strip(): [c.strip() for c in ln.split("|")[3:6]]
+              for ln in second.splitlines()[3:] if ln.startswith("| ")}
+    assert within["cpo/0"] == ["2 of 2", "1 of 2", "1 of 2"]
+    assert within["cpo/2"] == ["1 of 2", "0 of 2", "0 of 2"]   # k = 2: episode costs 4 and 10
+    assert within["uniformly random policy/-"] == ["0 of 1", "0 of 1", "0 of 1"]
     # k = 0: seeds 1 and 3 -> 2 ± 1; k = 2: 3 and 9 -> 6 ± 3 (each measure offset by its index)
     assert cells["cpo/0"] == ["2.00 ± 1.00", "3.00 ± 1.00", "4.00 ± 1.00", "5.00 ± 1.00"]
     assert cells["cpo/2"] == ["6.00 ± 3.00", "7.00 ± 3.00", "8.00 ± 3.00", "9.00 ± 3.00"]
