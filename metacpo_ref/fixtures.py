@@ -32,6 +32,7 @@ arrays. The hash of an array is SHA-256 of those raw bytes
 ``max|port - stored| <= atol + rtol * max|stored|`` (NaN where stored NaN;
 integer outputs exactly).
 """
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -55,7 +56,7 @@ from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.qp_layer import qp_vjp, solve_qp
 from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
-from metacpo_ref.update import StepData, policy_update, step_problem
+from metacpo_ref.update import StepData, policy_update, recovery_shift, step_problem
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -381,7 +382,8 @@ def make_obs_norm():
 def _step_data(inp, prefix=""):
     return StepData(inp[prefix + "obs"], inp[prefix + "act"], inp[prefix + "logp_beh"], inp[prefix + "adv_r"],
                     inp[prefix + "adv_c"], float(inp[prefix + "b_hat"]), inp[prefix + "phi"],
-                    float(inp[prefix + "beta"]) if prefix + "beta" in inp else 1.0)
+                    float(inp[prefix + "beta"]) if prefix + "beta" in inp else 1.0,
+                    float(inp[prefix + "b_shift"]) if prefix + "b_shift" in inp else 0.0)
 
 
 BATCH_MEANINGS = {
@@ -393,6 +395,9 @@ BATCH_MEANINGS = {
     "b_hat": "per-step constraint value of the batch (mean episode cost - limit) / mean length",
     "phi": "the parameters that collected the batch (phi^collected)",
     "beta": "accepted line-search fraction of the local step taken from this batch",
+    "b_shift": "the recorded constant c of the recover rule D34 added to this local step's b "
+               "(max(0, 2 sqrt(2 inner_delta s) - b_hat) at the collecting parameters if b_hat > 0, else 0; "
+               "s = a'H^{-1}a there): recorded during the inner loop like beta, an input here, not recomputed",
 }
 
 
@@ -468,10 +473,12 @@ def make_policy_update(metric, recover=False):
                ls_steps=_i(15))
     if metric == "fisher":
         inp.update(cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING))
-    rule = "eq. 9 as it is (the block has no recover_above_limit: off)"
+    rule = (RULE_OFF + ": eq. 9 as it is although b_hat > 0 (the block stores no recover_above_limit); "
+            "policy_update_recover is this update with the rule on")
     if recover:
         inp.update(recover_above_limit=_i(1))
-        rule = "the measured cost is above the limit (b_hat > 0), so the step is eq. 4's recovery step (D34)"
+        rule = (RULE_ON + ": the measured cost is above the limit (b_hat > 0), so the step is eq. 4's "
+                "recovery step")
     return inp, compute_policy_update(inp, metric), _meta(
         f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
         f"(mean KL, cost change <= max(-b, 0), reward improves unless recovering); {rule}",
@@ -613,9 +620,11 @@ def make_qp_layer():
 # --- meta.py --------------------------------------------------------------------
 
 TRACE_FIELDS = ("obs", "act", "logp_beh", "adv_r", "adv_c", "b_hat", "phi", "beta")
+RULE_OFF = "recover rule off (Config.recover_above_limit=False; docs/derivations.md, section 10)"
+RULE_ON = "recover rule on (Config.recover_above_limit=True, the default; D34)"
 
 
-def _meta_inputs(problem=meta_problem):
+def _meta_inputs(problem=meta_problem, fields=TRACE_FIELDS):
     """The synthetic meta-problem of gradcheck (policy 3 -> 4 -> 2, K = 2, two tasks),
     evaluated at theta = recording theta + 0.02 N(0, I) (so the ratios are not 1); its four
     local steps there are "trust", "recovery", "both", "both" (margins >= 0.1)."""
@@ -630,8 +639,8 @@ def _meta_inputs(problem=meta_problem):
     for i, tr in enumerate(traces):
         for k, data in enumerate(tr.steps + (tr.eval,)):
             where = f"task{i}_eval" if k == len(tr.steps) else f"task{i}_step{k}"
-            for name in TRACE_FIELDS:
-                if where.endswith("eval") and name == "beta":
+            for name in fields:
+                if where.endswith("eval") and name in ("beta", "b_shift"):
                     continue
                 inp[f"{where}_{name}"] = _f(getattr(data, name))
                 meanings[f"{where}_{name}"] = (f"task {i}, " + ("evaluation batch" if where.endswith("eval")
@@ -715,7 +724,8 @@ def make_meta_gradient():
     return inp, out, _meta(
         "K = 2 local CPO steps (Euclidean metric, betas replayed from the trace) per task on two tasks, the "
         "meta objective and constraint of eq. 10 and their exact gradients (eq. 11); the chain's "
-        "intermediates (g, a, b, x per step) are stored for debugging",
+        "intermediates (g, a, b, x per step) are stored for debugging; " + RULE_OFF + ": no b_shift, every "
+        "local step is eq. 9 as it is (meta_gradient_recover has the rule on)",
         "metacpo_ref.meta.meta_objective, meta_gradient", META, meanings)
 
 
@@ -747,7 +757,8 @@ def make_meta_gradient_fisher():
     return inp, out, _meta(
         "as meta_gradient, with Fisher-metric local steps (inner_metric='fisher'): eq. 9 with "
         "H_k = Fisher(phi_k) + cg_damping I, KL radius inner_delta; the exact gradients include the "
-        "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9)",
+        "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9); " + RULE_OFF + ": no "
+        "b_shift (meta_gradient_fisher_recover has the rule on)",
         "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher')", META, meanings)
 
 
@@ -774,8 +785,216 @@ def make_outer_step():
                     dF="dF/dtheta", dG="dG/dtheta")
     return inp, compute_outer_step(inp), _meta(
         "one outer step (eq. 12, Algorithm 1 lines 13-14) on the traces of meta_gradient: the CPO step on "
-        "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10",
+        "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10; " + RULE_OFF + ": here "
+        "G > 0, so with the rule on the step would be the recovery step (outer_step_recover has it on)",
         "metacpo_ref.meta.outer_step (outer_metric='identity')", OUTER, meanings)
+
+
+# --- the recover rule on (D34): the production path ------------------------------
+
+# Distinct radii (the defaults are all 0.01, so a port reading the wrong one would pass
+# the blocks above): every block below uses these.
+RADII = {"inner_delta": 0.03, "outer_delta": 0.02, "ls_kl": 0.015, "baseline_delta": 0.005}
+RADII_MEANINGS = {
+    "inner_delta": "radius of the local steps (Config.inner_delta): Euclidean 0.5 |x|^2 <= delta (identity), "
+                   "KL 0.5 x'Hx <= delta (fisher)",
+    "outer_delta": "radius of the outer step of eq. 12 (Config.outer_delta)",
+    "ls_kl": "mean-KL bound of every line search with the Euclidean metric (Config.ls_kl)",
+    "baseline_delta": "KL radius of the CPO/TRPO baselines' steps (Config.baseline_delta); not used by the "
+                      "Meta-CPO steps here: stored so that a port reading it instead of the right radius fails",
+}
+RECOVER_B_FRACS = [[0.4, 1.5, 0.3], [-0.3, 0.6, 0.2]]
+
+
+def _recover_problem(metric):
+    """The meta-problem of :func:`meta_problem` recorded with the recover rule on (each
+    local step's shift recorded in ``b_shift``, as training records it), smaller batches
+    (T = 24) and the distinct :data:`RADII`: three of the four local batches are above the
+    limit (two where eq. 9 is feasible, so the rule changes the step) and so is the
+    evaluation cost (G > 0 with eq. 12 feasible: the rule changes the outer step too)."""
+    def problem():
+        from metacpo_ref.meta import synthetic_traces
+
+        spec = PolicySpec(3, 2, (4,))
+        config = Config(hidden=(4,), **RADII, inner_metric=metric, outer_metric="identity",
+                        recover_above_limit=True)
+        theta, traces = synthetic_traces(spec, 2, 2, 3, config, T=24, b_fracs=RECOVER_B_FRACS,
+                                         betas=[[1.0, 0.8], [0.64, 1.0]], record_shifts=True)
+        return config, spec, theta, traces
+    return problem
+
+
+def _unshifted_cases(out, inp):
+    """Case of each local step at theta with and without its recorded shift."""
+    cases = []
+    for i in range(int(inp["n_tasks"])):
+        for k in range(int(inp["local_steps"])):
+            p = f"task{i}_step{k}_"
+            H = out.get(p + "H")
+            solve = None if H is None else partial(np.linalg.solve, H)
+            b = float(out[p + "b"])
+            cases.append((CASES[int(out[p + "case_index"])],
+                          solve_step(out[p + "g"], out[p + "a"], b - float(inp[p + "b_shift"]),
+                                     float(inp["inner_delta"]), hinv=solve).case))
+    return cases
+
+
+def _check_recover_chain(inp, out):
+    assert min(_chain_margins(inp, out)) > 0.1, "a local step sits near a case boundary"
+    cases = _unshifted_cases(out, inp)
+    changed = [c for c in cases if c[0] != c[1]]
+    assert len(changed) >= 2 and all(c[0] == "recovery" for c in changed), cases
+    assert any(c[0] != "recovery" for c in cases), cases     # one batch below the limit
+
+
+RECOVER_CHAIN = ("the recorded shift b_shift of every local batch is an input (a recorded constant like beta; "
+                 "the chain's b_k includes it: b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected))")
+
+
+def make_meta_gradient_recover():
+    _, inp, meanings = _meta_inputs(_recover_problem("identity"), TRACE_FIELDS + ("b_shift",))
+    meanings["inner_delta"] = RADII_MEANINGS["inner_delta"]
+    out = compute_meta_gradient(inp)
+    _check_recover_chain(inp, out)
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)",
+             "b": "b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "x": "the local step x_k = cpo_layer(g_k, a_k, b_k, inner_delta); phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K local steps; b_shift constant)")
+    return inp, out, _meta(
+        "as meta_gradient, " + RULE_ON + ": three of the four local batches are above the limit (b_hat > 0) "
+        "and take the recovery step (two of them would take a trust or both step with the rule off); "
+        + RECOVER_CHAIN + "; inner_delta = 0.03 (not the default 0.01)",
+        "metacpo_ref.meta.meta_objective, meta_gradient (recover_above_limit=True)", META, meanings)
+
+
+def make_meta_gradient_fisher_recover():
+    _, inp, meanings = _meta_inputs(_recover_problem("fisher"), TRACE_FIELDS + ("b_shift",))
+    inp["cg_damping"] = _f(CG_DAMPING)
+    meanings.update(inner_delta="KL trust radius of the local steps (0.5 x'H x <= delta)",
+                    cg_damping="damping d of the metric H(phi) = Fisher(phi) + d I")
+    out = compute_meta_gradient_fisher(inp)
+    _check_recover_chain(inp, out)
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)",
+             "b": "b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
+                  "plus cg_damping I (symmetric, dense)",
+             "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
+                  "phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps "
+                    "including the terms through H(phi_k); b_shift constant)")
+    return inp, out, _meta(
+        "as meta_gradient_fisher, " + RULE_ON + ": three of the four local batches are above the limit and "
+        "take the Fisher recovery step -sqrt(2 delta / s) H_k^{-1} a_k; " + RECOVER_CHAIN
+        + " (s measured in the Fisher metric when it was recorded); inner_delta = 0.03",
+        "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher', recover_above_limit=True)",
+        META, meanings)
+
+
+# --- the line search, every decision recorded (D18, D19) --------------------------
+
+@contextlib.contextmanager
+def _recorded_line_search(module):
+    """Every fraction ``module``'s line search tries, with the rule that judged it: the
+    module's :func:`~metacpo_ref.update.backtrack` wrapped for the duration."""
+    tried, original = [], module.backtrack
+
+    def recording(evaluate, accepts, decay, max_steps):
+        def evaluate_and_record(beta):
+            cand = evaluate(beta)
+            tried.append((cand, accepts))
+            return cand
+        return original(evaluate_and_record, accepts, decay, max_steps)
+
+    module.backtrack = recording
+    try:
+        yield tried
+    finally:
+        module.backtrack = original
+
+
+def _tried_arrays(tried):
+    """The tried fractions as arrays: beta, mean KL, dR, dC and which rules reject it."""
+    rows = []
+    for cand, acc in tried:
+        dR, dC = cand.R - acc.R0, cand.C - acc.C0
+        kl_bad = cand.kl > acc.kl_bound
+        reward_bad = not (acc.recovery or dR > 0)
+        cost_bad = acc.constrained and not dC <= max(-acc.b, 0.0)
+        assert acc(cand) == (not (kl_bad or reward_bad or cost_bad))
+        rows.append((cand.beta, cand.kl, dR, dC, kl_bad, reward_bad, cost_bad))
+    cols = list(zip(*rows))
+    return {"tried_beta": _f(cols[0]), "tried_kl": _f(cols[1]), "tried_dR": _f(cols[2]), "tried_dC": _f(cols[3]),
+            "rejected_kl": _b(cols[4]), "rejected_reward": _b(cols[5]), "rejected_cost": _b(cols[6]),
+            "cost_allowance": _f(max(-tried[0][1].b, 0.0)), "kl_bound": _f(tried[0][1].kl_bound)}
+
+
+TRIED_MEANINGS = {
+    "tried_beta": "every fraction the line search tried, in order: ls_decay^j, j = 0, 1, ... up to the accepted "
+                  "one (all ls_steps if none) (J,)",
+    "tried_kl": "mean KL(pi_old || pi_cand) of each tried fraction (J,)",
+    "tried_dR": "reward change of each tried fraction (J,)", "tried_dC": "cost change of each tried fraction (J,)",
+    "rejected_kl": "the KL rule rejects the fraction: tried_kl > kl_bound (J,)",
+    "rejected_reward": "the reward rule rejects it: not (recovery step or tried_dR > 0) (J,)",
+    "rejected_cost": "the cost rule rejects it: not tried_dC <= cost_allowance (J,)",
+    "cost_allowance": "max(-b, 0), b the constraint value fed to the step (shift included): the most the "
+                      "cost may rise (D19)",
+    "kl_bound": "the mean-KL bound of this line search (D19)",
+}
+
+
+def compute_outer_step_recover(inp):
+    from metacpo_ref import meta
+
+    spec, _, traces = _traces_from(inp)
+    config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]),
+                    outer_delta=float(inp["outer_delta"]), ls_kl=float(inp["ls_kl"]),
+                    baseline_delta=float(inp["baseline_delta"]), **PAPER, ls_decay=float(inp["ls_decay"]),
+                    ls_steps=int(inp["ls_steps"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
+    with _recorded_line_search(meta) as tried:
+        res = meta.outer_step(inp["theta"], traces, config)
+    return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
+            "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
+            "dF": _f(res.dF), "dG": _f(res.dG),
+            "b_shift": _f(recovery_shift(res.G, res.dG, None, config.outer_delta, config)), **_tried_arrays(tried)}
+
+
+OUTER_MEANINGS = {
+    "ls_decay": "backtracking factor: beta = ls_decay^j", "ls_steps": "at most this many fractions",
+    "recover_above_limit": "1: the recover rule (D34) is on: G > 0 makes the outer step eq. 4's recovery step",
+    "theta_new": "theta + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+    "F": "F at theta", "G": "G at theta", "F_new": "F at theta_new", "G_new": "G at theta_new",
+    "dF": "dF/dtheta", "dG": "dG/dtheta",
+    "b_shift": "the outer step's shift c = max(0, 2 sqrt(2 outer_delta s) - G) if G > 0 else 0, s = dG'dG "
+               "(D34, computed by the step, not recorded): eq. 12 is solved with b = G + b_shift",
+    **TRIED_MEANINGS,
+    "tried_kl": "mean KL(pi_theta || pi_cand) on the pre-adaptation batches of all tasks (the step-0 batches "
+                "task{i}_step0_obs concatenated), for each tried fraction (J,)",
+    "tried_dR": "F(cand) - F(theta) of each tried fraction (J,)",
+    "tried_dC": "G(cand) - G(theta) of each tried fraction (J,)",
+    "cost_allowance": "max(-G, 0): the outer line search's cost allowance uses G itself, not G + b_shift "
+                      "(the same here: G > 0)",
+}
+
+
+def make_outer_step_recover():
+    config, inp, meanings = _meta_inputs(_recover_problem("identity"), TRACE_FIELDS + ("b_shift",))
+    inp.update(outer_delta=_f(config.outer_delta), ls_kl=_f(config.ls_kl), baseline_delta=_f(config.baseline_delta),
+               ls_decay=_f(config.ls_decay), ls_steps=_i(config.ls_steps), recover_above_limit=_i(1))
+    meanings.update({**RADII_MEANINGS, **OUTER_MEANINGS})
+    out = compute_outer_step_recover(inp)
+    assert float(out["G"]) > 0 and float(out["b_shift"]) > 0 and CASES[int(out["case_index"])] == "recovery"
+    assert 0 < float(out["beta"]) < 1
+    return inp, out, _meta(
+        "one outer step (eq. 12) on the traces of meta_gradient_recover, " + RULE_ON + ": G > 0 (above the "
+        "limit) with eq. 12 feasible, so the rule shifts b = G + b_shift and the step is the recovery step "
+        "-sqrt(2 outer_delta / s) dG (with the rule off it would be a both step); then the line search "
+        "re-evaluating eq. 10, every tried fraction recorded (KL on the pre-adaptation batches, dF, dG, the "
+        "rule that rejected it); radii inner_delta 0.03, outer_delta 0.02, ls_kl 0.015 (all distinct)",
+        "metacpo_ref.meta.outer_step (outer_metric='identity', recover_above_limit=True)", OUTER, meanings)
 
 
 # --- the table of blocks ---------------------------------------------------------
@@ -805,6 +1024,9 @@ BLOCKS = [
     ("meta_gradient", make_meta_gradient, compute_meta_gradient),
     ("meta_gradient_fisher", make_meta_gradient_fisher, compute_meta_gradient_fisher),
     ("outer_step", make_outer_step, compute_outer_step),
+    ("meta_gradient_recover", make_meta_gradient_recover, compute_meta_gradient),
+    ("meta_gradient_fisher_recover", make_meta_gradient_fisher_recover, compute_meta_gradient_fisher),
+    ("outer_step_recover", make_outer_step_recover, compute_outer_step_recover),
 ]
 
 

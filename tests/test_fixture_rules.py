@@ -1,0 +1,123 @@
+"""The fixture blocks of issue 33 pin the rules a port most often gets wrong: for each rule,
+the bug planted in the reference (a monkeypatched function or a wrong input) makes the
+block's comparison FAIL, by a margin recorded here (``miss``: the largest relative
+difference, ``max|port - stored| / max|stored|``, over the block's outputs)."""
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metacpo_ref import fixtures as fx
+from metacpo_ref import meta, update
+from metacpo_ref.cpo import CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "tests" / "fixtures"
+MANIFEST = json.loads((COMMITTED / fx.MANIFEST).read_text())
+COMPUTE = {name: compute for name, _, compute in fx.BLOCKS}
+
+
+def stored(name):
+    with np.load(COMMITTED / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def inputs(name):
+    z = stored(name)
+    return {k: z[k] for k in MANIFEST["blocks"][name]["inputs"]}
+
+
+def judge(name, got):
+    """``(passes, miss, off)``: the block's comparison of ``got`` with the stored outputs,
+    the largest relative difference (inf: a shape differs) and the outputs that fail."""
+    entry, ref = MANIFEST["blocks"][name], stored(name)
+    off, miss = [], 0.0
+    for k in entry["outputs"]:
+        diff, bound, ok = fx.compare(got[k], ref[k], entry["rtol"], entry["atol"])
+        if not ok:
+            off.append(k)
+        scale = float(np.max(np.abs(ref[k].astype(np.float64)), initial=0.0)) or 1.0
+        miss = max(miss, diff / scale)
+    return not off, miss, off
+
+
+def assert_pins(name, got, bug="", min_miss=1e-4):
+    """The planted bug fails the block, by far more than its tolerance (printed with -s)."""
+    passes, miss, off = judge(name, got)
+    assert not passes, f"{name}: the planted bug ({bug}) passes"
+    assert miss > min_miss, (name, bug, miss, off)
+    print(f"\nMISS {name} | {bug} | {miss:.3g} | {', '.join(off)}")
+    return miss, off
+
+
+@contextlib.contextmanager
+def patched(module, attr, value):
+    original = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        setattr(module, attr, original)
+
+
+def test_reference_passes_every_new_block():
+    for name in ("meta_gradient_recover", "meta_gradient_fisher_recover", "outer_step_recover"):
+        passes, miss, off = judge(name, COMPUTE[name](inputs(name)))
+        assert passes, (name, off)
+
+
+# --- the recover rule (D34) in the production path ---------------------------------
+
+@pytest.mark.parametrize("name", ["meta_gradient_recover", "meta_gradient_fisher_recover"])
+def test_meta_gradient_recover_pins_the_recorded_shifts(name):
+    """A port that drops the recorded b_shift (replays the chain with the rule off) fails."""
+    inp = inputs(name)
+    assert sum(float(inp[k]) > 0 for k in inp if k.endswith("_b_shift")) == 3
+    off = {k: (np.zeros_like(v) if k.endswith("_b_shift") else v) for k, v in inp.items()}
+    miss, bad = assert_pins(name, COMPUTE[name](off), "recorded b_shift dropped (rule off)")
+    assert {"dF", "dG", "F", "G"} <= set(bad)
+    # ... and the rule-off block of the same chain is the one whose description says so
+    assert "recover rule off" in MANIFEST["blocks"][name.replace("_recover", "")]["description"]
+
+
+def test_outer_step_recover_pins_the_rule_and_its_factor_2():
+    name = "outer_step_recover"
+    inp = inputs(name)
+    z = stored(name)
+    assert float(z["G"]) > 0 and CASES[int(z["case_index"])] == "recovery"
+    # the rule off
+    miss, bad = assert_pins(name, COMPUTE[name]({**inp, "recover_above_limit": np.array(0)}), "rule off")
+    assert "case_index" in bad and "theta_new" in bad
+
+    # D34 without its factor 2: c = sqrt(2 delta s) - b_hat
+    def half_shift(b_hat, a, solve, delta, config):
+        c = update.recovery_shift(b_hat, a, solve, delta, config)
+        return c if c == 0.0 else c - float(np.sqrt(2.0 * delta * float(a @ a)))
+
+    with patched(meta, "recovery_shift", half_shift), patched(fx, "recovery_shift", half_shift):
+        miss, bad = assert_pins(name, COMPUTE[name](inp), "D34 shift without its factor 2")
+    assert "b_shift" in bad
+
+
+def test_outer_step_recover_pins_the_kl_batches_and_the_radii():
+    """The outer line search measures the KL from theta on the pre-adaptation batches
+    (each task's step-0 batch) with the bound ls_kl; any other batch choice or radius fails."""
+    name = "outer_step_recover"
+    inp = inputs(name)
+    tasks = range(int(inp["n_tasks"]))
+    choices = {
+        "evaluation batches": np.concatenate([inp[f"task{i}_eval_obs"] for i in tasks]),
+        "last local batches": np.concatenate([inp[f"task{i}_step1_obs"] for i in tasks]),
+        "every batch": np.concatenate([inp[f"task{i}_{w}_obs"] for i in tasks for w in ("step0", "step1", "eval")]),
+        "first task only": inp["task0_step0_obs"],
+    }
+    for what, obs in choices.items():
+        wrong = lambda spec, old, new, _obs, obs=obs: fx.mean_kl(spec, old, new, obs)
+        with patched(meta, "mean_kl", wrong):
+            miss, bad = assert_pins(name, COMPUTE[name](inp), f"outer KL on the {what}")
+        assert "tried_kl" in bad, what
+    for a, b in (("ls_kl", "outer_delta"), ("ls_kl", "inner_delta"), ("outer_delta", "inner_delta")):
+        assert float(inp[a]) != float(inp[b])
+        assert_pins(name, COMPUTE[name]({**inp, a: inp[b], b: inp[a]}), f"{a} and {b} swapped")
