@@ -44,6 +44,7 @@ from functools import partial
 import numpy as np
 
 import metacpo_ref
+from metacpo_ref import update
 from metacpo_ref.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
                                     measured_cost, standardize, step_weights, surrogates, value_loss_and_grad,
                                     weight_cost_advantages)
@@ -997,6 +998,90 @@ def make_outer_step_recover():
         "metacpo_ref.meta.outer_step (outer_metric='identity', recover_above_limit=True)", OUTER, meanings)
 
 
+def _radii(inp):
+    return {k: float(inp[k]) for k in RADII}
+
+
+def compute_line_search_local(inp):
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), **_radii(inp), **PAPER,
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
+                    recover_above_limit=bool(int(inp["recover_above_limit"])))
+    with _recorded_line_search(update) as tried:
+        upd = update.policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
+    return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
+            "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "b_shift": _f(upd.b_shift), **_tried_arrays(tried)}
+
+
+def _line_search_local_inputs(seed, b_frac, radii, T=24):
+    rng = np.random.default_rng(seed)
+    phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi, T=T, b_frac=b_frac, delta=radii["inner_delta"])
+    inp.update({k: _f(v) for k, v in radii.items()})
+    inp.update(ls_decay=_f(0.8), ls_steps=_i(15), recover_above_limit=_i(1))
+    return inp
+
+
+# (seed, b_frac, inner_delta, ls_kl) of each decision; outer_delta 0.02 and baseline_delta 0.005
+# throughout, so the four radii always differ
+LINE_SEARCH_LOCAL = {
+    "full": (2, 0.3, 0.002, 0.015,
+             "beta = 1 accepted at once: above the limit (b_hat > 0) the rule makes the step the recovery step "
+             "(reward rule off), its mean KL 0.0084 is within ls_kl = 0.015 but above inner_delta and "
+             "baseline_delta"),
+    "kl": (0, 0.3, 0.03, 0.015,
+           "a later fraction accepted: the recovery step (b_hat > 0, rule on) is cut back by the KL rule alone "
+           "(fractions 1 .. 0.512 exceed ls_kl = 0.015; with inner_delta = 0.03 as the bound 0.64 would pass)"),
+    "cost": (21, -0.2, 0.03, 0.015,
+             "the cost rule alone rejects a fraction: below the limit (b < 0, constraint active: case both), "
+             "fraction 0.262 has KL and reward OK but dC = 0.39 > -b = 0.25; 0.2097 is accepted with "
+             "0 < dC = 0.23 <= -b (a port with the allowance max(b, 0) = 0 rejects it)"),
+    "reward": (34, -0.9, 0.3, 0.12,
+               "the reward rule alone rejects a fraction: a long trust step (inner_delta = 0.3) whose fraction "
+               "0.328 has KL 0.096 <= ls_kl = 0.12 and the cost falling, but the reward surrogate falling too "
+               "(dR = -0.23 <= 0); 0.262 is accepted"),
+}
+
+
+def make_line_search_local(case):
+    seed, b_frac, inner_delta, ls_kl, what = LINE_SEARCH_LOCAL[case]
+    radii = {"inner_delta": inner_delta, "outer_delta": RADII["outer_delta"], "ls_kl": ls_kl,
+             "baseline_delta": RADII["baseline_delta"]}
+    assert len(set(radii.values())) == 4
+    inp = _line_search_local_inputs(seed, b_frac, radii)
+    out = compute_line_search_local(inp)
+    rk, rr, rc = out["rejected_kl"], out["rejected_reward"], out["rejected_cost"]
+    assert float(out["beta"]) > 0 and not (rk[-1] or rr[-1] or rc[-1])
+    alone = {"kl": rk & ~rr & ~rc, "reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
+    if case == "full":
+        assert len(rk) == 1
+    else:
+        assert np.any(alone[case][:-1]) and len(rk) > 1
+    if case == "cost":
+        assert 0 < float(out["dL_C"]) <= float(out["cost_allowance"])
+    return inp, out, _meta(
+        "the line search of one Meta-CPO local step (policy_update, Euclidean metric, radius inner_delta, "
+        "KL bound ls_kl; D18, D19) with every tried fraction recorded: its mean KL, dR = dL_R, dC = dL_C "
+        "and which of the three rules rejects it (KL <= ls_kl; dR > 0 unless recovering; dC <= max(-b, 0), "
+        "b including the recover shift); " + RULE_ON + ". Decision: " + what,
+        "metacpo_ref.update.policy_update, backtrack, Acceptance (algo='meta-cpo', inner_metric='identity')",
+        (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks); the "
+         "accepted fraction, the tried fractions and the rejections are discrete and must be equal (every "
+         "decision is >= 8% from its threshold here); dR and dC are differences of nearby surrogate values "
+         "(rounding amplified ~1e3x, measured)"),
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k not in ("beta", "b_shift")}, "sizes": SIZES_MEANING,
+         "phi": "the parameters updated, which also collected the batch", **RADII_MEANINGS,
+         "ls_decay": POLICY_UPDATE_MEANINGS["ls_decay"], "ls_steps": POLICY_UPDATE_MEANINGS["ls_steps"],
+         "recover_above_limit": "1: the recover rule (D34) is on: b_hat > 0 makes the step eq. 4's recovery step",
+         "phi_new": "phi + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+         "dL_R": "L_R(phi_new) - L_R(phi)", "dL_C": "L_C(phi_new) - L_C(phi)",
+         "b_shift": "the shift c of D34 the update added to b: max(0, 2 sqrt(2 inner_delta a'a) - b_hat) if "
+                    "b_hat > 0, else 0",
+         **TRIED_MEANINGS,
+         "tried_kl": "mean KL(pi_phi || pi_cand) on the batch's obs of each tried fraction (J,)",
+         "tried_dR": "L_R(cand) - L_R(phi) of each tried fraction (J,)",
+         "tried_dC": "L_C(cand) - L_C(phi) of each tried fraction (J,)"})
+
+
 # --- the table of blocks ---------------------------------------------------------
 
 BLOCKS = [
@@ -1027,6 +1112,8 @@ BLOCKS = [
     ("meta_gradient_recover", make_meta_gradient_recover, compute_meta_gradient),
     ("meta_gradient_fisher_recover", make_meta_gradient_fisher_recover, compute_meta_gradient_fisher),
     ("outer_step_recover", make_outer_step_recover, compute_outer_step_recover),
+    *[(f"line_search_local_{case}", partial(make_line_search_local, case), compute_line_search_local)
+      for case in LINE_SEARCH_LOCAL],
 ]
 
 

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "tests" / "fixtures"
 MANIFEST = json.loads((COMMITTED / fx.MANIFEST).read_text())
 COMPUTE = {name: compute for name, _, compute in fx.BLOCKS}
+ACCEPTANCE, RECOVERY_SHIFT = update.Acceptance, update.recovery_shift      # the reference rules
 
 
 def stored(name):
@@ -93,7 +94,7 @@ def test_outer_step_recover_pins_the_rule_and_its_factor_2():
 
     # D34 without its factor 2: c = sqrt(2 delta s) - b_hat
     def half_shift(b_hat, a, solve, delta, config):
-        c = update.recovery_shift(b_hat, a, solve, delta, config)
+        c = RECOVERY_SHIFT(b_hat, a, solve, delta, config)
         return c if c == 0.0 else c - float(np.sqrt(2.0 * delta * float(a @ a)))
 
     with patched(meta, "recovery_shift", half_shift), patched(fx, "recovery_shift", half_shift):
@@ -121,3 +122,86 @@ def test_outer_step_recover_pins_the_kl_batches_and_the_radii():
     for a, b in (("ls_kl", "outer_delta"), ("ls_kl", "inner_delta"), ("outer_delta", "inner_delta")):
         assert float(inp[a]) != float(inp[b])
         assert_pins(name, COMPUTE[name]({**inp, a: inp[b], b: inp[a]}), f"{a} and {b} swapped")
+
+
+# --- the line search's decisions (D18, D19) -------------------------------------------
+
+LOCAL = ["line_search_local_full", "line_search_local_kl", "line_search_local_cost", "line_search_local_reward"]
+
+
+def wrong_acceptance(b_sign=1.0, reward_rule=True):
+    """Acceptance with a planted bug: the cost allowance max(b, 0) (b_sign = -1), or no reward rule."""
+    def make(R0, C0, b, kl_bound, recovery, constrained):
+        return ACCEPTANCE(R0, C0, b_sign * b, kl_bound, recovery or not reward_rule, constrained)
+    return make
+
+
+def off_by_one(evaluate, accepts, decay, max_steps):
+    """Backtracking from decay^1 instead of decay^0."""
+    for j in range(1, int(max_steps) + 1):
+        cand = evaluate(float(decay) ** j)
+        if accepts(cand):
+            return cand
+    return None
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_line_search_blocks_record_their_decision(name):
+    z = stored(name)
+    assert judge(name, COMPUTE[name](inputs(name)))[0]
+    rk, rr, rc = z["rejected_kl"], z["rejected_reward"], z["rejected_cost"]
+    np.testing.assert_allclose(z["tried_beta"], 0.8 ** np.arange(len(rk)), rtol=1e-15)
+    assert float(z["beta"]) == z["tried_beta"][-1] and not (rk[-1] or rr[-1] or rc[-1])
+    case = name.rsplit("_", 1)[1]
+    alone = {"kl": rk & ~rr & ~rc, "reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
+    assert len(rk) == 1 if case == "full" else np.any(alone[case])
+    radii = [float(z[k]) for k in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta")]
+    assert len(set(radii)) == 4
+
+
+def test_cost_rule_sign_is_pinned():
+    """dC <= max(b, 0) instead of max(-b, 0): the allowed slack becomes 0 below the limit."""
+    name = "line_search_local_cost"
+    with patched(update, "Acceptance", wrong_acceptance(b_sign=-1.0)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "cost rule dC <= max(b, 0)")
+    assert "beta" in bad and "rejected_cost" in bad
+
+
+def test_reward_rule_is_pinned():
+    name = "line_search_local_reward"
+    with patched(update, "Acceptance", wrong_acceptance(reward_rule=False)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "no reward rule")
+    assert "beta" in bad and "rejected_reward" in bad
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_fractions_off_by_one_are_pinned(name):
+    with patched(update, "backtrack", off_by_one):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "fractions decay^(j+1)")
+    assert "tried_beta" in bad
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_radii_are_pinned(name):
+    """The KL bound is ls_kl and the radius inner_delta: a port reading any other radius fails."""
+    inp = inputs(name)
+    for right in ("inner_delta", "ls_kl"):
+        for wrong in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta"):
+            if wrong != right:
+                assert_pins(name, COMPUTE[name]({**inp, right: inp[wrong]}), f"{right} read as {wrong}")
+
+
+@pytest.mark.parametrize("name", ["line_search_local_full", "line_search_local_kl"])
+def test_local_recover_rule_is_pinned(name):
+    inp = inputs(name)
+    assert float(inp["b_hat"]) > 0 and float(stored(name)["b_shift"]) > 0
+    miss, bad = assert_pins(name, COMPUTE[name]({**inp, "recover_above_limit": np.array(0)}), "rule off")
+    assert "case_index" in bad
+
+    def half_shift(b_hat, a, solve, delta, config):
+        c = RECOVERY_SHIFT(b_hat, a, solve, delta, config)
+        return c if c == 0.0 else c - float(np.sqrt(2.0 * delta * float(a @ a)))
+
+    with patched(update, "recovery_shift", half_shift):
+        miss, bad = assert_pins(name, COMPUTE[name](inp), "D34 shift without its factor 2")
+    assert "b_shift" in bad
