@@ -1082,6 +1082,61 @@ def make_line_search_local(case):
          "tried_dC": "L_C(cand) - L_C(phi) of each tried fraction (J,)"})
 
 
+# (seed, evaluation b_frac, outer_delta, ls_kl) of each outer decision (inner_delta 0.03,
+# baseline_delta 0.005); the KL-cut decision is outer_step_recover's
+LINE_SEARCH_OUTER = {
+    "full": (0, 0.3, 0.02, 0.15,
+             "beta = 1 accepted at once: G > 0, so with the rule on the step is the recovery step (reward rule "
+             "off); its mean KL 0.067 on the pre-adaptation batches is within ls_kl = 0.15 but above "
+             "outer_delta and inner_delta"),
+    "cost": (9, -0.6, 0.02, 0.015,
+             "the cost rule alone rejects a fraction: G < 0 (below the limit), fraction 0.2097 has KL and dF OK "
+             "but dG = 0.56 > -G = 0.37; 0.1678 is accepted with 0 < dG = 0.17 <= -G (a port with the "
+             "allowance max(G, 0) = 0 rejects it)"),
+    "reward": (1, -0.6, 0.02, 0.015,
+               "the reward rule alone rejects fractions: 0.328 .. 0.134 have KL <= ls_kl and dG <= -G but "
+               "dF <= 0; 0.107 is accepted"),
+}
+
+
+def make_line_search_outer(case):
+    from metacpo_ref.meta import synthetic_traces
+
+    seed, eval_frac, outer_delta, ls_kl, what = LINE_SEARCH_OUTER[case]
+    radii = {"inner_delta": RADII["inner_delta"], "outer_delta": outer_delta, "ls_kl": ls_kl,
+             "baseline_delta": RADII["baseline_delta"]}
+    assert len(set(radii.values())) == 4
+    spec = PolicySpec(3, 2, (4,))
+    config = Config(hidden=(4,), **radii, **PAPER, recover_above_limit=True)
+    theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=24,
+                                     b_fracs=[[0.4, -0.5, eval_frac], [-0.3, 0.6, eval_frac]],
+                                     betas=[[1.0, 0.8], [0.64, 1.0]], record_shifts=True)
+    config, inp, meanings = _meta_inputs(lambda: (config, spec, theta, traces), TRACE_FIELDS + ("b_shift",))
+    inp.update(outer_delta=_f(outer_delta), ls_kl=_f(ls_kl), baseline_delta=_f(config.baseline_delta),
+               ls_decay=_f(config.ls_decay), ls_steps=_i(config.ls_steps), recover_above_limit=_i(1))
+    meanings.update({**RADII_MEANINGS, **OUTER_MEANINGS})
+    meanings["cost_allowance"] = "max(-G, 0): the outer line search's cost allowance (D19 with b = G)"
+    meanings["theta"] = "meta-parameters at which everything is evaluated (the recording theta + 0.02 N(0, I))"
+    out = compute_outer_step_recover(inp)
+    rk, rr, rc = out["rejected_kl"], out["rejected_reward"], out["rejected_cost"]
+    assert float(out["beta"]) > 0 and not (rk[-1] or rr[-1] or rc[-1])
+    if case == "full":
+        assert len(rk) == 1 and float(out["G"]) > 0 and CASES[int(out["case_index"])] == "recovery"
+    else:
+        alone = {"reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}[case]
+        assert np.any(alone[:-1]) and float(out["G"]) < 0
+    if case == "cost":
+        assert 0 < float(out["G_new"]) - float(out["G"]) <= -float(out["G"])
+    return inp, out, _meta(
+        "the line search of one outer step (eq. 12, identity metric, radius outer_delta, KL bound ls_kl on the "
+        "pre-adaptation batches; D18, D19 with dR = dF, dC = dG, b = G) with every tried fraction recorded, "
+        "on seeded synthetic traces (K = 2, two tasks, local steps recorded with their shifts); " + RULE_ON
+        + ". Decision: " + what,
+        "metacpo_ref.meta.outer_step, metacpo_ref.update.backtrack, Acceptance (outer_metric='identity')",
+        (OUTER[0], OUTER[1], OUTER[2] + "; the tried fractions and the rejections are discrete and must be "
+         "equal (every decision is >= 10% from its threshold here)"), meanings)
+
+
 # --- the table of blocks ---------------------------------------------------------
 
 BLOCKS = [
@@ -1114,6 +1169,8 @@ BLOCKS = [
     ("outer_step_recover", make_outer_step_recover, compute_outer_step_recover),
     *[(f"line_search_local_{case}", partial(make_line_search_local, case), compute_line_search_local)
       for case in LINE_SEARCH_LOCAL],
+    *[(f"line_search_outer_{case}", partial(make_line_search_outer, case), compute_outer_step_recover)
+      for case in LINE_SEARCH_OUTER],
 ]
 
 

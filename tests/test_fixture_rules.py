@@ -205,3 +205,66 @@ def test_local_recover_rule_is_pinned(name):
     with patched(update, "recovery_shift", half_shift):
         miss, bad = assert_pins(name, COMPUTE[name](inp), "D34 shift without its factor 2")
     assert "b_shift" in bad
+
+
+OUTER = ["outer_step_recover", "line_search_outer_full", "line_search_outer_cost", "line_search_outer_reward"]
+
+
+def kl_choices(inp):
+    """Batch choices for the outer line search's KL other than the pre-adaptation batches."""
+    tasks = range(int(inp["n_tasks"]))
+    return {
+        "evaluation batches": np.concatenate([inp[f"task{i}_eval_obs"] for i in tasks]),
+        "last local batches": np.concatenate([inp[f"task{i}_step1_obs"] for i in tasks]),
+        "every batch": np.concatenate([inp[f"task{i}_{w}_obs"] for i in tasks for w in ("step0", "step1", "eval")]),
+        "first task's pre-adaptation batch": inp["task0_step0_obs"],
+    }
+
+
+@pytest.mark.parametrize("name", OUTER[1:])
+def test_outer_line_search_blocks_record_their_decision(name):
+    z = stored(name)
+    assert judge(name, COMPUTE[name](inputs(name)))[0]
+    rk, rr, rc = z["rejected_kl"], z["rejected_reward"], z["rejected_cost"]
+    np.testing.assert_allclose(z["tried_beta"], 0.8 ** np.arange(len(rk)), rtol=1e-15)
+    assert float(z["beta"]) == z["tried_beta"][-1] and not (rk[-1] or rr[-1] or rc[-1])
+    case = name.rsplit("_", 1)[1]
+    alone = {"reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
+    assert len(rk) == 1 if case == "full" else np.any(alone[case])
+    assert len({float(z[k]) for k in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta")}) == 4
+
+
+def test_outer_cost_rule_is_pinned():
+    """The outer step's cost rule is dG <= max(-G, 0); a port with max(G, 0) fails."""
+    name = "line_search_outer_cost"
+    with patched(meta, "Acceptance", wrong_acceptance(b_sign=-1.0)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "outer cost rule dG <= max(G, 0)")
+    assert "beta" in bad and "rejected_cost" in bad
+
+
+def test_outer_reward_rule_is_pinned():
+    name = "line_search_outer_reward"
+    with patched(meta, "Acceptance", wrong_acceptance(reward_rule=False)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "no outer reward rule")
+    assert "beta" in bad and "rejected_reward" in bad
+
+
+@pytest.mark.parametrize("name", OUTER)
+def test_outer_fractions_off_by_one_are_pinned(name):
+    with patched(meta, "backtrack", off_by_one):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "fractions decay^(j+1)")
+    assert "tried_beta" in bad
+
+
+@pytest.mark.parametrize("name", OUTER[1:])
+def test_outer_kl_batches_and_radii_are_pinned(name):
+    inp = inputs(name)
+    for what, obs in kl_choices(inp).items():
+        wrong = lambda spec, old, new, _obs, obs=obs: fx.mean_kl(spec, old, new, obs)
+        with patched(meta, "mean_kl", wrong):
+            miss, bad = assert_pins(name, COMPUTE[name](inp), f"outer KL on the {what}")
+        assert "tried_kl" in bad, what
+    for right in ("outer_delta", "ls_kl"):
+        for wrong in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta"):
+            if wrong != right:
+                assert_pins(name, COMPUTE[name]({**inp, right: inp[wrong]}), f"{right} read as {wrong}")
