@@ -1137,6 +1137,55 @@ def make_line_search_outer(case):
          "equal (every decision is >= 10% from its threshold here)"), meanings)
 
 
+# --- an asymmetric stored metric (the method uses sym(H)) -------------------------------
+
+ASYM_MEANING = ("metric (n, n) stored NOT symmetric: H = S + K, S SPD and K antisymmetric (|K| ~ 0.3 |S|); "
+                "the method uses sym(H) = (H + H') / 2 = S (0.5 x'Hx = 0.5 x'Sx for every x), so a port must "
+                "symmetrise before solving: H^{-1} v, or a Cholesky factor read from one triangle, gives "
+                "another step")
+
+
+def _asym_inputs(seed):
+    inp = _cpo_inputs("both", True, seed)
+    rng = np.random.default_rng(seed + 1000)
+    M = rng.standard_normal(inp["H"].shape)
+    K = 0.5 * (M - M.T)
+    inp["H"] = _f(inp["H"] + 0.3 * np.linalg.norm(inp["H"], 2) / np.linalg.norm(K, 2) * K)
+    assert np.max(np.abs(inp["H"] - inp["H"].T)) > 0.1 * np.max(np.abs(inp["H"]))
+    return inp
+
+
+def make_solve_step_asym():
+    inp = _asym_inputs(150)
+    out = compute_solve_step(inp, "dense")
+    assert CASES[int(out["case_index"])] == "both"
+    H = 0.5 * (inp["H"] + inp["H"].T)
+    assert step_margin(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), partial(np.linalg.solve, H)) > 0.1
+    return inp, out, _meta(
+        "the CPO step of eq. 9 (as solve_step_both_dense), case both, with a stored metric that is not "
+        "symmetric: the method solves with sym(H) = (H + H') / 2 (docs/derivations.md: the metric enters as "
+        "sym(H); cpo.metric_solver: Cholesky of sym(H))",
+        "metacpo_ref.cpo.solve_step (method='scipy', H given)", DUAL,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "x": "the step (n,)",
+         "lam": "trust-region multiplier (x = sym(H)^{-1}(g - nu a) / lam)", "nu": "cost multiplier",
+         "case_index": CASE_MEANING})
+
+
+def make_cpo_layer_asym():
+    inp = _asym_inputs(151)
+    assert solve_step(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), H=inp["H"]).case == "both"
+    inp["xbar"] = _f(np.random.default_rng(151).standard_normal(len(inp["g"])))
+    return inp, compute_cpo_layer(inp), _meta(
+        "the differentiable CPO layer (as cpo_layer_both_dense), case both, with a stored metric that is not "
+        "symmetric: forward step and VJP use sym(H) = (H + H') / 2, and Hbar is the gradient through sym(H), "
+        "a symmetric matrix",
+        "metacpo_ref.dco.cpo_layer, cpo_step_vjp (H given)", EXACT,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "xbar": "cotangent dL/dx (n,)",
+         "x": "the step (n,)", "gbar": "xbar' dx/dg (n,)", "abar": "xbar' dx/da (n,)",
+         "bbar": "xbar' dx/db", "deltabar": "xbar' dx/ddelta",
+         "Hbar": "xbar' dx/dH through sym(H): symmetric (n, n), also for this asymmetric H"})
+
+
 # --- the table of blocks ---------------------------------------------------------
 
 BLOCKS = [
@@ -1171,6 +1220,8 @@ BLOCKS = [
       for case in LINE_SEARCH_LOCAL],
     *[(f"line_search_outer_{case}", partial(make_line_search_outer, case), compute_outer_step_recover)
       for case in LINE_SEARCH_OUTER],
+    ("solve_step_both_dense_asym", make_solve_step_asym, partial(compute_solve_step, metric="dense")),
+    ("cpo_layer_both_dense_asym", make_cpo_layer_asym, compute_cpo_layer),
 ]
 
 

@@ -268,3 +268,49 @@ def test_outer_kl_batches_and_radii_are_pinned(name):
         for wrong in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta"):
             if wrong != right:
                 assert_pins(name, COMPUTE[name]({**inp, right: inp[wrong]}), f"{right} read as {wrong}")
+
+
+# --- an asymmetric stored metric: the method uses sym(H) --------------------------------
+
+def lu_solver(H=None, hinv=None):
+    """No symmetrisation: H^{-1} v of the stored H itself."""
+    return lambda v: np.linalg.solve(H, v)
+
+
+def upper_cholesky_solver(H=None, hinv=None):
+    """No symmetrisation: a Cholesky factor read from H's upper triangle (LAPACK's convention)."""
+    import scipy.linalg
+
+    factor = scipy.linalg.cho_factor(H)
+    return lambda v: scipy.linalg.cho_solve(factor, v)
+
+
+@pytest.mark.parametrize("name", ["solve_step_both_dense_asym", "cpo_layer_both_dense_asym"])
+@pytest.mark.parametrize("solver", [lu_solver, upper_cholesky_solver])
+def test_asymmetric_metric_pins_the_symmetrisation(name, solver):
+    from metacpo_ref import cpo, dco
+
+    inp = inputs(name)
+    assert judge(name, COMPUTE[name](inp))[0]
+    assert not np.allclose(inp["H"], inp["H"].T)
+    with patched(cpo, "metric_solver", solver), patched(dco, "metric_solver", solver):
+        try:
+            got = COMPUTE[name](inp)
+        except np.linalg.LinAlgError:    # that triangle's matrix is not even positive definite
+            print(f"\nMISS {name} | no sym(H): {solver.__name__} | raises LinAlgError")
+            return
+        miss, bad = assert_pins(name, got, f"no sym(H): {solver.__name__}")
+    assert "x" in bad
+    # the symmetric blocks cannot see it: there sym(H) = H
+    sym = name.replace("_asym", "")
+    with patched(cpo, "metric_solver", solver), patched(dco, "metric_solver", solver):
+        assert judge(sym, COMPUTE[sym](inputs(sym)))[0]
+
+
+def test_asymmetric_metric_pins_the_symmetric_hbar():
+    from metacpo_ref import dco
+
+    name = "cpo_layer_both_dense_asym"
+    with patched(dco, "_sym", lambda M: M):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "Hbar not symmetrised")
+    assert bad == ["Hbar"]
