@@ -1186,6 +1186,71 @@ def make_cpo_layer_asym():
          "Hbar": "xbar' dx/dH through sym(H): symmetric (n, n), also for this asymmetric H"})
 
 
+# --- the CPO baseline's Fisher step with the constraint binding --------------------------
+
+CG_RECURRENCE = ("H^{-1} v by conjugate gradient exactly as metacpo_ref.cpo.cg: y = 0, r = v, p = v, rr = r'r; "
+                 "repeat at most cg_iters times: stop if rr <= (1e-10 |v|)^2; Hp = (F + cg_damping I) p "
+                 "(Fisher-vector product at phi on the batch's obs); alpha = rr / p'Hp; y += alpha p; "
+                 "r -= alpha Hp; rr_new = r'r; p = r + (rr_new / rr) p; rr = rr_new. With cg_iters = 10 < n "
+                 "the iterate is truncated, so a port must use this recurrence (hinv_g and hinv_a are stored "
+                 "to check it; the products are policy_fvp's)")
+
+
+def compute_policy_update_fisher_both(inp):
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), algo="cpo", **_radii(inp), **PAPER,
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]), cg_iters=int(inp["cg_iters"]),
+                    cg_damping=float(inp["cg_damping"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
+    spec, data = _spec(inp), _step_data(inp)
+    with _recorded_line_search(update) as tried:
+        upd = update.policy_update(spec, inp["phi"], data, config)
+    g, a, _ = step_problem(spec, inp["phi"], data)
+    hinv = update.fisher_hinv(spec, inp["phi"], data.obs, config)
+    return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
+            "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "lam": _f(upd.lam), "nu": _f(upd.nu),
+            "b_shift": _f(upd.b_shift), "hinv_g": _f(hinv(g)), "hinv_a": _f(hinv(a)), **_tried_arrays(tried)}
+
+
+def make_policy_update_fisher_both():
+    seed = 113
+    rng = np.random.default_rng(seed)
+    phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi, b_frac=-0.3, delta=RADII["baseline_delta"])
+    inp.update({k: _f(v) for k, v in RADII.items()})
+    inp.update(ls_decay=_f(0.8), ls_steps=_i(15), cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING),
+               recover_above_limit=_i(1))
+    out = compute_policy_update_fisher_both(inp)
+    assert CASES[int(out["case_index"])] == "both" and float(out["nu"]) > 0 and float(out["beta"]) > 0
+    g, a, b = step_problem(POLICY_SPEC, phi, _step_data(inp))
+    H = fisher_matrix(POLICY_SPEC, phi, inp["obs"], CG_DAMPING)
+    hinv = lambda v: np.linalg.solve(H, v)
+    assert step_margin(g, a, b, RADII["baseline_delta"], hinv) > 0.1
+    return inp, out, _meta(
+        "one update of the CPO baseline (algo='cpo': Fisher metric by conjugate gradient, KL radius and "
+        "line-search KL bound baseline_delta) with the cost constraint binding (case both, nu > 0; b_hat < 0, "
+        + RULE_ON + " but inactive below the limit). " + CG_RECURRENCE,
+        "metacpo_ref.update.policy_update (algo='cpo'), fisher_hinv, metacpo_ref.cpo.cg",
+        (1e-6, 1e-9, "the step comes from the scipy dual and conjugate gradient (the same truncated recurrence "
+         "reproduces the stored iterates to ~1e-13); the accepted fraction and the rejections are discrete; dL_R, "
+         "dL_C are differences of nearby surrogate values"),
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k not in ("beta", "b_shift")}, "sizes": SIZES_MEANING,
+         "phi": "the parameters updated, which also collected the batch", **RADII_MEANINGS,
+         "baseline_delta": "KL radius of this step (0.5 x'Hx <= baseline_delta) and the line search's KL bound",
+         "ls_decay": POLICY_UPDATE_MEANINGS["ls_decay"], "ls_steps": POLICY_UPDATE_MEANINGS["ls_steps"],
+         "cg_iters": "conjugate-gradient iterations (residual tolerance 1e-10)",
+         "cg_damping": "damping added to the Fisher matrix",
+         "recover_above_limit": "1: the recover rule (D34) is on (inactive here: b_hat < 0)",
+         "phi_new": "phi + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+         "dL_R": "L_R(phi_new) - L_R(phi)", "dL_C": "L_C(phi_new) - L_C(phi)",
+         "lam": "trust-region multiplier of eq. 9 (x = H^{-1}(g - nu a) / lam, H^{-1} by CG)",
+         "nu": "cost multiplier (> 0: the constraint binds)", "b_shift": "the D34 shift (0: below the limit)",
+         "hinv_g": "cg(H, g, cg_iters, 1e-10) with g = grad L_R(phi) (n,)",
+         "hinv_a": "cg(H, a, cg_iters, 1e-10) with a = grad L_C(phi) (n,)",
+         **TRIED_MEANINGS,
+         "tried_kl": "mean KL(pi_phi || pi_cand) on the batch's obs of each tried fraction (J,)",
+         "tried_dR": "L_R(cand) - L_R(phi) of each tried fraction (J,)",
+         "tried_dC": "L_C(cand) - L_C(phi) of each tried fraction (J,)"})
+
+
 # --- the table of blocks ---------------------------------------------------------
 
 BLOCKS = [
@@ -1222,6 +1287,7 @@ BLOCKS = [
       for case in LINE_SEARCH_OUTER],
     ("solve_step_both_dense_asym", make_solve_step_asym, partial(compute_solve_step, metric="dense")),
     ("cpo_layer_both_dense_asym", make_cpo_layer_asym, compute_cpo_layer),
+    ("policy_update_fisher_both", make_policy_update_fisher_both, compute_policy_update_fisher_both),
 ]
 
 

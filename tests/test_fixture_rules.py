@@ -314,3 +314,34 @@ def test_asymmetric_metric_pins_the_symmetric_hbar():
     with patched(dco, "_sym", lambda M: M):
         miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "Hbar not symmetrised")
     assert bad == ["Hbar"]
+
+
+# --- the CPO baseline's Fisher step, constraint binding, truncated CG --------------------
+
+def test_policy_update_fisher_both_binds_and_pins_its_cg():
+    from metacpo_ref.cpo import cg
+    from metacpo_ref.fisher_solve import fisher_matrix
+    from metacpo_ref.policy import fisher_product
+
+    name = "policy_update_fisher_both"
+    inp, z = inputs(name), stored(name)
+    assert judge(name, COMPUTE[name](inp))[0]
+    assert CASES[int(z["case_index"])] == "both" and float(z["nu"]) > 0
+    assert int(inp["cg_iters"]) < len(inp["phi"])              # truncated: the recurrence matters
+    spec = fx._spec(inp)
+
+    def exact(spec, theta, obs, config):
+        H = fisher_matrix(spec, theta, obs, config.cg_damping)
+        return lambda v: np.linalg.solve(H, v)
+
+    def one_fewer(spec, theta, obs, config):
+        product = fisher_product(spec, np.asarray(theta, dtype=np.float64), obs, config.cg_damping)
+        return lambda v: cg(product, v, config.cg_iters - 1, 1e-10)
+
+    for hinv, bug in ((exact, "exact H^-1 instead of CG"), (one_fewer, "CG with cg_iters - 1 iterations")):
+        with patched(update, "fisher_hinv", hinv):
+            miss, bad = assert_pins(name, COMPUTE[name](inp), bug)
+        assert "phi_new" in bad and "hinv_a" in bad
+    for wrong in ("inner_delta", "outer_delta", "ls_kl"):
+        assert_pins(name, COMPUTE[name]({**inp, "baseline_delta": inp[wrong]}), f"baseline_delta read as {wrong}")
+    assert spec.sizes == (5, 8, 6, 2)
