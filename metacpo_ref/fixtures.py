@@ -24,7 +24,11 @@ The generic QP layer of paper eq. 5 is the block ``qp_layer``.
 
 The stored inputs keep the name ``kl_delta`` (the format of the committed
 sets): in ``policy_update_*`` and ``outer_step`` it is the line search's
-mean-KL bound, ``Config.ls_kl``.
+mean-KL bound, ``Config.ls_kl``. The blocks added for issue 33 store every radius
+under its Config name (``inner_delta``, ``outer_delta``, ``ls_kl``,
+``baseline_delta``; all four differ), have the recover rule (D34) on, and record
+every line-search decision (``tried_*``, ``rejected_*``); the older blocks have
+it off (their descriptions say which).
 
 Arrays: float64, int64 or bool, C order, little-endian; scalars are 0-d
 arrays. The hash of an array is SHA-256 of those raw bytes
