@@ -24,7 +24,11 @@ The generic QP layer of paper eq. 5 is the block ``qp_layer``.
 
 The stored inputs keep the name ``kl_delta`` (the format of the committed
 sets): in ``policy_update_*`` and ``outer_step`` it is the line search's
-mean-KL bound, ``Config.ls_kl``.
+mean-KL bound, ``Config.ls_kl``. The blocks added for issue 33 store every radius
+under its Config name (``inner_delta``, ``outer_delta``, ``ls_kl``,
+``baseline_delta``; all four differ), have the recover rule (D34) on, and record
+every line-search decision (``tried_*``, ``rejected_*``); the older blocks have
+it off (their descriptions say which).
 
 Arrays: float64, int64 or bool, C order, little-endian; scalars are 0-d
 arrays. The hash of an array is SHA-256 of those raw bytes
@@ -32,6 +36,7 @@ arrays. The hash of an array is SHA-256 of those raw bytes
 ``max|port - stored| <= atol + rtol * max|stored|`` (NaN where stored NaN;
 integer outputs exactly).
 """
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -43,6 +48,7 @@ from functools import partial
 import numpy as np
 
 import metacpo_ref
+from metacpo_ref import update
 from metacpo_ref.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
                                     measured_cost, standardize, step_weights, surrogates, value_loss_and_grad,
                                     weight_cost_advantages)
@@ -55,7 +61,7 @@ from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
 from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.qp_layer import qp_vjp, solve_qp
 from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
-from metacpo_ref.update import StepData, policy_update, step_problem
+from metacpo_ref.update import StepData, policy_update, recovery_shift, step_problem
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -381,7 +387,8 @@ def make_obs_norm():
 def _step_data(inp, prefix=""):
     return StepData(inp[prefix + "obs"], inp[prefix + "act"], inp[prefix + "logp_beh"], inp[prefix + "adv_r"],
                     inp[prefix + "adv_c"], float(inp[prefix + "b_hat"]), inp[prefix + "phi"],
-                    float(inp[prefix + "beta"]) if prefix + "beta" in inp else 1.0)
+                    float(inp[prefix + "beta"]) if prefix + "beta" in inp else 1.0,
+                    float(inp[prefix + "b_shift"]) if prefix + "b_shift" in inp else 0.0)
 
 
 BATCH_MEANINGS = {
@@ -393,6 +400,9 @@ BATCH_MEANINGS = {
     "b_hat": "per-step constraint value of the batch (mean episode cost - limit) / mean length",
     "phi": "the parameters that collected the batch (phi^collected)",
     "beta": "accepted line-search fraction of the local step taken from this batch",
+    "b_shift": "the recorded constant c of the recover rule D34 added to this local step's b "
+               "(max(0, 2 sqrt(2 inner_delta s) - b_hat) at the collecting parameters if b_hat > 0, else 0; "
+               "s = a'H^{-1}a there): recorded during the inner loop like beta, an input here, not recomputed",
 }
 
 
@@ -468,10 +478,12 @@ def make_policy_update(metric, recover=False):
                ls_steps=_i(15))
     if metric == "fisher":
         inp.update(cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING))
-    rule = "eq. 9 as it is (the block has no recover_above_limit: off)"
+    rule = (RULE_OFF + ": eq. 9 as it is although b_hat > 0 (the block stores no recover_above_limit); "
+            "policy_update_recover is this update with the rule on")
     if recover:
         inp.update(recover_above_limit=_i(1))
-        rule = "the measured cost is above the limit (b_hat > 0), so the step is eq. 4's recovery step (D34)"
+        rule = (RULE_ON + ": the measured cost is above the limit (b_hat > 0), so the step is eq. 4's "
+                "recovery step")
     return inp, compute_policy_update(inp, metric), _meta(
         f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
         f"(mean KL, cost change <= max(-b, 0), reward improves unless recovering); {rule}",
@@ -613,9 +625,11 @@ def make_qp_layer():
 # --- meta.py --------------------------------------------------------------------
 
 TRACE_FIELDS = ("obs", "act", "logp_beh", "adv_r", "adv_c", "b_hat", "phi", "beta")
+RULE_OFF = "recover rule off (Config.recover_above_limit=False; docs/derivations.md, section 10)"
+RULE_ON = "recover rule on (Config.recover_above_limit=True, the default; D34)"
 
 
-def _meta_inputs(problem=meta_problem):
+def _meta_inputs(problem=meta_problem, fields=TRACE_FIELDS):
     """The synthetic meta-problem of gradcheck (policy 3 -> 4 -> 2, K = 2, two tasks),
     evaluated at theta = recording theta + 0.02 N(0, I) (so the ratios are not 1); its four
     local steps there are "trust", "recovery", "both", "both" (margins >= 0.1)."""
@@ -630,8 +644,8 @@ def _meta_inputs(problem=meta_problem):
     for i, tr in enumerate(traces):
         for k, data in enumerate(tr.steps + (tr.eval,)):
             where = f"task{i}_eval" if k == len(tr.steps) else f"task{i}_step{k}"
-            for name in TRACE_FIELDS:
-                if where.endswith("eval") and name == "beta":
+            for name in fields:
+                if where.endswith("eval") and name in ("beta", "b_shift"):
                     continue
                 inp[f"{where}_{name}"] = _f(getattr(data, name))
                 meanings[f"{where}_{name}"] = (f"task {i}, " + ("evaluation batch" if where.endswith("eval")
@@ -715,7 +729,8 @@ def make_meta_gradient():
     return inp, out, _meta(
         "K = 2 local CPO steps (Euclidean metric, betas replayed from the trace) per task on two tasks, the "
         "meta objective and constraint of eq. 10 and their exact gradients (eq. 11); the chain's "
-        "intermediates (g, a, b, x per step) are stored for debugging",
+        "intermediates (g, a, b, x per step) are stored for debugging; " + RULE_OFF + ": no b_shift, every "
+        "local step is eq. 9 as it is (meta_gradient_recover has the rule on)",
         "metacpo_ref.meta.meta_objective, meta_gradient", META, meanings)
 
 
@@ -747,7 +762,8 @@ def make_meta_gradient_fisher():
     return inp, out, _meta(
         "as meta_gradient, with Fisher-metric local steps (inner_metric='fisher'): eq. 9 with "
         "H_k = Fisher(phi_k) + cg_damping I, KL radius inner_delta; the exact gradients include the "
-        "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9)",
+        "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9); " + RULE_OFF + ": no "
+        "b_shift (meta_gradient_fisher_recover has the rule on)",
         "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher')", META, meanings)
 
 
@@ -774,8 +790,469 @@ def make_outer_step():
                     dF="dF/dtheta", dG="dG/dtheta")
     return inp, compute_outer_step(inp), _meta(
         "one outer step (eq. 12, Algorithm 1 lines 13-14) on the traces of meta_gradient: the CPO step on "
-        "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10",
+        "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10; " + RULE_OFF + ": here "
+        "G > 0, so with the rule on the step would be the recovery step (outer_step_recover has it on)",
         "metacpo_ref.meta.outer_step (outer_metric='identity')", OUTER, meanings)
+
+
+# --- the recover rule on (D34): the production path ------------------------------
+
+# Distinct radii (the defaults are all 0.01, so a port reading the wrong one would pass
+# the blocks above): every block below uses these.
+RADII = {"inner_delta": 0.03, "outer_delta": 0.02, "ls_kl": 0.015, "baseline_delta": 0.005}
+RADII_MEANINGS = {
+    "inner_delta": "radius of the local steps (Config.inner_delta): Euclidean 0.5 |x|^2 <= delta (identity), "
+                   "KL 0.5 x'Hx <= delta (fisher)",
+    "outer_delta": "radius of the outer step of eq. 12 (Config.outer_delta)",
+    "ls_kl": "mean-KL bound of every line search with the Euclidean metric (Config.ls_kl)",
+    "baseline_delta": "KL radius of the CPO/TRPO baselines' steps (Config.baseline_delta); not used by the "
+                      "Meta-CPO steps here: stored so that a port reading it instead of the right radius fails",
+}
+RECOVER_B_FRACS = [[0.4, 1.5, 0.3], [-0.3, 0.6, 0.2]]
+
+
+def _recover_problem(metric):
+    """The meta-problem of :func:`meta_problem` recorded with the recover rule on (each
+    local step's shift recorded in ``b_shift``, as training records it), smaller batches
+    (T = 24) and the distinct :data:`RADII`: three of the four local batches are above the
+    limit (two where eq. 9 is feasible, so the rule changes the step) and so is the
+    evaluation cost (G > 0 with eq. 12 feasible: the rule changes the outer step too)."""
+    def problem():
+        from metacpo_ref.meta import synthetic_traces
+
+        spec = PolicySpec(3, 2, (4,))
+        config = Config(hidden=(4,), **RADII, inner_metric=metric, outer_metric="identity",
+                        recover_above_limit=True)
+        theta, traces = synthetic_traces(spec, 2, 2, 3, config, T=24, b_fracs=RECOVER_B_FRACS,
+                                         betas=[[1.0, 0.8], [0.64, 1.0]], record_shifts=True)
+        return config, spec, theta, traces
+    return problem
+
+
+def _unshifted_cases(out, inp):
+    """Case of each local step at theta with and without its recorded shift."""
+    cases = []
+    for i in range(int(inp["n_tasks"])):
+        for k in range(int(inp["local_steps"])):
+            p = f"task{i}_step{k}_"
+            H = out.get(p + "H")
+            solve = None if H is None else partial(np.linalg.solve, H)
+            b = float(out[p + "b"])
+            cases.append((CASES[int(out[p + "case_index"])],
+                          solve_step(out[p + "g"], out[p + "a"], b - float(inp[p + "b_shift"]),
+                                     float(inp["inner_delta"]), hinv=solve).case))
+    return cases
+
+
+def _check_recover_chain(inp, out):
+    assert min(_chain_margins(inp, out)) > 0.1, "a local step sits near a case boundary"
+    cases = _unshifted_cases(out, inp)
+    changed = [c for c in cases if c[0] != c[1]]
+    assert len(changed) >= 2 and all(c[0] == "recovery" for c in changed), cases
+    assert any(c[0] != "recovery" for c in cases), cases     # one batch below the limit
+
+
+RECOVER_CHAIN = ("the recorded shift b_shift of every local batch is an input (a recorded constant like beta; "
+                 "the chain's b_k includes it: b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected))")
+
+
+def make_meta_gradient_recover():
+    _, inp, meanings = _meta_inputs(_recover_problem("identity"), TRACE_FIELDS + ("b_shift",))
+    meanings["inner_delta"] = RADII_MEANINGS["inner_delta"]
+    out = compute_meta_gradient(inp)
+    _check_recover_chain(inp, out)
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)",
+             "b": "b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "x": "the local step x_k = cpo_layer(g_k, a_k, b_k, inner_delta); phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K local steps; b_shift constant)")
+    return inp, out, _meta(
+        "as meta_gradient, " + RULE_ON + ": three of the four local batches are above the limit (b_hat > 0) "
+        "and take the recovery step (two of them would take a trust or both step with the rule off); "
+        + RECOVER_CHAIN + "; inner_delta = 0.03 (not the default 0.01)",
+        "metacpo_ref.meta.meta_objective, meta_gradient (recover_above_limit=True)", META, meanings)
+
+
+def make_meta_gradient_fisher_recover():
+    _, inp, meanings = _meta_inputs(_recover_problem("fisher"), TRACE_FIELDS + ("b_shift",))
+    inp["cg_damping"] = _f(CG_DAMPING)
+    meanings.update(inner_delta="KL trust radius of the local steps (0.5 x'H x <= delta)",
+                    cg_damping="damping d of the metric H(phi) = Fisher(phi) + d I")
+    out = compute_meta_gradient_fisher(inp)
+    _check_recover_chain(inp, out)
+    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+             "a": "a_k = grad L_C,k(phi_k)",
+             "b": "b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
+             "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
+                  "plus cg_damping I (symmetric, dense)",
+             "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
+                  "phi_{k+1} = phi_k + beta_k x_k",
+             "case_index": CASE_MEANING}
+    _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps "
+                    "including the terms through H(phi_k); b_shift constant)")
+    return inp, out, _meta(
+        "as meta_gradient_fisher, " + RULE_ON + ": three of the four local batches are above the limit and "
+        "take the Fisher recovery step -sqrt(2 delta / s) H_k^{-1} a_k; " + RECOVER_CHAIN
+        + " (s measured in the Fisher metric when it was recorded); inner_delta = 0.03",
+        "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher', recover_above_limit=True)",
+        META, meanings)
+
+
+# --- the line search, every decision recorded (D18, D19) --------------------------
+
+@contextlib.contextmanager
+def _recorded_line_search(module):
+    """Every fraction ``module``'s line search tries, with the rule that judged it: the
+    module's :func:`~metacpo_ref.update.backtrack` wrapped for the duration."""
+    tried, original = [], module.backtrack
+
+    def recording(evaluate, accepts, decay, max_steps):
+        def evaluate_and_record(beta):
+            cand = evaluate(beta)
+            tried.append((cand, accepts))
+            return cand
+        return original(evaluate_and_record, accepts, decay, max_steps)
+
+    module.backtrack = recording
+    try:
+        yield tried
+    finally:
+        module.backtrack = original
+
+
+def _tried_arrays(tried):
+    """The tried fractions as arrays: beta, mean KL, dR, dC and which rules reject it."""
+    rows = []
+    for cand, acc in tried:
+        dR, dC = cand.R - acc.R0, cand.C - acc.C0
+        kl_bad = cand.kl > acc.kl_bound
+        reward_bad = not (acc.recovery or dR > 0)
+        cost_bad = acc.constrained and not dC <= max(-acc.b, 0.0)
+        assert acc(cand) == (not (kl_bad or reward_bad or cost_bad))
+        rows.append((cand.beta, cand.kl, dR, dC, kl_bad, reward_bad, cost_bad))
+    cols = list(zip(*rows))
+    return {"tried_beta": _f(cols[0]), "tried_kl": _f(cols[1]), "tried_dR": _f(cols[2]), "tried_dC": _f(cols[3]),
+            "rejected_kl": _b(cols[4]), "rejected_reward": _b(cols[5]), "rejected_cost": _b(cols[6]),
+            "cost_allowance": _f(max(-tried[0][1].b, 0.0)), "kl_bound": _f(tried[0][1].kl_bound)}
+
+
+TRIED_MEANINGS = {
+    "tried_beta": "every fraction the line search tried, in order: ls_decay^j, j = 0, 1, ... up to the accepted "
+                  "one (all ls_steps if none) (J,)",
+    "tried_kl": "mean KL(pi_old || pi_cand) of each tried fraction (J,)",
+    "tried_dR": "reward change of each tried fraction (J,)", "tried_dC": "cost change of each tried fraction (J,)",
+    "rejected_kl": "the KL rule rejects the fraction: tried_kl > kl_bound (J,)",
+    "rejected_reward": "the reward rule rejects it: not (recovery step or tried_dR > 0) (J,)",
+    "rejected_cost": "the cost rule rejects it: not tried_dC <= cost_allowance (J,)",
+    "cost_allowance": "max(-b, 0), b the constraint value fed to the step (shift included): the most the "
+                      "cost may rise (D19)",
+    "kl_bound": "the mean-KL bound of this line search (D19)",
+}
+
+
+def compute_outer_step_recover(inp):
+    from metacpo_ref import meta
+
+    spec, _, traces = _traces_from(inp)
+    config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]),
+                    outer_delta=float(inp["outer_delta"]), ls_kl=float(inp["ls_kl"]),
+                    baseline_delta=float(inp["baseline_delta"]), **PAPER, ls_decay=float(inp["ls_decay"]),
+                    ls_steps=int(inp["ls_steps"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
+    with _recorded_line_search(meta) as tried:
+        res = meta.outer_step(inp["theta"], traces, config)
+    return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
+            "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
+            "dF": _f(res.dF), "dG": _f(res.dG),
+            "b_shift": _f(recovery_shift(res.G, res.dG, None, config.outer_delta, config)), **_tried_arrays(tried)}
+
+
+OUTER_MEANINGS = {
+    "ls_decay": "backtracking factor: beta = ls_decay^j", "ls_steps": "at most this many fractions",
+    "recover_above_limit": "1: the recover rule (D34) is on: G > 0 makes the outer step eq. 4's recovery step",
+    "theta_new": "theta + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+    "F": "F at theta", "G": "G at theta", "F_new": "F at theta_new", "G_new": "G at theta_new",
+    "dF": "dF/dtheta", "dG": "dG/dtheta",
+    "b_shift": "the outer step's shift c = max(0, 2 sqrt(2 outer_delta s) - G) if G > 0 else 0, s = dG'dG "
+               "(D34, computed by the step, not recorded): eq. 12 is solved with b = G + b_shift",
+    **TRIED_MEANINGS,
+    "tried_kl": "mean KL(pi_theta || pi_cand) on the pre-adaptation batches of all tasks (the step-0 batches "
+                "task{i}_step0_obs concatenated), for each tried fraction (J,)",
+    "tried_dR": "F(cand) - F(theta) of each tried fraction (J,)",
+    "tried_dC": "G(cand) - G(theta) of each tried fraction (J,)",
+    "cost_allowance": "max(-G, 0): the outer line search's cost allowance uses G itself, not G + b_shift "
+                      "(the same here: G > 0)",
+}
+
+
+def make_outer_step_recover():
+    config, inp, meanings = _meta_inputs(_recover_problem("identity"), TRACE_FIELDS + ("b_shift",))
+    inp.update(outer_delta=_f(config.outer_delta), ls_kl=_f(config.ls_kl), baseline_delta=_f(config.baseline_delta),
+               ls_decay=_f(config.ls_decay), ls_steps=_i(config.ls_steps), recover_above_limit=_i(1))
+    meanings.update({**RADII_MEANINGS, **OUTER_MEANINGS})
+    out = compute_outer_step_recover(inp)
+    assert float(out["G"]) > 0 and float(out["b_shift"]) > 0 and CASES[int(out["case_index"])] == "recovery"
+    assert 0 < float(out["beta"]) < 1
+    return inp, out, _meta(
+        "one outer step (eq. 12) on the traces of meta_gradient_recover, " + RULE_ON + ": G > 0 (above the "
+        "limit) with eq. 12 feasible, so the rule shifts b = G + b_shift and the step is the recovery step "
+        "-sqrt(2 outer_delta / s) dG (with the rule off it would be a both step); then the line search "
+        "re-evaluating eq. 10, every tried fraction recorded (KL on the pre-adaptation batches, dF, dG, the "
+        "rule that rejected it); radii inner_delta 0.03, outer_delta 0.02, ls_kl 0.015 (all distinct)",
+        "metacpo_ref.meta.outer_step (outer_metric='identity', recover_above_limit=True)", OUTER, meanings)
+
+
+def _radii(inp):
+    return {k: float(inp[k]) for k in RADII}
+
+
+def compute_line_search_local(inp):
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), **_radii(inp), **PAPER,
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
+                    recover_above_limit=bool(int(inp["recover_above_limit"])))
+    with _recorded_line_search(update) as tried:
+        upd = update.policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
+    return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
+            "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "b_shift": _f(upd.b_shift), **_tried_arrays(tried)}
+
+
+def _line_search_local_inputs(seed, b_frac, radii, T=24):
+    rng = np.random.default_rng(seed)
+    phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi, T=T, b_frac=b_frac, delta=radii["inner_delta"])
+    inp.update({k: _f(v) for k, v in radii.items()})
+    inp.update(ls_decay=_f(0.8), ls_steps=_i(15), recover_above_limit=_i(1))
+    return inp
+
+
+# (seed, b_frac, inner_delta, ls_kl) of each decision; outer_delta 0.02 and baseline_delta 0.005
+# throughout, so the four radii always differ
+LINE_SEARCH_LOCAL = {
+    "full": (2, 0.3, 0.002, 0.015,
+             "beta = 1 accepted at once: above the limit (b_hat > 0) the rule makes the step the recovery step "
+             "(reward rule off), its mean KL 0.0084 is within ls_kl = 0.015 but above inner_delta and "
+             "baseline_delta"),
+    "kl": (0, 0.3, 0.03, 0.015,
+           "a later fraction accepted: the recovery step (b_hat > 0, rule on) is cut back by the KL rule alone "
+           "(fractions 1 .. 0.512 exceed ls_kl = 0.015; with inner_delta = 0.03 as the bound 0.64 would pass)"),
+    "cost": (21, -0.2, 0.03, 0.015,
+             "the cost rule alone rejects a fraction: below the limit (b < 0, constraint active: case both), "
+             "fraction 0.262 has KL and reward OK but dC = 0.39 > -b = 0.25; 0.2097 is accepted with "
+             "0 < dC = 0.23 <= -b (a port with the allowance max(b, 0) = 0 rejects it)"),
+    "reward": (34, -0.9, 0.3, 0.12,
+               "the reward rule alone rejects a fraction: a long trust step (inner_delta = 0.3) whose fraction "
+               "0.328 has KL 0.096 <= ls_kl = 0.12 and the cost falling, but the reward surrogate falling too "
+               "(dR = -0.23 <= 0); 0.262 is accepted"),
+}
+
+
+def make_line_search_local(case):
+    seed, b_frac, inner_delta, ls_kl, what = LINE_SEARCH_LOCAL[case]
+    radii = {"inner_delta": inner_delta, "outer_delta": RADII["outer_delta"], "ls_kl": ls_kl,
+             "baseline_delta": RADII["baseline_delta"]}
+    assert len(set(radii.values())) == 4
+    inp = _line_search_local_inputs(seed, b_frac, radii)
+    out = compute_line_search_local(inp)
+    rk, rr, rc = out["rejected_kl"], out["rejected_reward"], out["rejected_cost"]
+    assert float(out["beta"]) > 0 and not (rk[-1] or rr[-1] or rc[-1])
+    alone = {"kl": rk & ~rr & ~rc, "reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
+    if case == "full":
+        assert len(rk) == 1
+    else:
+        assert np.any(alone[case][:-1]) and len(rk) > 1
+    if case == "cost":
+        assert 0 < float(out["dL_C"]) <= float(out["cost_allowance"])
+    return inp, out, _meta(
+        "the line search of one Meta-CPO local step (policy_update, Euclidean metric, radius inner_delta, "
+        "KL bound ls_kl; D18, D19) with every tried fraction recorded: its mean KL, dR = dL_R, dC = dL_C "
+        "and which of the three rules rejects it (KL <= ls_kl; dR > 0 unless recovering; dC <= max(-b, 0), "
+        "b including the recover shift); " + RULE_ON + ". Decision: " + what,
+        "metacpo_ref.update.policy_update, backtrack, Acceptance (algo='meta-cpo', inner_metric='identity')",
+        (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks); the "
+         "accepted fraction, the tried fractions and the rejections are discrete and must be equal (every "
+         "decision is >= 8% from its threshold here); dR and dC are differences of nearby surrogate values "
+         "(rounding amplified ~1e3x, measured)"),
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k not in ("beta", "b_shift")}, "sizes": SIZES_MEANING,
+         "phi": "the parameters updated, which also collected the batch", **RADII_MEANINGS,
+         "ls_decay": POLICY_UPDATE_MEANINGS["ls_decay"], "ls_steps": POLICY_UPDATE_MEANINGS["ls_steps"],
+         "recover_above_limit": "1: the recover rule (D34) is on: b_hat > 0 makes the step eq. 4's recovery step",
+         "phi_new": "phi + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+         "dL_R": "L_R(phi_new) - L_R(phi)", "dL_C": "L_C(phi_new) - L_C(phi)",
+         "b_shift": "the shift c of D34 the update added to b: max(0, 2 sqrt(2 inner_delta a'a) - b_hat) if "
+                    "b_hat > 0, else 0",
+         **TRIED_MEANINGS,
+         "tried_kl": "mean KL(pi_phi || pi_cand) on the batch's obs of each tried fraction (J,)",
+         "tried_dR": "L_R(cand) - L_R(phi) of each tried fraction (J,)",
+         "tried_dC": "L_C(cand) - L_C(phi) of each tried fraction (J,)"})
+
+
+# (seed, evaluation b_frac, outer_delta, ls_kl) of each outer decision (inner_delta 0.03,
+# baseline_delta 0.005); the KL-cut decision is outer_step_recover's
+LINE_SEARCH_OUTER = {
+    "full": (0, 0.3, 0.02, 0.15,
+             "beta = 1 accepted at once: G > 0, so with the rule on the step is the recovery step (reward rule "
+             "off); its mean KL 0.067 on the pre-adaptation batches is within ls_kl = 0.15 but above "
+             "outer_delta and inner_delta"),
+    "cost": (9, -0.6, 0.02, 0.015,
+             "the cost rule alone rejects a fraction: G < 0 (below the limit), fraction 0.2097 has KL and dF OK "
+             "but dG = 0.56 > -G = 0.37; 0.1678 is accepted with 0 < dG = 0.17 <= -G (a port with the "
+             "allowance max(G, 0) = 0 rejects it)"),
+    "reward": (1, -0.6, 0.02, 0.015,
+               "the reward rule alone rejects fractions: 0.328 .. 0.134 have KL <= ls_kl and dG <= -G but "
+               "dF <= 0; 0.107 is accepted"),
+}
+
+
+def make_line_search_outer(case):
+    from metacpo_ref.meta import synthetic_traces
+
+    seed, eval_frac, outer_delta, ls_kl, what = LINE_SEARCH_OUTER[case]
+    radii = {"inner_delta": RADII["inner_delta"], "outer_delta": outer_delta, "ls_kl": ls_kl,
+             "baseline_delta": RADII["baseline_delta"]}
+    assert len(set(radii.values())) == 4
+    spec = PolicySpec(3, 2, (4,))
+    config = Config(hidden=(4,), **radii, **PAPER, recover_above_limit=True)
+    theta, traces = synthetic_traces(spec, 2, 2, seed, config, T=24,
+                                     b_fracs=[[0.4, -0.5, eval_frac], [-0.3, 0.6, eval_frac]],
+                                     betas=[[1.0, 0.8], [0.64, 1.0]], record_shifts=True)
+    config, inp, meanings = _meta_inputs(lambda: (config, spec, theta, traces), TRACE_FIELDS + ("b_shift",))
+    inp.update(outer_delta=_f(outer_delta), ls_kl=_f(ls_kl), baseline_delta=_f(config.baseline_delta),
+               ls_decay=_f(config.ls_decay), ls_steps=_i(config.ls_steps), recover_above_limit=_i(1))
+    meanings.update({**RADII_MEANINGS, **OUTER_MEANINGS})
+    meanings["cost_allowance"] = "max(-G, 0): the outer line search's cost allowance (D19 with b = G)"
+    meanings["theta"] = "meta-parameters at which everything is evaluated (the recording theta + 0.02 N(0, I))"
+    out = compute_outer_step_recover(inp)
+    rk, rr, rc = out["rejected_kl"], out["rejected_reward"], out["rejected_cost"]
+    assert float(out["beta"]) > 0 and not (rk[-1] or rr[-1] or rc[-1])
+    if case == "full":
+        assert len(rk) == 1 and float(out["G"]) > 0 and CASES[int(out["case_index"])] == "recovery"
+    else:
+        alone = {"reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}[case]
+        assert np.any(alone[:-1]) and float(out["G"]) < 0
+    if case == "cost":
+        assert 0 < float(out["G_new"]) - float(out["G"]) <= -float(out["G"])
+    return inp, out, _meta(
+        "the line search of one outer step (eq. 12, identity metric, radius outer_delta, KL bound ls_kl on the "
+        "pre-adaptation batches; D18, D19 with dR = dF, dC = dG, b = G) with every tried fraction recorded, "
+        "on seeded synthetic traces (K = 2, two tasks, local steps recorded with their shifts); " + RULE_ON
+        + ". Decision: " + what,
+        "metacpo_ref.meta.outer_step, metacpo_ref.update.backtrack, Acceptance (outer_metric='identity')",
+        (OUTER[0], OUTER[1], OUTER[2] + "; the tried fractions and the rejections are discrete and must be "
+         "equal (every decision is >= 10% from its threshold here)"), meanings)
+
+
+# --- an asymmetric stored metric (the method uses sym(H)) -------------------------------
+
+ASYM_MEANING = ("metric (n, n) stored NOT symmetric: H = S + K, S SPD and K antisymmetric (|K| ~ 0.3 |S|); "
+                "the method uses sym(H) = (H + H') / 2 = S (0.5 x'Hx = 0.5 x'Sx for every x), so a port must "
+                "symmetrise before solving: H^{-1} v, or a Cholesky factor read from one triangle, gives "
+                "another step")
+
+
+def _asym_inputs(seed):
+    inp = _cpo_inputs("both", True, seed)
+    rng = np.random.default_rng(seed + 1000)
+    M = rng.standard_normal(inp["H"].shape)
+    K = 0.5 * (M - M.T)
+    inp["H"] = _f(inp["H"] + 0.3 * np.linalg.norm(inp["H"], 2) / np.linalg.norm(K, 2) * K)
+    assert np.max(np.abs(inp["H"] - inp["H"].T)) > 0.1 * np.max(np.abs(inp["H"]))
+    return inp
+
+
+def make_solve_step_asym():
+    inp = _asym_inputs(150)
+    out = compute_solve_step(inp, "dense")
+    assert CASES[int(out["case_index"])] == "both"
+    H = 0.5 * (inp["H"] + inp["H"].T)
+    assert step_margin(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), partial(np.linalg.solve, H)) > 0.1
+    return inp, out, _meta(
+        "the CPO step of eq. 9 (as solve_step_both_dense), case both, with a stored metric that is not "
+        "symmetric: the method solves with sym(H) = (H + H') / 2 (docs/derivations.md: the metric enters as "
+        "sym(H); cpo.metric_solver: Cholesky of sym(H))",
+        "metacpo_ref.cpo.solve_step (method='scipy', H given)", DUAL,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "x": "the step (n,)",
+         "lam": "trust-region multiplier (x = sym(H)^{-1}(g - nu a) / lam)", "nu": "cost multiplier",
+         "case_index": CASE_MEANING})
+
+
+def make_cpo_layer_asym():
+    inp = _asym_inputs(151)
+    assert solve_step(inp["g"], inp["a"], float(inp["b"]), float(inp["delta"]), H=inp["H"]).case == "both"
+    inp["xbar"] = _f(np.random.default_rng(151).standard_normal(len(inp["g"])))
+    return inp, compute_cpo_layer(inp), _meta(
+        "the differentiable CPO layer (as cpo_layer_both_dense), case both, with a stored metric that is not "
+        "symmetric: forward step and VJP use sym(H) = (H + H') / 2, and Hbar is the gradient through sym(H), "
+        "a symmetric matrix",
+        "metacpo_ref.dco.cpo_layer, cpo_step_vjp (H given)", EXACT,
+        {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "xbar": "cotangent dL/dx (n,)",
+         "x": "the step (n,)", "gbar": "xbar' dx/dg (n,)", "abar": "xbar' dx/da (n,)",
+         "bbar": "xbar' dx/db", "deltabar": "xbar' dx/ddelta",
+         "Hbar": "xbar' dx/dH through sym(H): symmetric (n, n), also for this asymmetric H"})
+
+
+# --- the CPO baseline's Fisher step with the constraint binding --------------------------
+
+CG_RECURRENCE = ("H^{-1} v by conjugate gradient exactly as metacpo_ref.cpo.cg: y = 0, r = v, p = v, rr = r'r; "
+                 "repeat at most cg_iters times: stop if rr <= (1e-10 |v|)^2; Hp = (F + cg_damping I) p "
+                 "(Fisher-vector product at phi on the batch's obs); alpha = rr / p'Hp; y += alpha p; "
+                 "r -= alpha Hp; rr_new = r'r; p = r + (rr_new / rr) p; rr = rr_new. With cg_iters = 10 < n "
+                 "the iterate is truncated, so a port must use this recurrence (hinv_g and hinv_a are stored "
+                 "to check it; the products are policy_fvp's)")
+
+
+def compute_policy_update_fisher_both(inp):
+    config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), algo="cpo", **_radii(inp), **PAPER,
+                    ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]), cg_iters=int(inp["cg_iters"]),
+                    cg_damping=float(inp["cg_damping"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
+    spec, data = _spec(inp), _step_data(inp)
+    with _recorded_line_search(update) as tried:
+        upd = update.policy_update(spec, inp["phi"], data, config)
+    g, a, _ = step_problem(spec, inp["phi"], data)
+    hinv = update.fisher_hinv(spec, inp["phi"], data.obs, config)
+    return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
+            "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "lam": _f(upd.lam), "nu": _f(upd.nu),
+            "b_shift": _f(upd.b_shift), "hinv_g": _f(hinv(g)), "hinv_a": _f(hinv(a)), **_tried_arrays(tried)}
+
+
+def make_policy_update_fisher_both():
+    seed = 113
+    rng = np.random.default_rng(seed)
+    phi = init_theta(POLICY_SPEC, seed) + 0.3 * rng.standard_normal(n_params(POLICY_SPEC))
+    inp = _batch_inputs(rng, phi, b_frac=-0.3, delta=RADII["baseline_delta"])
+    inp.update({k: _f(v) for k, v in RADII.items()})
+    inp.update(ls_decay=_f(0.8), ls_steps=_i(15), cg_iters=_i(CG_ITERS), cg_damping=_f(CG_DAMPING),
+               recover_above_limit=_i(1))
+    out = compute_policy_update_fisher_both(inp)
+    assert CASES[int(out["case_index"])] == "both" and float(out["nu"]) > 0 and float(out["beta"]) > 0
+    g, a, b = step_problem(POLICY_SPEC, phi, _step_data(inp))
+    H = fisher_matrix(POLICY_SPEC, phi, inp["obs"], CG_DAMPING)
+    hinv = lambda v: np.linalg.solve(H, v)
+    assert step_margin(g, a, b, RADII["baseline_delta"], hinv) > 0.1
+    return inp, out, _meta(
+        "one update of the CPO baseline (algo='cpo': Fisher metric by conjugate gradient, KL radius and "
+        "line-search KL bound baseline_delta) with the cost constraint binding (case both, nu > 0; b_hat < 0, "
+        + RULE_ON + " but inactive below the limit). " + CG_RECURRENCE,
+        "metacpo_ref.update.policy_update (algo='cpo'), fisher_hinv, metacpo_ref.cpo.cg",
+        (1e-6, 1e-9, "the step comes from the scipy dual and conjugate gradient (the same truncated recurrence "
+         "reproduces the stored iterates to ~1e-13); the accepted fraction and the rejections are discrete; dL_R, "
+         "dL_C are differences of nearby surrogate values"),
+        {**{k: v for k, v in BATCH_MEANINGS.items() if k not in ("beta", "b_shift")}, "sizes": SIZES_MEANING,
+         "phi": "the parameters updated, which also collected the batch", **RADII_MEANINGS,
+         "baseline_delta": "KL radius of this step (0.5 x'Hx <= baseline_delta) and the line search's KL bound",
+         "ls_decay": POLICY_UPDATE_MEANINGS["ls_decay"], "ls_steps": POLICY_UPDATE_MEANINGS["ls_steps"],
+         "cg_iters": "conjugate-gradient iterations (residual tolerance 1e-10)",
+         "cg_damping": "damping added to the Fisher matrix",
+         "recover_above_limit": "1: the recover rule (D34) is on (inactive here: b_hat < 0)",
+         "phi_new": "phi + beta x", "case_index": CASE_MEANING, "beta": "accepted fraction (0: rejected)",
+         "dL_R": "L_R(phi_new) - L_R(phi)", "dL_C": "L_C(phi_new) - L_C(phi)",
+         "lam": "trust-region multiplier of eq. 9 (x = H^{-1}(g - nu a) / lam, H^{-1} by CG)",
+         "nu": "cost multiplier (> 0: the constraint binds)", "b_shift": "the D34 shift (0: below the limit)",
+         "hinv_g": "cg(H, g, cg_iters, 1e-10) with g = grad L_R(phi) (n,)",
+         "hinv_a": "cg(H, a, cg_iters, 1e-10) with a = grad L_C(phi) (n,)",
+         **TRIED_MEANINGS,
+         "tried_kl": "mean KL(pi_phi || pi_cand) on the batch's obs of each tried fraction (J,)",
+         "tried_dR": "L_R(cand) - L_R(phi) of each tried fraction (J,)",
+         "tried_dC": "L_C(cand) - L_C(phi) of each tried fraction (J,)"})
 
 
 # --- the table of blocks ---------------------------------------------------------
@@ -805,6 +1282,16 @@ BLOCKS = [
     ("meta_gradient", make_meta_gradient, compute_meta_gradient),
     ("meta_gradient_fisher", make_meta_gradient_fisher, compute_meta_gradient_fisher),
     ("outer_step", make_outer_step, compute_outer_step),
+    ("meta_gradient_recover", make_meta_gradient_recover, compute_meta_gradient),
+    ("meta_gradient_fisher_recover", make_meta_gradient_fisher_recover, compute_meta_gradient_fisher),
+    ("outer_step_recover", make_outer_step_recover, compute_outer_step_recover),
+    *[(f"line_search_local_{case}", partial(make_line_search_local, case), compute_line_search_local)
+      for case in LINE_SEARCH_LOCAL],
+    *[(f"line_search_outer_{case}", partial(make_line_search_outer, case), compute_outer_step_recover)
+      for case in LINE_SEARCH_OUTER],
+    ("solve_step_both_dense_asym", make_solve_step_asym, partial(compute_solve_step, metric="dense")),
+    ("cpo_layer_both_dense_asym", make_cpo_layer_asym, compute_cpo_layer),
+    ("policy_update_fisher_both", make_policy_update_fisher_both, compute_policy_update_fisher_both),
 ]
 
 

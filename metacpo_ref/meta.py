@@ -214,7 +214,8 @@ def meta_iteration(theta, vf, config, iteration, workers):
 
 # --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------
 
-def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=INIT_LOG_STD):
+def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=INIT_LOG_STD,
+                     record_shifts=False):
     """Seeded synthetic traces, recorded along the nominal chain from ``init_theta``.
 
     Observations and actions are Gaussian; reward advantages standardised and
@@ -223,7 +224,10 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
     (``s = a'H^{-1}a`` in ``config.inner_metric``):
     ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
     makes the cost constraint inactive. ``log_std`` (default: the policy's) sets the
-    initial log-std before the perturbation. Returns ``(theta, traces)``.
+    initial log-std before the perturbation. ``record_shifts``: record each local step's
+    :func:`~metacpo_ref.update.recovery_shift` (D34, by ``config.recover_above_limit``) as
+    its ``b_shift`` and take the shifted step, as training does; otherwise ``b_shift = 0``.
+    Returns ``(theta, traces)``.
     """
     rng = np.random.default_rng(seed)
     theta = init_theta(spec, seed, log_std) + 0.3 * rng.standard_normal(n_params(spec))
@@ -241,9 +245,11 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
             beta = betas[i, k] if k < K else 1.0
             data = StepData(obs, act, logp, adv_r, adv_c, 0.0, phi, beta)
             _, a, _ = step_problem(spec, phi, data)
-            s = a @ (fisher_solver(spec, phi, obs, config.cg_damping)(a) if config.inner_metric == "fisher" else a)
+            solve = fisher_solver(spec, phi, obs, config.cg_damping) if config.inner_metric == "fisher" else None
+            s = a @ (a if solve is None else solve(a))
             b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * s))
-            data = StepData(obs, act, logp, adv_r, adv_c, b_hat, phi, beta)
+            shift = recovery_shift(b_hat, a, solve, config.inner_delta, config) if record_shifts and k < K else 0.0
+            data = StepData(obs, act, logp, adv_r, adv_c, b_hat, phi, beta, shift)
             if k < K:
                 steps.append(data)
                 phi = inner_step(spec, phi, data, config)

@@ -65,7 +65,7 @@ def test_manifest_describes_every_array():
             assert d["dtype"] in ("float64", "int64", "bool")
         total += (COMMITTED / entry["file"]).stat().st_size
     total += (COMMITTED / fx.MANIFEST).stat().st_size
-    assert total < 500_000
+    assert total < 1_000_000
     # the blocks the brief asks for are all there
     for name in ("policy_log_prob", "policy_mean_kl", "policy_fvp", "gae", "cg", "meta_gradient", "outer_step"):
         assert name in manifest["blocks"]
