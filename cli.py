@@ -112,10 +112,9 @@ RESUME_FREE = ("iterations",)
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
           inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
-    from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
-    from metacpo_ref.workers import WorkerError
-
     from metacpo_ref.envs import parse_task
+    from metacpo_ref.training import CheckpointError, RunBusy, run_lock
+    from metacpo_ref.workers import WorkerError
 
     try:
         task = None if task_text is None else parse_task(family, task_text, car_walls).params
@@ -128,51 +127,62 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
                   recover_above_limit=recover_above_limit, split_meta_gradient=split_meta_gradient, vf_ftol=vf_ftol)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     ctx = click.get_current_context()
-    warn = lambda m: click.echo(f"warning: {m}", err=True)
+    given = {k: v for k, v in values.items()
+             if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
+             is not ParameterSource.DEFAULT}
     try:
-        if resume:
-            given = {k: v for k, v in values.items()
-                     if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
-                     is not ParameterSource.DEFAULT}
-            config = resume_config(out_dir, given)
-        else:
-            config = Config(**values)
-        state = prepare_run(config, out_dir, resume, warn=warn)
-    except CheckpointError as e:
+        with run_lock(out_dir):
+            _train(values, given, out_dir, resume, workers, backend, ray_address)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; the checkpoint in {out_dir} (if any) is intact: continue with "
+                   f"cli.py train {family} --resume --out {out_dir}", err=True)
+        sys.exit(130)
+    except (CheckpointError, RunBusy) as e:
         raise click.ClickException(str(e))
+    except WorkerError as e:
+        raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
     except OSError as e:
         raise click.ClickException(os_error(e))
+
+
+def _train(values, given, out_dir, resume, workers, backend, ray_address):
+    """The train command's work, in the locked run directory: open it, run, print."""
+    from metacpo_ref.training import prepare_run, resume_config, run_iterations
+
+    warn = lambda m: click.echo(f"warning: {m}", err=True)
+    config = resume_config(out_dir, given) if resume else Config(**values)
+    state = prepare_run(config, out_dir, resume, warn=warn)
     iterations = config.iterations
-    click.echo(f"{config.algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
+    click.echo(f"{config.algo} on {config.family}: iterations {state.iteration}..{iterations - 1}, "
                f"{config.tasks} tasks x {config.n_episodes} episodes per batch, "
                f"cost limit {config.train_cost_limit:g} ({MEASURE_NAMES[config.cost_measure]}), "
                f"run directory {out_dir}")
     last = {}
-
-    def show(row):
-        if not row:
-            return ""
-        return (f"it {row['iteration']} return {row['return']:.2f} "
-                f"cost {row['cost']:.1f} (limit {row['cost_limit']:g}{_measure(row)})")
-
+    rows = run_iterations(state, out_dir, workers, backend, ray_address)
     try:
-        with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address),
-                               length=iterations - state.iteration,
-                               label="training", item_show_func=show, show_eta=True) as bar:
-            for row in bar:
+        if sys.stdout.isatty():
+            with click.progressbar(rows, length=iterations - state.iteration, label="training",
+                                   item_show_func=_show, show_eta=True) as bar:
+                for row in bar:
+                    last = row
+        else:   # redirected (nohup, a log file): a line per iteration instead of a bar nobody sees
+            for row in rows:
                 last = row
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; the checkpoint in {out_dir} is intact: continue with "
-                   f"cli.py train {family} --resume --out {out_dir}", err=True)
-        sys.exit(130)
-    except WorkerError as e:
-        raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
+                click.echo(f"{_show(row)}, {row['time_total']:.1f} s")
     except OSError as e:
-        raise click.ClickException(f"{os_error(e)}; the last checkpoint in {out_dir} is intact "
-                                   "(--resume continues)")
+        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint in {out_dir} is intact "
+                      "(--resume continues)", e.filename) from None
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}{_measure(last)}); {out_dir}/metrics.jsonl")
+
+
+def _show(row):
+    """The progress of one iteration's metrics row."""
+    if not row:
+        return ""
+    return (f"it {row['iteration']} return {row['return']:.2f} "
+            f"cost {row['cost']:.1f} (limit {row['cost_limit']:g}{_measure(row)})")
 
 
 MEASURE_NAMES = {"discounted": "discounted J_C per episode", "episode": "undiscounted cost per episode"}
