@@ -9,9 +9,9 @@ from click.core import ParameterSource
 
 from metacpo_ref.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ALGOS, CAR_WALLS, COST_MEASURES, COUNT, FAMILIES, INNER_METRICS, META_TEST_TASKS,
-                                OUTER_METRICS, Config, Range,
-                                field_doc, field_range)
+from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILIES, INNER_METRICS,
+                                META_TEST_TASKS, OUTER_METRICS, SMOOTH, TASKS, WORKERS, Config, field_doc,
+                                field_range)
 
 
 @click.group()
@@ -35,7 +35,7 @@ class Number(click.ParamType):
 
     def get_metavar(self, param, ctx=None):
         """E.g. ``INTEGER>=1``: the valid range in every --help."""
-        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1]
+        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1].removeprefix("in ")
         return self.name.upper() + bound.replace(" ", "")
 
     def convert(self, value, param, ctx):
@@ -47,7 +47,7 @@ class Number(click.ParamType):
                 v = None
         if v is None or not self.valid.contains(v):
             self.fail(f"{value!r} is not {self.valid.describe()}", param, ctx)
-        return v
+        return abs(v) if v == 0 else v   # -0 is 0
 
 
 def config_option(name, flag=None, **kw):
@@ -69,8 +69,20 @@ def execution_options(fn):
                       help="Address HOST:PORT of an existing Ray cluster [default: start a local one].")(fn)
     fn = click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
                       help="process: a local process pool; ray: Ray actors (pip install '.[ray]').")(fn)
-    return click.option("--workers", type=Number(COUNT), default=os.cpu_count() or 1, show_default="cores",
-                        help="Processes (or Ray actors) for the per-task work; results do not depend on it.")(fn)
+    return click.option("--workers", type=Number(WORKERS), default=os.cpu_count() or 1, show_default="cores",
+                        help="Processes (or Ray actors) for the per-task work, at most one per task (and per core "
+                             "for processes: more are capped, with a note); results do not depend on it.")(fn)
+
+
+def capped_workers(workers, tasks, backend):
+    """The workers to start for ``tasks`` jobs at a time; a note when an explicit --workers is capped."""
+    from metacpo_ref.workers import worker_count
+
+    n, why = worker_count(workers, tasks, backend)
+    source = click.get_current_context().get_parameter_source("workers")
+    if why and source is not ParameterSource.DEFAULT:
+        click.echo(f"note: --workers {workers} capped to {n} ({why})", err=True)
+    return n
 
 
 def os_error(e):
@@ -152,6 +164,7 @@ def _train(values, given, out_dir, resume, workers, backend, ray_address):
     warn = lambda m: click.echo(f"warning: {m}", err=True)
     config = resume_config(out_dir, given) if resume else Config(**values)
     state = prepare_run(config, out_dir, resume, warn=warn)
+    workers = capped_workers(workers, config.tasks, backend)
     iterations = config.iterations
     click.echo(f"{config.algo} on {config.family}: iterations {state.iteration}..{iterations - 1}, "
                f"{config.tasks} tasks x {config.n_episodes} episodes per batch, "
@@ -197,13 +210,13 @@ def _measure(row):
 @click.argument("family", type=FAMILY)
 @click.option("--checkpoint", "checkpoint", type=click.Path(), required=True,
               help="checkpoint.npz of a run of `cli.py train` on FAMILY.")
-@config_option("local_steps", "--adapt-steps", type=Number(Range(0, integer=True)),
+@config_option("local_steps", "--adapt-steps", type=Number(ADAPT_STEPS),
                help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
-@click.option("--tasks", type=Number(COUNT), default=META_TEST_TASKS, show_default=True,
+@click.option("--tasks", type=Number(TASKS), default=META_TEST_TASKS, show_default=True,
               help="Unseen test tasks (Table 1 test ranges).")
-@click.option("--episodes", type=Number(COUNT), default=None,
+@click.option("--episodes", type=Number(EPISODES), default=None,
               help="Episodes per adaptation batch [default: the run's batch size].")
-@click.option("--eval-episodes", type=Number(COUNT), default=None,
+@click.option("--eval-episodes", type=Number(EPISODES), default=None,
               help="Separate evaluation episodes of each adapted policy, the same layouts at every step and for "
                    "every checkpoint [default: the run's batch size].")
 @config_option("cost_limit", help="Cost limit per episode, in the run's cost measure [default: the family's test "
@@ -222,6 +235,7 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
     from metacpo_ref.training import CheckpointError, meta_test
     from metacpo_ref.workers import WorkerError
 
+    workers = capped_workers(workers, tasks, backend)
     try:
         rows = meta_test(checkpoint, family, tasks, local_steps, episodes, cost_limit, deterministic, seed, workers,
                          backend, ray_address, eval_episodes, random_policy)
@@ -246,7 +260,7 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Image file (.png, .pdf, .svg).")
 @click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True,
               help="x axis of the training curves.")
-@click.option("--smooth", type=Number(COUNT), default=1, show_default=True,
+@click.option("--smooth", type=Number(SMOOTH), default=1, show_default=True,
               help="Moving average over N iterations of each run's training curves (1: none).")
 @click.option("--adapted/--no-adapted", default=True, show_default=True,
               help="Also draw the meta algorithms' curves after the local steps (dashed).")
@@ -278,8 +292,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
 @click.argument("family", type=FAMILY)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Table 1 range the tasks are drawn from.")
-@click.option("--tasks", "n_tasks", type=Number(COUNT), default=3, show_default=True, help="Tasks sampled.")
-@click.option("--episodes", type=Number(COUNT), default=1, show_default=True, help="Episodes per task.")
+@click.option("--tasks", "n_tasks", type=Number(TASKS), default=3, show_default=True, help="Tasks sampled.")
+@click.option("--episodes", type=Number(EPISODES), default=1, show_default=True, help="Episodes per task.")
 @config_option("seed", help="Seed of the tasks and episodes.")
 def rollout(family, split, n_tasks, episodes, seed):
     """Run a uniformly random policy on sampled tasks of FAMILY and print return, cost and speed."""

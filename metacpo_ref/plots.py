@@ -110,7 +110,8 @@ def load_run(path, test_name="test.json"):
     warnings, test = [], None
     if bad:
         warnings.append(f"{path}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row "
-                        f"(damaged or cut off); left out, the other {len(rows)} rows are plotted")
+                        "(damaged, cut off, or a duplicated or out-of-order iteration); left out, the other "
+                        f"{len(rows)} rows are plotted")
     for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
         if key not in rows[0]:
             raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")

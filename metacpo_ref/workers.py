@@ -85,6 +85,18 @@ def check_ray_address(address, timeout=3.0):
                           "check --ray-address, or leave it out to start a local Ray") from None
 
 
+def worker_count(asked, tasks, backend="process", cores=None):
+    """``(n, why)``: the workers worth starting for ``tasks`` jobs at a time, ``asked`` at
+    most one per task and, for processes, one per core (``cores``: ``os.cpu_count()``);
+    ``why`` names the limits that capped it (``None``: ``n == asked``). Results never depend on it."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    limits = [(tasks, f"{tasks} task{'s' * (tasks != 1)}")]
+    if backend == "process":
+        limits.append((cores, f"{cores} core{'s' * (cores != 1)}"))
+    n = min([asked] + [limit for limit, _ in limits])
+    return n, (None if n == asked else " and ".join(text for limit, text in limits if limit == n))
+
+
 class WorkerError(RuntimeError):
     """A task failed, crashed its worker, or timed out."""
 

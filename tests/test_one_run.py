@@ -123,3 +123,77 @@ def test_duplicated_and_out_of_order_rows_are_moved_to_bad(run_copy):
     assert [r["iteration"] for r in read_metrics(run_copy)] == [0, 1, 2, 3]
     assert (run_copy / "metrics.jsonl.bad").read_text() == dup + "\n" + backwards + "\n"
     assert len(said) == 1 and "duplicated or out-of-order" in said[0] and "line 3, 5" in said[0]
+
+
+# --- upper bounds for every number, checked before any work ------------------------------------
+
+TOO_BIG = [("train", "--cost-limit", "1e160"), ("train", "--episodes", "1000000000"),
+           ("train", "--tasks", "1000000000"), ("train", "--iterations", "1000000000"),
+           ("train", "--local-steps", "1000000000"), ("train", "--workers", "1000000"),
+           ("test", "--tasks", "1000000000"), ("test", "--episodes", "1000000000"),
+           ("test", "--eval-episodes", "1000000000"), ("test", "--adapt-steps", "1000000000"),
+           ("test", "--cost-limit", "1e308"), ("test", "--workers", "1000000"),
+           ("rollout", "--tasks", "1000000000"), ("rollout", "--episodes", "1000000000"),
+           ("plot", "--smooth", "1000000000")]
+REQUIRED = {"train": ["point-circle"], "test": ["point-circle", "--checkpoint", "ckpt.npz"],
+            "rollout": ["point-circle"], "plot": ["--out", "x.png"]}
+
+
+@pytest.mark.parametrize("command, flag, value", TOO_BIG)
+def test_numbers_above_their_bound_are_refused_while_parsing_and_the_bound_is_in_help(tmp_path, monkeypatch,
+                                                                                       command, flag, value):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    [param] = [p for p in cli.main.commands[command].params if flag in p.opts]
+    valid = param.type.valid
+    assert valid.high is not None and not valid.contains(float(value))
+    res = runner.invoke(cli.main, [command, *REQUIRED[command], flag, value])
+    assert res.exit_code == 2 and f"Invalid value for '{flag}'" in res.output and valid.describe() in res.output
+    assert list(tmp_path.iterdir()) == []   # nothing written
+    helps = runner.invoke(cli.main, [command, "--help"]).output
+    assert f"{flag} {param.type.get_metavar(param)}" in helps and f",{valid.high:g}]" in helps
+
+
+def test_config_refuses_an_overflowing_cost_limit_and_takes_minus_zero_as_zero():
+    with pytest.raises(ValueError, match=r"cost_limit must be a finite number in \[0, 1e\+06\], got 1e\+160"):
+        Config(cost_limit=1e160)
+    assert str(Config(cost_limit=-0.0).cost_limit) == "0.0"
+
+
+def test_worker_count_is_capped_by_the_tasks_and_for_processes_the_cores():
+    from metacpo_ref.workers import worker_count
+
+    assert worker_count(1000, 1, "process", cores=2) == (1, "1 task")
+    assert worker_count(8, 5, "process", cores=2) == (2, "2 cores")
+    assert worker_count(8, 5, "ray", cores=2) == (5, "5 tasks")
+    assert worker_count(8, 2, "process", cores=2) == (2, "2 tasks and 2 cores")
+    assert worker_count(2, 5, "process", cores=4) == (2, None)
+
+
+def test_train_caps_workers_with_a_note_says_limit_0_and_prints_a_line_per_iteration(tmp_path, monkeypatch):
+    """Under a redirect (CliRunner's stdout is not a terminal) every iteration prints a line;
+    --workers 5 for one task runs one worker, with a note; --cost-limit -0 is limit 0."""
+    made = []
+    real = training_module.Workers
+    monkeypatch.setattr(training_module, "Workers", lambda *a, **k: made.append(a[2]) or real(*a, **k))
+    small = SMALL[:-2]   # without --workers 1
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--iterations", "2", *small, "--tasks", "1",
+                                        "--workers", "5", "--cost-limit", "-0", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert made == [1] and "note: --workers 5 capped to 1 (1 task" in res.output
+    progress = [line for line in lines(res.output) if line.startswith("it ")]
+    assert [line.split()[1] for line in progress] == ["0", "1"], res.output
+    assert all("(limit 0, discounted)" in line and line.endswith(" s") for line in progress)
+    assert "limit -0" not in res.output and "cost limit 0 (" in res.output
+
+
+def test_ctrl_c_while_setting_up_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_module, "initial_state", interrupted)
+    out = tmp_path / "r"
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", *SMALL, "--out", str(out)])
+    assert res.exit_code == 130 and "Traceback" not in res.output
+    assert len(lines(res.output)) == 1 and lines(res.output)[0].startswith("interrupted;")
+    assert not out.exists()   # created for the lock, nothing written: removed
