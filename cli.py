@@ -14,7 +14,34 @@ from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EP
                                 field_range)
 
 
-@click.group()
+class Main(click.Group):
+    """The command group; an OS error writing standard output (a full disk, a closed pipe)
+    is one line on standard error, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            _stdout_to_devnull()
+            raise click.ClickException(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _stdout_to_devnull():
+    """Point file descriptor 1 at /dev/null, so the exit's flush of what could not be written succeeds."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):   # no file descriptor (a test runner's stream)
+        pass
+
+
+@click.group(cls=Main)
 def main():
     """metacpo_ref: a reference implementation of Meta-CPO (arXiv 2312.10230)."""
 
@@ -65,13 +92,24 @@ def config_option(name, flag=None, **kw):
 
 def execution_options(fn):
     """--workers, --backend, --ray-address: how the per-task work runs (never what it computes)."""
-    fn = click.option("--ray-address", default=None,
-                      help="Address HOST:PORT of an existing Ray cluster [default: start a local one].")(fn)
+    fn = click.option("--ray-address", default=None, callback=_ray_address, metavar="HOST:PORT",
+                      help="Address HOST:PORT (or ray://HOST:PORT, or auto) of an existing Ray cluster, checked "
+                           "before anything is written [default: start a local one].")(fn)
     fn = click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
                       help="process: a local process pool; ray: Ray actors (pip install '.[ray]').")(fn)
     return click.option("--workers", type=Number(WORKERS), default=os.cpu_count() or 1, show_default="cores",
                         help="Processes (or Ray actors) for the per-task work, at most one per task (and per core "
                              "for processes: more are capped, with a note); results do not depend on it.")(fn)
+
+
+def _ray_address(ctx, param, value):
+    """--ray-address in a form Ray takes (workers.ray_address_form), refused while parsing."""
+    from metacpo_ref.workers import ray_address_form
+
+    try:
+        return None if value is None else ray_address_form(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
 
 
 def capped_workers(workers, tasks, backend):
@@ -120,9 +158,13 @@ RESUME_FREE = ("iterations",)
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its stored settings; only --iterations (the new total) "
                    "and --workers/--backend/--ray-address may change.")
+@click.option("--finished-ok", is_flag=True,
+              help="With --resume: a run that already has its iterations is not an error; say so and how to "
+                   "continue it, exit 0 (make train).")
 @execution_options
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
-          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
+          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, finished_ok,
+          workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.envs import parse_task
     from metacpo_ref.training import CheckpointError, RunBusy, run_lock
@@ -144,7 +186,7 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
              is not ParameterSource.DEFAULT}
     try:
         with run_lock(out_dir):
-            _train(values, given, out_dir, resume, workers, backend, ray_address)
+            _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; the checkpoint in {out_dir} (if any) is intact: continue with "
                    f"cli.py train {family} --resume --out {out_dir}", err=True)
@@ -157,12 +199,25 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
         raise click.ClickException(os_error(e))
 
 
-def _train(values, given, out_dir, resume, workers, backend, ray_address):
+def _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok=False):
     """The train command's work, in the locked run directory: open it, run, print."""
-    from metacpo_ref.training import prepare_run, resume_config, run_iterations
+    from metacpo_ref.training import load_checkpoint, prepare_run, resume_config, run_iterations
+    from metacpo_ref.workers import WorkerError, check_ray_address
 
     warn = lambda m: click.echo(f"warning: {m}", err=True)
     config = resume_config(out_dir, given) if resume else Config(**values)
+    if resume and finished_ok:
+        done = load_checkpoint(os.path.join(out_dir, "checkpoint.npz")).iteration
+        if config.iterations <= done:
+            click.echo(f"{out_dir} is finished ({done} iterations); continue it with `cli.py train "
+                       f"{config.family} --resume --iterations N --out {out_dir}` (N > {done}), or meta-test it "
+                       f"with `cli.py test {config.family} --checkpoint {out_dir}/checkpoint.npz`")
+            return
+    if backend == "ray" and ray_address:
+        try:
+            check_ray_address(ray_address)   # before anything is written
+        except WorkerError as e:
+            raise click.ClickException(str(e)) from None
     state = prepare_run(config, out_dir, resume, warn=warn)
     workers = capped_workers(workers, config.tasks, backend)
     iterations = config.iterations
@@ -229,10 +284,13 @@ def _measure(row):
 @execution_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (what plot reads as RUN/test.json) instead of a table.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON object to this file (e.g. RUN/test.json), atomically: a temporary file "
+                   "renamed once complete; nothing is written when the test fails.")
 def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy, seed,
-         workers, backend, ray_address, as_json):
+         workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
-    from metacpo_ref.training import CheckpointError, meta_test
+    from metacpo_ref.training import CheckpointError, meta_test, write_atomic
     from metacpo_ref.workers import WorkerError
 
     workers = capped_workers(workers, tasks, backend)
@@ -241,8 +299,17 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
                          backend, ray_address, eval_episodes, random_policy)
     except (CheckpointError, WorkerError) as e:
         raise click.ClickException(str(e))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; nothing written", err=True)
+        sys.exit(130)
+    text = json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1)
+    if out_file:
+        try:
+            write_atomic(out_file, lambda f: f.write((text + "\n").encode()))
+        except OSError as e:
+            raise click.ClickException(os_error(e))
     if as_json:
-        click.echo(json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1))
+        click.echo(text)
         return
     click.echo(f"cost limit {rows[0]['cost_limit']:g} on the {MEASURE_NAMES[rows[0]['cost_measure']]}; "
                f"{rows[0]['eval_episodes']} evaluation episodes per task and step; authors': their logged "

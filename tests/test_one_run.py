@@ -4,9 +4,11 @@ terminal, one line for Ctrl-C and OS errors on stdout, an atomic test --out."""
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,98 @@ def test_ctrl_c_while_setting_up_is_one_line_and_leaves_no_directory(tmp_path, m
     assert res.exit_code == 130 and "Traceback" not in res.output
     assert len(lines(res.output)) == 1 and lines(res.output)[0].startswith("interrupted;")
     assert not out.exists()   # created for the lock, nothing written: removed
+
+
+def test_ctrl_c_while_worker_processes_start_is_the_parents_alone():
+    """Ctrl-C to the whole process group while the pool's processes are still importing:
+    before, each printed its KeyboardInterrupt traceback (~30-60 lines); now they start with
+    SIGINT blocked and ignore it, and the parent alone is interrupted."""
+    code = textwrap.dedent("""
+        import sys
+        from metacpo_ref.workers import Workers
+        print("start", flush=True)
+        try:
+            with Workers("point-circle", None, 2):
+                print("started", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (130, "", "interrupted\n")
+
+
+# --- test --out, OS errors on stdout, make train on a finished run, the Ray address ------------
+
+QUICK_TEST = ["--tasks", "1", "--adapt-steps", "0", "--episodes", "1", "--eval-episodes", "1", "--workers", "1"]
+
+
+def test_test_out_is_written_whole_or_not_at_all(tiny_run, tmp_path, monkeypatch):
+    ckpt = str(tiny_run / "checkpoint.npz")
+    out = tmp_path / "test.json"
+    runner = CliRunner()
+    res = runner.invoke(cli.main, ["test", "point-circle", "--checkpoint", ckpt, *QUICK_TEST, "--json",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text()) == json.loads(res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.json"]   # no temporary left
+
+    def fails(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_module, "meta_test", fails)
+    again = tmp_path / "again.json"
+    res = runner.invoke(cli.main, ["test", "point-circle", "--checkpoint", ckpt, *QUICK_TEST, "--out", str(again)])
+    assert res.exit_code == 130 and lines(res.output) == ["interrupted; nothing written"]
+    monkeypatch.undo()
+    res = runner.invoke(cli.main, ["test", "point-circle", "--checkpoint", str(tmp_path / "none.npz"), *QUICK_TEST,
+                                   "--out", str(again)])
+    one_line_error(res, "no checkpoint")
+    res = runner.invoke(cli.main, ["test", "point-circle", "--checkpoint", ckpt, *QUICK_TEST,
+                                   "--out", str(tmp_path / "no" / "dir.json")])
+    one_line_error(res, str(tmp_path / "no" / "dir.json.tmp"), "No such file or directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.json"]
+
+
+@pytest.mark.parametrize("argv", [["rollout", "point-circle", "--tasks", "1"], ["gradcheck", "--json"]])
+def test_a_full_stdout_is_one_line(argv):
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "cli.py", *argv], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=600)
+    assert res.returncode == 1 and res.stderr == "Error: cannot write to standard output: No space left on device\n"
+
+
+def test_make_train_on_a_finished_run_says_how_to_continue(run_copy):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--resume", "--finished-ok", "--out", str(run_copy)])
+    assert res.exit_code == 0, res.output
+    assert lines(res.output) == [f"{run_copy} is finished (1 iterations); continue it with `cli.py train point-circle "
+                                 f"--resume --iterations N --out {run_copy}` (N > 1), or meta-test it with "
+                                 f"`cli.py test point-circle --checkpoint {run_copy}/checkpoint.npz`"]
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--resume", "--out", str(run_copy)])
+    one_line_error(res, "already has 1 iterations")   # without the flag: still an error
+    recipe = (ROOT / "Makefile").read_text().split("\ntrain:", 1)[1].split("\n\n", 1)[0]
+    assert "--resume --finished-ok" in recipe
+
+
+@pytest.mark.parametrize("address", ["garbage", "host:0", "host:65536", ":6379", "http://host:1", "host:port"])
+def test_a_bad_ray_address_is_refused_while_parsing(tmp_path, monkeypatch, address):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--backend", "ray", "--ray-address", address,
+                                        "--out", "run"])
+    assert res.exit_code == 2 and f"Invalid value for '--ray-address': {address!r} is not HOST:PORT" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_ray_address_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", *SMALL, "--backend", "ray",
+                                        "--ray-address", "127.0.0.1:1", "--out", str(out)])
+    one_line_error(res, "cannot reach the Ray cluster at 127.0.0.1:1")
+    assert "checkpoint" not in res.output and not out.exists()
