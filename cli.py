@@ -339,8 +339,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
     RUN_DIRS may be a glob such as results/FAMILY/*: files among them (logs)
     are skipped with a note.
 
-    Runs are grouped by algorithm (config.json); mean and standard error over
-    seeds, runs of different lengths on the x range they all cover (see
+    Runs are pooled when their settings (config.json) agree apart from the seed, else drawn
+    apart and labelled by what differs; mean and standard error over seeds, runs of different lengths on the x range they all cover (see
     metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
     from metacpo_ref.plots import PlotError, group, plot as draw
 

@@ -294,3 +294,35 @@ def test_an_unreachable_ray_address_is_refused_before_anything_is_written(tmp_pa
                                         "--ray-address", "127.0.0.1:1", "--out", str(out)])
     one_line_error(res, "cannot reach the Ray cluster at 127.0.0.1:1")
     assert "checkpoint" not in res.output and not out.exists()
+
+
+# --- plot pools runs only when their settings agree ----------------------------------------------
+
+def plot_run(path, algo, seed, row_limit=10.0, **settings):
+    from metacpo_ref import plots
+
+    config = {"family": "point-circle", "algo": algo, "seed": seed, "iterations": 2, "tasks": 3, **settings}
+    rows = [{"iteration": i, "env_steps": 100 * (i + 1), "return": float(i), "cost": 5.0, "cost_limit": row_limit}
+            for i in range(2)]
+    return plots.Run(str(path), config, rows)
+
+
+def test_plot_pools_only_runs_whose_settings_agree_apart_from_the_seed_and_labels_each_limit():
+    from metacpo_ref import plots
+
+    runs = [plot_run("a", "meta-cpo", 0, inner_metric="fisher"), plot_run("b", "meta-cpo", 1, inner_metric="fisher"),
+            plot_run("c", "meta-cpo", 0, inner_metric="identity"), plot_run("d", "cpo", 0),
+            plot_run("e", "cpo", 0, row_limit=25.0, cost_limit=25.0)]
+    groups = plots.group(runs)
+    assert {label: [r.path for r in rs] for label, rs in groups.items()} == {
+        "meta-cpo (inner_metric=fisher)": ["a", "b"], "meta-cpo (inner_metric=identity)": ["c"],
+        "cpo (cost_limit=None)": ["d"], "cpo (cost_limit=25.0)": ["e"]}
+    assert list(plots.group(runs[:2])) == ["meta-cpo"]   # one curve per algorithm: labelled as before
+    # a run from before a setting was added agrees with one that states the value it used
+    assert len(plots.group([plot_run("f", "cpo", 0), plot_run("g", "cpo", 1, cost_measure="episode")])) == 1
+    fig = plots.figure(runs)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "cost limit 10" in labels and "cost limit 25" in labels
+    assert {f"{label} (n={len(rs)})" for label, rs in groups.items()} <= set(labels)
+    palette = plots.colors(list(groups))
+    assert len(set(palette.values())) == len(groups) and plots.colors(["cpo"]) == {"cpo": plots.COLORS["cpo"]}
