@@ -163,8 +163,8 @@ RESUME_FREE = ("iterations",)
                    "continue it, exit 0 (make train).")
 @execution_options
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
-          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, finished_ok,
-          workers, backend, ray_address):
+          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume,
+          finished_ok, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.envs import parse_task
     from metacpo_ref.training import CheckpointError, RunBusy, run_lock
@@ -340,8 +340,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
     are skipped with a note.
 
     Runs are pooled when their settings (config.json) agree apart from the seed, else drawn
-    apart and labelled by what differs; mean and standard error over seeds, runs of different lengths on the x range they all cover (see
-    metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
+    apart and labelled by what differs; mean and standard error over seeds, runs of different
+    lengths on the x range they all cover (see metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
     from metacpo_ref.plots import PlotError, group, plot as draw
 
     try:

@@ -299,8 +299,8 @@ class Config:
     cost_limit: float = setting(None, "Cost limit per episode, in cost_measure; None: the family's "
                                 "training limit (paper, Fig. 5). 0 is valid and means no cost at all: a batch "
                                 "with any cost event violates it (b > 0), so every step works on the cost "
-                                "first; negative limits are refused (costs are >= 0: nothing meets them), and so are limits "
-                                "above 1e6 (they never bind, and overflow the arithmetic from ~1e154).",
+                                "first; negative limits are refused (costs are >= 0: nothing meets them), and so are "
+                                "limits above 1e6 (they never bind, and overflow the arithmetic from ~1e154).",
                                 COST_LIMIT)
     hidden: tuple = setting(HIDDEN, "Hidden layer sizes of the policy MLP (paper, Section 5).")
     gamma: float = setting(GAMMA, "Discount factor (authors' code).", Range(0, 1, low_open=True))
