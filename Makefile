@@ -19,7 +19,7 @@ $(STAMP): setup.py Makefile
 RUN := runs/point-button-meta-cpo-seed0
 
 train: $(STAMP)
-	$(PY) cli.py train point-button $(if $(wildcard $(RUN)/checkpoint.npz),--resume,)
+	$(PY) cli.py train point-button $(if $(wildcard $(RUN)/checkpoint.npz),--resume --finished-ok,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -9,12 +9,39 @@ from click.core import ParameterSource
 
 from metacpo_ref.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ALGOS, CAR_WALLS, COST_MEASURES, COUNT, FAMILIES, INNER_METRICS, META_TEST_TASKS,
-                                OUTER_METRICS, Config, Range,
-                                field_doc, field_range)
+from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILIES, INNER_METRICS,
+                                META_TEST_TASKS, OUTER_METRICS, SMOOTH, TASKS, WORKERS, Config, field_doc,
+                                field_range)
 
 
-@click.group()
+class Main(click.Group):
+    """The command group; an OS error writing standard output (a full disk, a closed pipe)
+    is one line on standard error, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            _stdout_to_devnull()
+            raise click.ClickException(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _stdout_to_devnull():
+    """Point file descriptor 1 at /dev/null, so the exit's flush of what could not be written succeeds."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):   # no file descriptor (a test runner's stream)
+        pass
+
+
+@click.group(cls=Main)
 def main():
     """metacpo_ref: a reference implementation of Meta-CPO (arXiv 2312.10230)."""
 
@@ -35,7 +62,7 @@ class Number(click.ParamType):
 
     def get_metavar(self, param, ctx=None):
         """E.g. ``INTEGER>=1``: the valid range in every --help."""
-        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1]
+        bound = self.valid.describe().split(" ", 2 if self.valid.integer else 3)[-1].removeprefix("in ")
         return self.name.upper() + bound.replace(" ", "")
 
     def convert(self, value, param, ctx):
@@ -47,7 +74,7 @@ class Number(click.ParamType):
                 v = None
         if v is None or not self.valid.contains(v):
             self.fail(f"{value!r} is not {self.valid.describe()}", param, ctx)
-        return v
+        return abs(v) if v == 0 else v   # -0 is 0
 
 
 def config_option(name, flag=None, **kw):
@@ -65,12 +92,35 @@ def config_option(name, flag=None, **kw):
 
 def execution_options(fn):
     """--workers, --backend, --ray-address: how the per-task work runs (never what it computes)."""
-    fn = click.option("--ray-address", default=None,
-                      help="Address HOST:PORT of an existing Ray cluster [default: start a local one].")(fn)
+    fn = click.option("--ray-address", default=None, callback=_ray_address, metavar="HOST:PORT",
+                      help="Address HOST:PORT (or ray://HOST:PORT, or auto) of an existing Ray cluster, checked "
+                           "before anything is written [default: start a local one].")(fn)
     fn = click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
                       help="process: a local process pool; ray: Ray actors (pip install '.[ray]').")(fn)
-    return click.option("--workers", type=Number(COUNT), default=os.cpu_count() or 1, show_default="cores",
-                        help="Processes (or Ray actors) for the per-task work; results do not depend on it.")(fn)
+    return click.option("--workers", type=Number(WORKERS), default=os.cpu_count() or 1, show_default="cores",
+                        help="Processes (or Ray actors) for the per-task work, at most one per task (and per core "
+                             "for processes: more are capped, with a note); results do not depend on it.")(fn)
+
+
+def _ray_address(ctx, param, value):
+    """--ray-address in a form Ray takes (workers.ray_address_form), refused while parsing."""
+    from metacpo_ref.workers import ray_address_form
+
+    try:
+        return None if value is None else ray_address_form(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+def capped_workers(workers, tasks, backend):
+    """The workers to start for ``tasks`` jobs at a time; a note when an explicit --workers is capped."""
+    from metacpo_ref.workers import worker_count
+
+    n, why = worker_count(workers, tasks, backend)
+    source = click.get_current_context().get_parameter_source("workers")
+    if why and source is not ParameterSource.DEFAULT:
+        click.echo(f"note: --workers {workers} capped to {n} ({why})", err=True)
+    return n
 
 
 def os_error(e):
@@ -108,14 +158,17 @@ RESUME_FREE = ("iterations",)
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its stored settings; only --iterations (the new total) "
                    "and --workers/--backend/--ray-address may change.")
+@click.option("--finished-ok", is_flag=True,
+              help="With --resume: a run that already has its iterations is not an error; say so and how to "
+                   "continue it, exit 0 (make train).")
 @execution_options
 def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
-          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume, workers, backend, ray_address):
+          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume,
+          finished_ok, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
-    from metacpo_ref.training import CheckpointError, prepare_run, resume_config, run_iterations
-    from metacpo_ref.workers import WorkerError
-
     from metacpo_ref.envs import parse_task
+    from metacpo_ref.training import CheckpointError, RunBusy, run_lock
+    from metacpo_ref.workers import WorkerError
 
     try:
         task = None if task_text is None else parse_task(family, task_text, car_walls).params
@@ -128,51 +181,76 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
                   recover_above_limit=recover_above_limit, split_meta_gradient=split_meta_gradient, vf_ftol=vf_ftol)
     out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
     ctx = click.get_current_context()
-    warn = lambda m: click.echo(f"warning: {m}", err=True)
+    given = {k: v for k, v in values.items()
+             if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
+             is not ParameterSource.DEFAULT}
     try:
-        if resume:
-            given = {k: v for k, v in values.items()
-                     if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
-                     is not ParameterSource.DEFAULT}
-            config = resume_config(out_dir, given)
-        else:
-            config = Config(**values)
-        state = prepare_run(config, out_dir, resume, warn=warn)
-    except CheckpointError as e:
+        with run_lock(out_dir):
+            _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; the checkpoint in {out_dir} (if any) is intact: continue with "
+                   f"cli.py train {family} --resume --out {out_dir}", err=True)
+        sys.exit(130)
+    except (CheckpointError, RunBusy) as e:
         raise click.ClickException(str(e))
+    except WorkerError as e:
+        raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
     except OSError as e:
         raise click.ClickException(os_error(e))
+
+
+def _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok=False):
+    """The train command's work, in the locked run directory: open it, run, print."""
+    from metacpo_ref.training import load_checkpoint, prepare_run, resume_config, run_iterations
+    from metacpo_ref.workers import WorkerError, check_ray_address
+
+    warn = lambda m: click.echo(f"warning: {m}", err=True)
+    config = resume_config(out_dir, given) if resume else Config(**values)
+    if resume and finished_ok:
+        done = load_checkpoint(os.path.join(out_dir, "checkpoint.npz")).iteration
+        if config.iterations <= done:
+            click.echo(f"{out_dir} is finished ({done} iterations); continue it with `cli.py train "
+                       f"{config.family} --resume --iterations N --out {out_dir}` (N > {done}), or meta-test it "
+                       f"with `cli.py test {config.family} --checkpoint {out_dir}/checkpoint.npz`")
+            return
+    if backend == "ray" and ray_address:
+        try:
+            check_ray_address(ray_address)   # before anything is written
+        except WorkerError as e:
+            raise click.ClickException(str(e)) from None
+    state = prepare_run(config, out_dir, resume, warn=warn)
+    workers = capped_workers(workers, config.tasks, backend)
     iterations = config.iterations
-    click.echo(f"{config.algo} on {family}: iterations {state.iteration}..{iterations - 1}, "
+    click.echo(f"{config.algo} on {config.family}: iterations {state.iteration}..{iterations - 1}, "
                f"{config.tasks} tasks x {config.n_episodes} episodes per batch, "
                f"cost limit {config.train_cost_limit:g} ({MEASURE_NAMES[config.cost_measure]}), "
                f"run directory {out_dir}")
     last = {}
-
-    def show(row):
-        if not row:
-            return ""
-        return (f"it {row['iteration']} return {row['return']:.2f} "
-                f"cost {row['cost']:.1f} (limit {row['cost_limit']:g}{_measure(row)})")
-
+    rows = run_iterations(state, out_dir, workers, backend, ray_address)
     try:
-        with click.progressbar(run_iterations(state, out_dir, workers, backend, ray_address),
-                               length=iterations - state.iteration,
-                               label="training", item_show_func=show, show_eta=True) as bar:
-            for row in bar:
+        if sys.stdout.isatty():
+            with click.progressbar(rows, length=iterations - state.iteration, label="training",
+                                   item_show_func=_show, show_eta=True) as bar:
+                for row in bar:
+                    last = row
+        else:   # redirected (nohup, a log file): a line per iteration instead of a bar nobody sees
+            for row in rows:
                 last = row
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; the checkpoint in {out_dir} is intact: continue with "
-                   f"cli.py train {family} --resume --out {out_dir}", err=True)
-        sys.exit(130)
-    except WorkerError as e:
-        raise click.ClickException(f"{e}; the last checkpoint in {out_dir} is intact (--resume continues)")
+                click.echo(f"{_show(row)}, {row['time_total']:.1f} s")
     except OSError as e:
-        raise click.ClickException(f"{os_error(e)}; the last checkpoint in {out_dir} is intact "
-                                   "(--resume continues)")
+        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint in {out_dir} is intact "
+                      "(--resume continues)", e.filename) from None
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}{_measure(last)}); {out_dir}/metrics.jsonl")
+
+
+def _show(row):
+    """The progress of one iteration's metrics row."""
+    if not row:
+        return ""
+    return (f"it {row['iteration']} return {row['return']:.2f} "
+            f"cost {row['cost']:.1f} (limit {row['cost_limit']:g}{_measure(row)})")
 
 
 MEASURE_NAMES = {"discounted": "discounted J_C per episode", "episode": "undiscounted cost per episode"}
@@ -187,13 +265,13 @@ def _measure(row):
 @click.argument("family", type=FAMILY)
 @click.option("--checkpoint", "checkpoint", type=click.Path(), required=True,
               help="checkpoint.npz of a run of `cli.py train` on FAMILY.")
-@config_option("local_steps", "--adapt-steps", type=Number(Range(0, integer=True)),
+@config_option("local_steps", "--adapt-steps", type=Number(ADAPT_STEPS),
                help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
-@click.option("--tasks", type=Number(COUNT), default=META_TEST_TASKS, show_default=True,
+@click.option("--tasks", type=Number(TASKS), default=META_TEST_TASKS, show_default=True,
               help="Unseen test tasks (Table 1 test ranges).")
-@click.option("--episodes", type=Number(COUNT), default=None,
+@click.option("--episodes", type=Number(EPISODES), default=None,
               help="Episodes per adaptation batch [default: the run's batch size].")
-@click.option("--eval-episodes", type=Number(COUNT), default=None,
+@click.option("--eval-episodes", type=Number(EPISODES), default=None,
               help="Separate evaluation episodes of each adapted policy, the same layouts at every step and for "
                    "every checkpoint [default: the run's batch size].")
 @config_option("cost_limit", help="Cost limit per episode, in the run's cost measure [default: the family's test "
@@ -206,19 +284,32 @@ def _measure(row):
 @execution_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (what plot reads as RUN/test.json) instead of a table.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON object to this file (e.g. RUN/test.json), atomically: a temporary file "
+                   "renamed once complete; nothing is written when the test fails.")
 def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy, seed,
-         workers, backend, ray_address, as_json):
+         workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
-    from metacpo_ref.training import CheckpointError, meta_test
+    from metacpo_ref.training import CheckpointError, meta_test, write_atomic
     from metacpo_ref.workers import WorkerError
 
+    workers = capped_workers(workers, tasks, backend)
     try:
         rows = meta_test(checkpoint, family, tasks, local_steps, episodes, cost_limit, deterministic, seed, workers,
                          backend, ray_address, eval_episodes, random_policy)
     except (CheckpointError, WorkerError) as e:
         raise click.ClickException(str(e))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; nothing written", err=True)
+        sys.exit(130)
+    text = json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1)
+    if out_file:
+        try:
+            write_atomic(out_file, lambda f: f.write((text + "\n").encode()))
+        except OSError as e:
+            raise click.ClickException(os_error(e))
     if as_json:
-        click.echo(json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1))
+        click.echo(text)
         return
     click.echo(f"cost limit {rows[0]['cost_limit']:g} on the {MEASURE_NAMES[rows[0]['cost_measure']]}; "
                f"{rows[0]['eval_episodes']} evaluation episodes per task and step; authors': their logged "
@@ -236,7 +327,7 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Image file (.png, .pdf, .svg).")
 @click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True,
               help="x axis of the training curves.")
-@click.option("--smooth", type=Number(COUNT), default=1, show_default=True,
+@click.option("--smooth", type=Number(SMOOTH), default=1, show_default=True,
               help="Moving average over N iterations of each run's training curves (1: none).")
 @click.option("--adapted/--no-adapted", default=True, show_default=True,
               help="Also draw the meta algorithms' curves after the local steps (dashed).")
@@ -248,9 +339,9 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
     RUN_DIRS may be a glob such as results/FAMILY/*: files among them (logs)
     are skipped with a note.
 
-    Runs are grouped by algorithm (config.json); mean and standard error over
-    seeds, runs of different lengths on the x range they all cover (see
-    metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
+    Runs are pooled when their settings (config.json) agree apart from the seed, else drawn
+    apart and labelled by what differs; mean and standard error over seeds, runs of different
+    lengths on the x range they all cover (see metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
     from metacpo_ref.plots import PlotError, group, plot as draw
 
     try:
@@ -268,8 +359,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
 @click.argument("family", type=FAMILY)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Table 1 range the tasks are drawn from.")
-@click.option("--tasks", "n_tasks", type=Number(COUNT), default=3, show_default=True, help="Tasks sampled.")
-@click.option("--episodes", type=Number(COUNT), default=1, show_default=True, help="Episodes per task.")
+@click.option("--tasks", "n_tasks", type=Number(TASKS), default=3, show_default=True, help="Tasks sampled.")
+@click.option("--episodes", type=Number(EPISODES), default=1, show_default=True, help="Episodes per task.")
 @config_option("seed", help="Seed of the tasks and episodes.")
 def rollout(family, split, n_tasks, episodes, seed):
     """Run a uniformly random policy on sampled tasks of FAMILY and print return, cost and speed."""

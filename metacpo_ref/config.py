@@ -232,9 +232,32 @@ class Range:
 
 
 COUNT = Range(1, integer=True)              # 1, 2, ...
-SEED = Range(0, integer=True)               # numpy's SeedSequence takes non-negative integers
+SEED = Range(0, integer=True)               # numpy's SeedSequence takes non-negative integers of any size
 POSITIVE = Range(0, low_open=True)          # finite, > 0
-COST_LIMIT = Range(0)                       # finite, >= 0: see Config.cost_limit
+
+# Upper bounds of the command line's numbers (issue 32), checked while parsing, before any work.
+# Generous: far beyond any run of the paper or of this repository, they only refuse what would
+# exhaust memory or time before the first line of output, or overflow the arithmetic.
+MAX_ITERATIONS = 100_000   # 2000x the default 50; at ~22 s per point-button meta-iteration (README) ~25 days
+MAX_TASKS = 1_000          # 200x the paper's 5 per iteration, 200x META_TEST_TASKS; the tasks are sampled
+                           # (and meta-testing holds them all) before anything is printed
+MAX_LOCAL_STEPS = 100      # 20x the paper's K = 5; the meta-gradient differentiates through all K steps, so its
+                           # memory grows with K (each task holds K + 1 batches)
+MAX_EPISODES = 1_000       # 167-333x the families' batches of 3-6 episodes: a batch of 1000 point-button episodes
+                           # is 1M steps, ~0.5 GB of observations; 10^9 allocated ~4 GB in one call Ctrl-C
+                           # could not stop (issue 32)
+MAX_COST_LIMIT = 1e6       # costs are >= 0 and at most a few per step over <= 1000 steps, so any limit above ~1e4
+                           # never binds; 1e160 passed and then overflowed (b^2 in eq. 9's dual) in iteration 0
+MAX_WORKERS = 1_024        # and at most the tasks (and, for the process backend, the cores): cli.py caps it
+
+ITERATIONS = Range(1, MAX_ITERATIONS, integer=True)
+TASKS = Range(1, MAX_TASKS, integer=True)
+LOCAL_STEPS_RANGE = Range(1, MAX_LOCAL_STEPS, integer=True)
+ADAPT_STEPS = Range(0, MAX_LOCAL_STEPS, integer=True)   # meta-testing: k = 0 alone is valid
+EPISODES = Range(1, MAX_EPISODES, integer=True)
+COST_LIMIT = Range(0, MAX_COST_LIMIT)       # finite, >= 0: see Config.cost_limit
+WORKERS = Range(1, MAX_WORKERS, integer=True)
+SMOOTH = Range(1, MAX_ITERATIONS, integer=True)          # plot: a moving average no longer than any run
 
 
 def setting(default, doc, valid=None):
@@ -257,11 +280,11 @@ class Config:
     iterations: int = setting(META_ITERATIONS, "Meta-iterations (baselines: iterations) of the whole run, "
                               "counted from 0; on --resume the new total (measured: ~22 s per default "
                               "point-button meta-iteration, one worker, README). CPO / TRPO collect one batch per "
-                              "task per iteration, a meta-iteration K + 1: at K = 5, 300 match 50.", COUNT)
-    tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", COUNT)
-    local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", COUNT)
+                              "task per iteration, a meta-iteration K + 1: at K = 5, 300 match 50.", ITERATIONS)
+    tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", TASKS)
+    local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", LOCAL_STEPS_RANGE)
     episodes: int = setting(None, "Episodes per batch; None: the family's (6 for the circle families, "
-                            "3 for point-button: ~3000 steps, authors' code).", COUNT)
+                            "3 for point-button: ~3000 steps, authors' code).", EPISODES)
     seed: int = setting(0, "Seed of everything random: initial parameters, tasks, every batch "
                         "(keyed by seed, iteration, task, step).", SEED)
     cost_measure: str = setting(COST_MEASURE, "What the cost limit is on: discounted, the paper's J_C = "
@@ -276,7 +299,8 @@ class Config:
     cost_limit: float = setting(None, "Cost limit per episode, in cost_measure; None: the family's "
                                 "training limit (paper, Fig. 5). 0 is valid and means no cost at all: a batch "
                                 "with any cost event violates it (b > 0), so every step works on the cost "
-                                "first; negative limits are refused (costs are >= 0: nothing meets them).",
+                                "first; negative limits are refused (costs are >= 0: nothing meets them), and so are "
+                                "limits above 1e6 (they never bind, and overflow the arithmetic from ~1e154).",
                                 COST_LIMIT)
     hidden: tuple = setting(HIDDEN, "Hidden layer sizes of the policy MLP (paper, Section 5).")
     gamma: float = setting(GAMMA, "Discount factor (authors' code).", Range(0, 1, low_open=True))
@@ -356,6 +380,8 @@ class Config:
             valid, v = f.metadata["range"], getattr(self, f.name)
             if valid is not None and v is not None:
                 valid.check(f.name, v)
+        if self.cost_limit == 0:   # -0.0 (a valid limit) is 0 ("limit -0" said nothing more)
+            object.__setattr__(self, "cost_limit", abs(self.cost_limit))
         if not self.hidden or not all(COUNT.contains(h) for h in self.hidden):
             raise ValueError(f"hidden must be a non-empty list of integers >= 1, got {self.hidden!r}")
 

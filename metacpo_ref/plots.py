@@ -10,8 +10,10 @@ and cost on unseen tasks against the adaptation step k = 0..K. The cost limit is
 a dashed black line in every cost panel (the training limit from the metrics
 rows, the test limit from ``test.json``: they differ for car-circle-hazard).
 
-Runs are grouped by the ``algo`` of their ``config.json``; every algorithm has a
-fixed colour. Each curve is the mean over that algorithm's runs (seeds) with a
+Runs are pooled into one curve when their ``config.json`` settings agree apart from the
+seed (and the number of iterations); runs of other settings are drawn apart, labelled
+by what differs (:func:`group`); every algorithm has a fixed colour. Each cost limit
+is a line of its own, labelled with its value. Each curve is the mean over that algorithm's runs (seeds) with a
 band of one standard error, ``std(ddof=1) / sqrt(n)`` across runs (no band for
 a single run). How runs of different lengths are combined, how smoothing is
 done and how the test rows are aggregated: see :func:`aggregate`,
@@ -20,6 +22,7 @@ done and how the test rows are aggregated: see :func:`aggregate`,
 Pure functions apart from :func:`load_run` (reads a directory) and
 :func:`plot` (writes the image); matplotlib runs headless (Agg).
 """
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from metacpo_ref.config import ALGOS  # noqa: E402
-from metacpo_ref.training import scan_metrics  # noqa: E402
+from metacpo_ref.training import BEFORE_FIELD, config_from_dict, scan_metrics  # noqa: E402
 
 COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}
 OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -80,6 +83,16 @@ def color(algo):
     return OTHER_COLORS[sum(map(ord, algo)) % len(OTHER_COLORS)]
 
 
+def colors(labels):
+    """``{label: colour}``: an algorithm's fixed colour for a curve labelled by it alone, the
+    other curves (an algorithm drawn apart by its settings) each a colour no other curve has."""
+    out = {lab: COLORS[lab] for lab in labels if lab in COLORS}
+    spare = [c for c in (*COLORS.values(), *OTHER_COLORS) if c not in out.values()]
+    for i, lab in enumerate(lab for lab in labels if lab not in out):
+        out[lab] = spare[i] if i < len(spare) else color(lab)
+    return out
+
+
 # --- loading ----------------------------------------------------------------------------
 
 def load_run(path, test_name="test.json"):
@@ -110,7 +123,8 @@ def load_run(path, test_name="test.json"):
     warnings, test = [], None
     if bad:
         warnings.append(f"{path}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row "
-                        f"(damaged or cut off); left out, the other {len(rows)} rows are plotted")
+                        "(damaged, cut off, or a duplicated or out-of-order iteration); left out, the other "
+                        f"{len(rows)} rows are plotted")
     for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
         if key not in rows[0]:
             raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")
@@ -171,13 +185,46 @@ def load_runs(paths, test_name="test.json"):
     return runs, warnings
 
 
+POOLED_OVER = ("seed", "iterations")   # what may differ between the runs of one curve (iterations: see aggregate)
+
+
+def settings(run):
+    """The settings of ``run`` that its curve is drawn for: its config (as it loads for resume,
+    so fields added later take the value the run used) without :data:`POOLED_OVER`."""
+    try:
+        config = dataclasses.asdict(config_from_dict(run.config))
+    except (KeyError, TypeError, ValueError):   # a hand-made or partial config: as written
+        config = {**BEFORE_FIELD, **run.config}
+    config = json.loads(json.dumps(config))   # as written to config.json (tuples as lists)
+    return {k: v for k, v in config.items() if k not in POOLED_OVER}
+
+
 def group(runs):
-    """``{algo: [runs]}``, algorithms in the order of ``config.ALGOS`` (others after, by name)."""
-    out = {}
+    """``{label: [runs]}``: runs pooled into one curve only when their settings agree apart
+    from the seed (:func:`settings`), algorithms in the order of ``config.ALGOS`` (others
+    after, by name). The label is the algorithm, followed, when an algorithm has runs of
+    different settings, by the settings in which its curves differ (e.g.
+    ``meta-cpo (inner_metric=identity, outer_metric=identity)``)."""
+    curves = []   # (algo, settings, runs)
     for r in runs:
-        out.setdefault(r.algo, []).append(r)
+        key = settings(r)
+        for algo, k, rs in curves:
+            if algo == r.algo and k == key:
+                rs.append(r)
+                break
+        else:
+            curves.append((r.algo, key, [r]))
     order = {a: i for i, a in enumerate(ALGOS)}
-    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    out = {}
+    for algo, key, rs in sorted(curves, key=lambda c: (order.get(c[0], len(order)), c[0])):
+        out[_label(algo, key, [k for a, k, _ in curves if a == algo])] = rs
+    return out
+
+
+def _label(algo, key, keys):
+    """``algo`` and the settings of ``key`` that differ among ``keys`` (the algorithm's curves)."""
+    differ = sorted({name for k in keys for name in set(k) | set(key) if k.get(name) != key.get(name)})
+    return algo + (f" ({', '.join(f'{name}={key.get(name)}' for name in differ)})" if differ else "")
 
 
 # --- aggregation ------------------------------------------------------------------------
@@ -285,9 +332,14 @@ def _cost_label(rows):
     return " / ".join(COST_LABELS[m] for m in measures) + (" (mixed measures)" if len(measures) > 1 else "")
 
 
+LIMIT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+
+
 def _limits(ax, limits):
-    for lim in sorted(limits):
-        ax.axhline(lim, color="black", linestyle="--", linewidth=1.5, label="cost limit", zorder=3)
+    """One black line per cost limit, each labelled with its value and drawn in its own style."""
+    for i, lim in enumerate(sorted(limits)):
+        ax.axhline(lim, color="black", linestyle=LIMIT_STYLES[i % len(LIMIT_STYLES)], linewidth=1.5,
+                   label=f"cost limit {lim:g}", zorder=3)
 
 
 def figure(runs, x="env-steps", n_smooth=1, adapted=True):
@@ -300,6 +352,7 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     if not runs:
         raise PlotError("no runs to plot")
     groups = group(runs)
+    palette = colors(list(groups))
     tested = {a: [r.test for r in rs if r.test is not None] for a, rs in groups.items()}
     tested = {a: t for a, t in tested.items() if t}
     nrows = 2 if tested else 1
@@ -307,7 +360,7 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     xlabel = X_AXES[x][1]
 
     for algo, rs in groups.items():
-        c = color(algo)
+        c = palette[algo]
         for col, key in enumerate(("return", "cost")):
             ax = axes[0, col]
             _band(ax, training_curve(rs, key, x, n_smooth), c, f"{algo} (n={len(rs)})", linewidth=1.8)
@@ -329,7 +382,7 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     if tested:
         order = list(groups)
         for i, (algo, tests) in enumerate(tested.items()):
-            c = color(algo)
+            c = palette[algo]
             dodge = 0.06 * (order.index(algo) - (len(order) - 1) / 2)
             for col, key in enumerate(("return", "cost")):
                 cur = aggregate_test(tests, key)
@@ -354,7 +407,7 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     for ax in axes[0]:   # (the meta-testing panel has its own legend)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab.split(" (n=")[0], (h, lab))
-    ncol = min(4, len(handles))
+    ncol = min(4 if max(map(len, handles)) < 40 else 2, len(handles))
     fig.legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], loc="lower center",
                ncol=ncol, frameon=False, fontsize=9)
     family = runs[0].family

@@ -9,8 +9,10 @@ step) (see :mod:`metacpo_ref.rollouts`), so a resumed run gives the same
 numbers as an uninterrupted one. Checkpoints are written to a temporary file
 and renamed, so an interruption never leaves a broken one.
 """
+import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import time
@@ -149,6 +151,74 @@ def load_checkpoint(path, family=None):
 
 # --- training -------------------------------------------------------------------
 
+LOCK_NAME = ".lock"   # in a run directory: the pid of the process training into it (held by flock)
+
+
+class RunBusy(RuntimeError):
+    """Another live process is training into the run directory (it holds the lock)."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir):
+    """Hold the run directory ``out_dir`` for this process (created if missing) while the
+    ``with`` block runs: an exclusive ``flock`` on ``out_dir/.lock``, which holds our pid.
+    Another process holding it is :class:`RunBusy` naming the directory and its pid.
+    The kernel releases a dead process's ``flock``, so a lock file left by a killed run
+    is taken over. On every exit (an exception or Ctrl-C included) the lock file is
+    removed, and the directory too if this call created it and nothing was written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory (choose another --out)", str(out))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _acquire(out / LOCK_NAME)
+    except BaseException:
+        _remove_if_empty(out, created)
+        raise
+    try:
+        yield out
+    finally:
+        (out / LOCK_NAME).unlink(missing_ok=True)   # before closing: whoever opens it next opens a new file
+        lock.close()
+        _remove_if_empty(out, created)
+
+
+def _acquire(path):
+    """The open lock file ``path``, locked by this process with our pid written in it."""
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise RunBusy(f"{path.parent} is in use by another training process (pid {pid}); wait for it to "
+                          "end, or choose another --out") from None
+        except BaseException:
+            f.close()
+            raise
+        try:   # the previous holder may have removed the file between our open and our flock
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _remove_if_empty(out, created):
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
 RESUMABLE_CHANGES = ("iterations",)   # what --resume may change; everything else must match
 
 
@@ -233,7 +303,8 @@ def prepare_run(config, out_dir, resume=False, warn=_warn):
     if bad:
         with open(out / "metrics.jsonl.bad", "a") as f:
             f.writelines(line + "\n" for _, line in bad)
-        warn(f"{out}/metrics.jsonl: {len(bad)} unparseable line(s) (line {', '.join(str(n) for n, _ in bad)}) "
+        warn(f"{out}/metrics.jsonl: {len(bad)} damaged, duplicated or out-of-order line(s) "
+             f"(line {', '.join(str(n) for n, _ in bad)}) "
              f"moved to {out}/metrics.jsonl.bad; the other rows are kept")
     kept = [r for r in rows if r["iteration"] < state.iteration]
     missing = sorted(set(range(state.iteration)) - {r["iteration"] for r in kept})
@@ -262,8 +333,13 @@ def _remove_stale_tmp(out):
         tmp.unlink()
 
 
+SAME_RUN = ("family", "algo", "cost_measure")   # a config.json differing in these is another run's
+
+
 def _check_config_copy(out, config, warn):
-    """Warn (and let the caller rewrite it) if ``config.json`` is not the checkpoint's config."""
+    """Warn (and let the caller rewrite it) if ``config.json`` is not the checkpoint's config;
+    :class:`CheckpointError` if it is another run's (:data:`SAME_RUN` differ): two runs
+    were written into one directory, and neither is trusted over the other."""
     path = out / "config.json"
     try:
         copy = config_from_dict(json.loads(path.read_text()))
@@ -272,6 +348,12 @@ def _check_config_copy(out, config, warn):
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         return warn(f"{path} is unreadable ({type(e).__name__}); rewritten from the checkpoint (which is trusted)")
     old, new = dataclasses.asdict(copy), dataclasses.asdict(config)
+    other = [k for k in SAME_RUN if old[k] != new[k]]
+    if other:
+        raise CheckpointError(
+            f"{out} mixes two runs: checkpoint.npz is of {', '.join(f'{k} {new[k]!r}' for k in other)}, "
+            f"config.json of {', '.join(repr(old[k]) for k in other)}; refusing to resume (move one run's "
+            "files to its own directory, or start again in a new --out)")
     diff = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
     if diff:
         warn(f"{path} disagrees with the checkpoint ({', '.join(f'{k} {old.get(k)!r}' for k in diff)} "
@@ -281,8 +363,10 @@ def _check_config_copy(out, config, warn):
 
 def scan_metrics(out_dir):
     """``(rows, bad)`` of ``metrics.jsonl``: every parseable row (a JSON object with
-    an integer ``iteration``), and ``bad``, the ``(line number, text)`` of every
-    other non-empty line (a torn last line, a damaged one in the middle)."""
+    an integer ``iteration``) that continues the rows before it (a higher iteration,
+    ``env_steps`` not lower), and ``bad``, the ``(line number, text)`` of every other
+    non-empty line: a torn last line, a damaged one in the middle, a duplicated or
+    out-of-order row (another run's rows, or a copy)."""
     rows, bad = [], []
     path = Path(out_dir) / "metrics.jsonl"
     if path.exists():
@@ -293,11 +377,21 @@ def scan_metrics(out_dir):
                 row = json.loads(line)
             except json.JSONDecodeError:
                 row = None
-            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int) and _continues(rows, row):
                 rows.append(row)
             else:
                 bad.append((n, line))
     return rows, bad
+
+
+def _continues(rows, row):
+    """Whether ``row`` may follow ``rows``: a higher iteration, and env steps not going back."""
+    if not rows:
+        return True
+    last = rows[-1]
+    steps = [r.get("env_steps") for r in (last, row)]
+    backwards = all(isinstance(v, (int, float)) for v in steps) and steps[1] < steps[0]
+    return row["iteration"] > last["iteration"] and not backwards
 
 
 def read_metrics(out_dir):
@@ -333,10 +427,12 @@ def _iterations(state, out_dir, workers):
 
 
 def train(config, out_dir, resume=False, workers=1, backend="process", ray_address=None):
-    """Train ``config`` into ``out_dir`` (Python API); returns the final :class:`State`."""
-    state = prepare_run(config, out_dir, resume)
-    for _ in run_iterations(state, out_dir, workers, backend, ray_address):
-        pass
+    """Train ``config`` into ``out_dir`` (Python API), holding its lock (:func:`run_lock`);
+    returns the final :class:`State`."""
+    with run_lock(out_dir):
+        state = prepare_run(config, out_dir, resume)
+        for _ in run_iterations(state, out_dir, workers, backend, ray_address):
+            pass
     return load_checkpoint(Path(out_dir) / "checkpoint.npz")
 
 

@@ -21,6 +21,7 @@ ours: Ray schedules, we submit.
 """
 import concurrent.futures as cf
 import multiprocessing
+import multiprocessing.resource_tracker
 import ctypes
 import os
 import signal
@@ -56,6 +57,7 @@ def _worker_init(parent_pid):
     ``prctl(PR_SET_PDEATHSIG)``), and a watchdog thread polls ``os.getppid()``
     every second (everywhere else, and in case the parent died before the prctl)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # blocked by the parent while starting us
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -68,6 +70,19 @@ def _watch_parent(parent_pid, interval=1.0):
     while os.getppid() == parent_pid:
         time.sleep(interval)
     os._exit(1)
+
+
+def ray_address_form(address):
+    """``address`` if it has a form Ray takes: ``HOST:PORT`` (``[IPv6]:PORT``), optionally
+    ``ray://HOST:PORT``, or ``auto``; else a ValueError saying the form (before any work)."""
+    hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
+    host, _, port = hostport.rpartition(":")
+    plain = (bool(host) and not any(c in host for c in ":[]/ \t")) or (host.startswith("[") and host.endswith("]")
+                                                                     and len(host) > 2)
+    if address == "auto" or (plain and port.isdigit() and 1 <= int(port) <= 65535):
+        return address
+    raise ValueError(f"{address!r} is not HOST:PORT (e.g. 10.0.0.5:6379, ray://head:10001, [::1]:6379, "
+                     "or auto for the cluster this machine belongs to)")
 
 
 def check_ray_address(address, timeout=3.0):
@@ -83,6 +98,18 @@ def check_ray_address(address, timeout=3.0):
     except OSError as e:
         raise WorkerError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
                           "check --ray-address, or leave it out to start a local Ray") from None
+
+
+def worker_count(asked, tasks, backend="process", cores=None):
+    """``(n, why)``: the workers worth starting for ``tasks`` jobs at a time, ``asked`` at
+    most one per task and, for processes, one per core (``cores``: ``os.cpu_count()``);
+    ``why`` names the limits that capped it (``None``: ``n == asked``). Results never depend on it."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    limits = [(tasks, f"{tasks} task{'s' * (tasks != 1)}")]
+    if backend == "process":
+        limits.append((cores, f"{cores} core{'s' * (cores != 1)}"))
+    n = min([asked] + [limit for limit, _ in limits])
+    return n, (None if n == asked else " and ".join(text for limit, text in limits if limit == n))
 
 
 class WorkerError(RuntimeError):
@@ -118,13 +145,33 @@ class Workers:
         if backend == "ray":
             self._start_ray(ray_address)
         elif self.n > 1:
-            self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_init, initargs=(os.getpid(),))
-            # Start the n processes now. CPython 3.11's executor spawns one per submit, after
-            # waking its manager thread, which may then wait without the new process's
-            # sentinel: a worker that died was noticed only at another task's result (or at
-            # task_timeout). Once each process has answered, the thread watches them all.
-            cf.wait([self._pool.submit(os.getpid) for _ in range(self.n)])
+            self._start_pool()
+
+    def _start_pool(self):
+        """Start the n processes now, with Ctrl-C held back until each has answered: a
+        new process inherits the blocked SIGINT through exec and ignores it
+        (:func:`_worker_init`) before it unblocks it, so a Ctrl-C while they import is
+        the parent's alone (one line, not a traceback from each). CPython 3.11's executor
+        spawns one per submit, after waking its manager thread, which may then wait
+        without the new process's sentinel: a worker that died was noticed only at another
+        task's result (or at task_timeout). Once each process has answered, the thread
+        watches them all."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            # started first: starting it unblocks SIGINT (it blocks SIGINT and SIGTERM around its spawn)
+            multiprocessing.resource_tracker.ensure_running()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            try:
+                self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_worker_init, initargs=(os.getpid(),))
+                cf.wait([self._pool.submit(os.getpid) for _ in range(self.n)])
+            finally:
+                if main:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending Ctrl-C arrives here
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     def _start_ray(self, address):
         if address:

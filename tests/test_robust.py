@@ -259,7 +259,7 @@ def test_every_option_has_help_and_config_defaults_come_from_config():
         assert train[name].default == getattr(Config, name) and train[name].help == field_doc(name)
     assert "default=Config." not in (ROOT / "cli.py").read_text()
     helps = CliRunner().invoke(cli.main, ["train", "--help"]).output
-    assert "--tasks INTEGER>=1" in helps and "--cost-limit NUMBER>=0" in helps and "--seed INTEGER>=0" in helps
+    assert "--tasks INTEGER[1,1000]" in helps and "--cost-limit NUMBER[0,1e+06]" in helps and "--seed INTEGER>=0" in helps
 
 
 # --- operating-system failures are one line ------------------------------------------------
