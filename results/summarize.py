@@ -147,7 +147,8 @@ def test_table(runs, test_name, heading=False):
                 [[algo, len(t), *(f"{step_cell(t, k, 'return')} / {step_cell(t, k, 'cost')}" for k in range(K + 1))]
                  for algo, t in tested.items()])
     print("Test tasks at or under the cost limit after k adaptation steps (over seeds and test tasks; a task's "
-          "cost is its batch's mean episode cost)")
+          "cost is the mean over its evaluation episodes, or, in meta-tests before issue 29, over the batch it "
+          "adapted on)")
     print()
     print_table(["algorithm", *ks], [[algo, *(f"{n} of {total}" for n, total in tasks_within(t, K))]
                                      for algo, t in tested.items()])
