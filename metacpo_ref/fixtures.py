@@ -742,6 +742,17 @@ def compute_meta_gradient_fisher(inp):
                                     lambda phi, data: fisher_matrix(spec, phi, data.obs, config.cg_damping))
 
 
+def fisher_chain_meanings(b):
+    """The meanings of a Fisher-metric chain's recorded arrays (``b``: how b_k is formed)."""
+    return {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
+            "a": "a_k = grad L_C,k(phi_k)", "b": b,
+            "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
+                 "plus cg_damping I (symmetric, dense)",
+            "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
+                 "phi_{k+1} = phi_k + beta_k x_k",
+            "case_index": CASE_MEANING}
+
+
 def make_meta_gradient_fisher():
     _, inp, meanings = _meta_inputs(meta_problem_fisher)
     inp["cg_damping"] = _f(CG_DAMPING)
@@ -750,13 +761,7 @@ def make_meta_gradient_fisher():
     out = compute_meta_gradient_fisher(inp)
     assert min(_chain_margins(inp, out)) > 0.1, "a local step sits near a case boundary"
     assert {int(out[f"task{i}_step{k}_case_index"]) for i in range(2) for k in range(2)} == {0, 1, 2}
-    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
-             "a": "a_k = grad L_C,k(phi_k)", "b": "b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
-             "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
-                  "plus cg_damping I (symmetric, dense)",
-             "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
-                  "phi_{k+1} = phi_k + beta_k x_k",
-             "case_index": CASE_MEANING}
+    chain = fisher_chain_meanings("b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)")
     _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps "
                     "including the terms through H(phi_k); docs/fisher-metric.md)")
     return inp, out, _meta(
@@ -881,14 +886,7 @@ def make_meta_gradient_fisher_recover():
                     cg_damping="damping d of the metric H(phi) = Fisher(phi) + d I")
     out = compute_meta_gradient_fisher(inp)
     _check_recover_chain(inp, out)
-    chain = {"phi_in": "phi_k replayed from theta (phi_0 = theta)", "g": "g_k = grad L_R,k(phi_k)",
-             "a": "a_k = grad L_C,k(phi_k)",
-             "b": "b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)",
-             "H": "H_k = H(phi_k): the Hessian in t of mean_kl(phi_k, t) on batch k's obs at t = phi_k, "
-                  "plus cg_damping I (symmetric, dense)",
-             "x": "the local step x_k of eq. 9 with metric H_k and radius inner_delta; "
-                  "phi_{k+1} = phi_k + beta_k x_k",
-             "case_index": CASE_MEANING}
+    chain = fisher_chain_meanings("b_k = b_hat_k + b_shift_k + L_C,k(phi_k) - L_C,k(phi_k^collected)")
     _chain_meanings(inp, meanings, chain, "dF/dtheta (eq. 11, exact, through the K Fisher-metric local steps "
                     "including the terms through H(phi_k); b_shift constant)")
     return inp, out, _meta(

@@ -145,8 +145,10 @@ def off_by_one(evaluate, accepts, decay, max_steps):
     return None
 
 
-@pytest.mark.parametrize("name", LOCAL)
-def test_local_line_search_blocks_record_their_decision(name):
+def assert_records_its_decision(name):
+    """A line-search block reproduces, tried fractions decay^j from j = 0, the last one
+    accepted, the case its name says decided by its rule alone (``full``: beta = 1
+    accepted), and four distinct radii."""
     z = stored(name)
     assert judge(name, COMPUTE[name](inputs(name)))[0]
     rk, rr, rc = z["rejected_kl"], z["rejected_reward"], z["rejected_cost"]
@@ -155,8 +157,12 @@ def test_local_line_search_blocks_record_their_decision(name):
     case = name.rsplit("_", 1)[1]
     alone = {"kl": rk & ~rr & ~rc, "reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
     assert len(rk) == 1 if case == "full" else np.any(alone[case])
-    radii = [float(z[k]) for k in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta")]
-    assert len(set(radii)) == 4
+    assert len({float(z[k]) for k in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta")}) == 4
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_line_search_blocks_record_their_decision(name):
+    assert_records_its_decision(name)
 
 
 def test_cost_rule_sign_is_pinned():
@@ -223,15 +229,7 @@ def kl_choices(inp):
 
 @pytest.mark.parametrize("name", OUTER[1:])
 def test_outer_line_search_blocks_record_their_decision(name):
-    z = stored(name)
-    assert judge(name, COMPUTE[name](inputs(name)))[0]
-    rk, rr, rc = z["rejected_kl"], z["rejected_reward"], z["rejected_cost"]
-    np.testing.assert_allclose(z["tried_beta"], 0.8 ** np.arange(len(rk)), rtol=1e-15)
-    assert float(z["beta"]) == z["tried_beta"][-1] and not (rk[-1] or rr[-1] or rc[-1])
-    case = name.rsplit("_", 1)[1]
-    alone = {"reward": rr & ~rk & ~rc, "cost": rc & ~rk & ~rr}
-    assert len(rk) == 1 if case == "full" else np.any(alone[case])
-    assert len({float(z[k]) for k in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta")}) == 4
+    assert_records_its_decision(name)
 
 
 def test_outer_cost_rule_is_pinned():
