@@ -287,8 +287,8 @@ def _measure(row):
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the JSON object to this file (e.g. RUN/test.json), atomically: a temporary file "
                    "renamed once complete; nothing is written when the test fails.")
-def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy, seed,
-         workers, backend, ray_address, as_json, out_file):
+def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy,
+         seed, workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.training import CheckpointError, meta_test, write_atomic
     from metacpo_ref.workers import WorkerError

@@ -304,7 +304,8 @@ def compute_constraint_value_discounted(inp):
     return {"w": _f(step_weights(batch, "discounted", gamma)), "J": _f(J), "W": _f(W),
             "b": _f(constraint_value(batch, limit, "discounted", gamma)),
             "adv_c_weighted": _f(weight_cost_advantages(inp["adv_c"], batch, "discounted", gamma)),
-            "b_episode": _f(constraint_value(batch, limit, "episode", gamma)), "authors": _f(authors_cost(batch, gamma))}
+            "b_episode": _f(constraint_value(batch, limit, "episode", gamma)),
+            "authors": _f(authors_cost(batch, gamma))}
 
 
 def make_constraint_value_discounted():

@@ -64,6 +64,14 @@ from metacpo_ref.config import ALGOS, FAMILIES, META_ITERATIONS, Config  # noqa:
 from metacpo_ref.training import config_from_dict  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first
+# The campaign's algorithms: its name for a run -> (algorithm, settings beside config.py's defaults).
+# "meta-cpo-paper" is the paper's own Meta-CPO (issue 30): Euclidean local and meta steps
+# (Limitations section) and the exact eq. 9 step above the limit (no recover rule, D34).
+VARIANTS = {**{algo: (algo, {}) for algo in ALGOS},
+            "meta-cpo-paper": ("meta-cpo", {"inner_metric": "identity", "outer_metric": "identity",
+                                            "recover_above_limit": False})}
+VARIANT_FLAGS = {"inner_metric": lambda v: ["--inner-metric", v], "outer_metric": lambda v: ["--outer-metric", v],
+                 "recover_above_limit": lambda v: ["--recover-above-limit" if v else "--exact-cpo-above-limit"]}
 SEEDS = (0, 1, 2)            # paper: 3 seeds
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
@@ -150,21 +158,22 @@ def meta_tests(family):
 
 
 def plan(families=FAMILY_ORDER, algos=ALGOS, seeds=SEEDS, budget=Budget(), root=DEFAULT_ROOT):
-    """The runs, in the order they are worked on: family, then seed, then algorithm."""
+    """The runs, in the order they are worked on: family, then seed, then algorithm
+    (``algos``: names of :data:`VARIANTS`; a run's directory is ``NAME-sSEED``)."""
     root = resolve(root)
     runs = []
     for family in FAMILY_ORDER:
         if family not in families:
             continue
         for seed in seeds:
-            for algo in ALGOS:
-                if algo not in algos:
+            for name, (algo, settings) in VARIANTS.items():
+                if name not in algos:
                     continue
                 kw = {k: getattr(budget, k) for k in ("tasks", "local_steps", "episodes")
                       if getattr(budget, k) is not None}
-                base = Config(family=family, algo=algo, seed=seed, **kw)
+                base = Config(family=family, algo=algo, seed=seed, **kw, **settings)
                 its = iterations_for(algo, budget.meta_iterations, base.local_steps)
-                runs.append(Run(dataclasses.replace(base, iterations=its), root / family / f"{algo}-s{seed}",
+                runs.append(Run(dataclasses.replace(base, iterations=its), root / family / f"{name}-s{seed}",
                                 meta_tests(family)))
     return runs
 
@@ -259,7 +268,7 @@ class Step:
 def train_argv(run, python):
     c = run.config
     argv = [python, "cli.py", "train", c.family, "--algo", c.algo, "--seed", str(c.seed),
-            "--iterations", str(c.iterations), *Budget(**run_overrides(c)).overrides(),
+            "--iterations", str(c.iterations), *Budget(**run_overrides(c)).overrides(), *variant_flags(c),
             "--workers", "1", "--out", show(run.path)]
     return argv + (["--resume"] if (run.path / "checkpoint.npz").exists() else [])
 
@@ -269,6 +278,14 @@ def run_overrides(config):
     default = Config(family=config.family, algo=config.algo)
     return {k: getattr(config, k) for k in ("tasks", "local_steps", "episodes")
             if getattr(config, k) != getattr(default, k)}
+
+
+def variant_flags(config):
+    """The ``cli.py train`` flags of the :data:`VARIANTS` settings in which ``config``
+    differs from its algorithm's defaults (the paper's Meta-CPO: its metrics and rule)."""
+    default = Config(family=config.family, algo=config.algo)
+    return [flag for k, flags in VARIANT_FLAGS.items() if getattr(config, k) != getattr(default, k)
+            for flag in flags(getattr(config, k))]
 
 
 def meta_test_steps(run, budget, factor):
@@ -722,7 +739,9 @@ def selection(fn):
     fn = click.option("--seeds", default=",".join(map(str, SEEDS)), show_default=True,
                       callback=names("seeds", None, int), help="Comma-separated seeds.")(fn)
     fn = click.option("--algos", default=",".join(ALGOS), show_default=True,
-                      callback=names("algorithms", ALGOS), help="Comma-separated algorithms.")(fn)
+                      callback=names("algorithms", tuple(VARIANTS)),
+                      help="Comma-separated algorithms; meta-cpo-paper: the paper's own Meta-CPO (Euclidean "
+                           "steps, the exact eq. 9 step above the limit).")(fn)
     return click.option("--families", default=",".join(FAMILY_ORDER), show_default=True,
                         callback=names("families", FAMILY_ORDER), help="Comma-separated families.")(fn)
 

@@ -34,10 +34,12 @@ def mean_se(values, se_one=None):
 
 def label(config):
     """A run's row: its algorithm, and for Meta-CPO the metrics of its local (inner) and
-    meta (outer) steps (issue 15; runs from before ``inner_metric`` existed: the algorithm)."""
+    meta (outer) steps (issue 15; runs from before ``inner_metric`` existed: the algorithm)
+    and whether it takes the exact eq. 9 step above the limit (the paper's Meta-CPO)."""
     if config["algo"] != "meta-cpo" or "inner_metric" not in config:
         return config["algo"]
-    return f"meta-cpo inner {config['inner_metric']}, outer {config.get('outer_metric', 'identity')}"
+    exact = ", exact step above the limit" if config.get("recover_above_limit") is False else ""
+    return f"meta-cpo inner {config['inner_metric']}, outer {config.get('outer_metric', 'identity')}{exact}"
 
 
 def local_step_changes(rows):

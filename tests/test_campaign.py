@@ -413,3 +413,38 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
     (dirs[0] / "old.json").write_text(json.dumps({"rows": [{"return": 1.0, "cost": 2.0}]}))
     mod.measures_table({"cpo": dirs[:1]}, "old.json")
     assert capsys.readouterr().out == ""
+
+
+def test_the_papers_meta_cpo_is_a_campaign_algorithm(tmp_path):
+    """Issue 30: ``meta-cpo-paper`` runs Meta-CPO with the paper's Euclidean steps and the
+    exact eq. 9 step above the limit, in its own directory, trained with those flags and
+    today's defaults otherwise (the discounted cost measure, the paper's car walls)."""
+    runs = campaign.plan(("car-circle-hazard",), ("meta-cpo", "meta-cpo-paper"), (1,), root=tmp_path)
+    ours, paper = runs
+    assert paper.path == tmp_path / "car-circle-hazard" / "meta-cpo-paper-s1"
+    assert (paper.config.inner_metric, paper.config.outer_metric, paper.config.recover_above_limit) == \
+        ("identity", "identity", False)
+    assert (ours.config.inner_metric, ours.config.recover_above_limit) == ("fisher", True)
+    assert (paper.config.cost_measure, paper.config.car_walls) == ("discounted", "paper")
+    argv = campaign.train_argv(paper, "python")
+    assert argv[argv.index("--algo") + 1] == "meta-cpo"
+    assert {"--inner-metric", "--outer-metric", "--exact-cpo-above-limit"} <= set(argv)
+    assert argv[argv.index("--inner-metric") + 1] == argv[argv.index("--outer-metric") + 1] == "identity"
+    assert campaign.variant_flags(ours.config) == []
+    # the CLI builds the same config from those flags: the campaign sees no difference
+    from click.testing import CliRunner
+
+    from cli import main
+    out = tmp_path / "cli-run"
+    flags = argv[argv.index("--algo"):argv.index("--workers")]   # a later --iterations wins
+    r = CliRunner().invoke(main, ["train", "car-circle-hazard", *flags,
+                                  "--iterations", "1", "--tasks", "1", "--local-steps", "1",
+                                  "--episodes", "1", "--workers", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored["inner_metric"], stored["outer_metric"], stored["recover_above_limit"]) == \
+        ("identity", "identity", False)
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.label(stored) == "meta-cpo inner identity, outer identity, exact step above the limit"

@@ -16,8 +16,9 @@ from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.policy import act_fn, init_theta, mlp
 from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on, initial_state,
-                                  load_checkpoint, load_policy, meta_test, read_metrics, save_checkpoint, train)
+from metacpo_ref.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on,
+                                  initial_state, load_checkpoint, load_policy, meta_test, read_metrics,
+                                  save_checkpoint, train)
 from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
