@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -326,3 +327,63 @@ def test_plot_pools_only_runs_whose_settings_agree_apart_from_the_seed_and_label
     assert {f"{label} (n={len(rs)})" for label, rs in groups.items()} <= set(labels)
     palette = plots.colors(list(groups))
     assert len(set(palette.values())) == len(groups) and plots.colors(["cpo"]) == {"cpo": plots.COLORS["cpo"]}
+
+
+# --- the Python API adapts as the run did ---------------------------------------------------------
+
+def readme_python_api():
+    """The code of the README's "Python API" snippet."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n", text.index("Python API:")) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, monkeypatch):
+    """The README's snippet (a tiny config, k = 1) run twice: the second call returns the finished
+    run; ``adapt(run, task, k)`` is meta_test's adaptation of that task (adapt_on with the run's
+    normaliser, value functions, config, the family's test limit, seed 0), for a run directory,
+    its checkpoint and its State alike, and differs from the bare theta's old default."""
+    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.envs import make_env
+    from metacpo_ref.rollouts import NormalizedEnv
+    from metacpo_ref.training import adapt, adapt_on
+
+    code = readme_python_api()
+    tiny = 'Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, hidden=(8,))'
+    for old, new in [('Config(family="point-circle", iterations=10)', tiny), ("k=5", "k=1")]:
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    first, second = {}, {}
+    exec(code, first)
+    exec(code, second)   # today: "runs/pc already has a checkpoint: pass --resume ..."
+    np.testing.assert_array_equal(first["phi"], second["phi"])
+    state = load_checkpoint(tmp_path / "runs/pc/checkpoint.npz")
+    assert state.iteration == 1 and len(read_metrics(tmp_path / "runs/pc")) == 1
+    task = second["task"]
+    env = NormalizedEnv(make_env("point-circle"), state.obs_norm)   # as the workers build it for meta_test
+    limit = FAMILIES["point-circle"].cost_limit_test
+    ref = adapt_on(env, task, state.theta, 1, state.config, state.vf, 0, limit, False, state.config.n_episodes)[0]
+    np.testing.assert_array_equal(second["phi"], ref)
+    for run in (tmp_path / "runs/pc/checkpoint.npz", state):
+        np.testing.assert_array_equal(adapt(run, task, k=1), ref)
+    bare = adapt(state.theta, task, k=1, config=state.config)   # as given: raw observations, fresh vf
+    assert not np.array_equal(bare, ref)
+
+
+def test_python_train_on_a_run_with_a_checkpoint_names_resume_true_and_adapt_refuses_mixed_arguments(tmp_path):
+    from metacpo_ref.envs import sample_tasks
+    from metacpo_ref.training import adapt, train
+
+    config = Config(**{**TINY, "tasks": 1, "iterations": 2})
+    state = train(config, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"already has a checkpoint: call train\(\.\.\., resume=True\) to "
+                                              r"continue it, or choose another out_dir"):
+        train(config, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"give a Config with iterations=N > 2 to continue"):
+        train(dataclasses.replace(config, iterations=1), tmp_path / "run", resume=True)
+    task = sample_tasks("point-circle", 1, "test", seed=0)[0]
+    with pytest.raises(TypeError, match="takes config, vf and obs_norm from the run"):
+        adapt(state, task, 1, vf=state.vf)
+    with pytest.raises(ValueError, match="a 'point-button' task cannot adapt a 'point-circle' policy"):
+        adapt(state, sample_tasks("point-button", 1, "test", seed=0)[0], 1)
