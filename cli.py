@@ -456,7 +456,8 @@ def export_fixtures(directory):
 @main.command("verify-fixtures")
 @click.argument("directory", type=click.Path(file_okay=False))
 def verify_fixtures(directory):
-    """Recompute every fixture block in DIRECTORY from its inputs; check outputs and hashes."""
+    """Recompute every fixture block in DIRECTORY from its inputs; check outputs (within the reference's
+    tolerances) and hashes."""
     from metacpo_ref import __version__
     from metacpo_ref.fixtures import manifest_version, verify
 
@@ -467,6 +468,8 @@ def verify_fixtures(directory):
     written = manifest_version(directory)
     if written is not None and written != __version__:
         click.echo(f"note: fixtures written by metacpo_ref {written}, checking with {__version__}")
+    click.echo(f"tolerances: the reference's own (metacpo_ref.fixtures, as in the committed tests/fixtures), "
+               f"not those of {directory}/manifest.json")
     click.echo(f"{'block':30s} {'status':7s} {'worst output':14s} {'max|diff|':>10s} {'bound':>9s}  detail")
     for r in rows:
         click.echo(f"{r['block']:30s} {r['status']:7s} {r['worst']:14s} {r['max_abs_diff']:10.2e} "
