@@ -308,8 +308,8 @@ def prepare_run(config, out_dir, resume=False, warn=_warn, words=CLI_WORDS):
     _check_config_copy(out, state.config, warn)
     rows, bad = scan_metrics(out)
     if bad:
-        with open(out / "metrics.jsonl.bad", "a") as f:
-            f.writelines(line + "\n" for _, line in bad)
+        with open(out / "metrics.jsonl.bad", "ab") as f:   # the lines' own bytes, whatever they are
+            f.writelines(line + b"\n" for _, line in bad)
         warn(f"{out}/metrics.jsonl: {len(bad)} damaged, duplicated or out-of-order line(s) "
              f"(line {', '.join(str(n) for n, _ in bad)}) "
              f"moved to {out}/metrics.jsonl.bad; the other rows are kept")
@@ -373,16 +373,17 @@ def scan_metrics(out_dir):
     an integer ``iteration``) that continues the rows before it (a higher iteration,
     ``env_steps`` not lower), and ``bad``, the ``(line number, text)`` of every other
     non-empty line: a torn last line, a damaged one in the middle, a duplicated or
-    out-of-order row (another run's rows, or a copy)."""
+    out-of-order row (another run's rows, or a copy), not UTF-8. Lines are split at
+    ``\n`` and kept as bytes in ``bad``, so that moving them elsewhere keeps them as they were."""
     rows, bad = [], []
     path = Path(out_dir) / "metrics.jsonl"
     if path.exists():
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 row = None
             if isinstance(row, dict) and isinstance(row.get("iteration"), int) and _continues(rows, row):
                 rows.append(row)

@@ -387,3 +387,18 @@ def test_python_train_on_a_run_with_a_checkpoint_names_resume_true_and_adapt_ref
         adapt(state, task, 1, vf=state.vf)
     with pytest.raises(ValueError, match="a 'point-button' task cannot adapt a 'point-circle' policy"):
         adapt(state, sample_tasks("point-button", 1, "test", seed=0)[0], 1)
+
+
+# --- rough edges ---------------------------------------------------------------------------------
+
+def test_metrics_lines_of_random_bytes_move_to_bad_with_their_own_bytes(run_copy):
+    state = load_checkpoint(run_copy / "checkpoint.npz")
+    good = (run_copy / "metrics.jsonl").read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes().replace(b"\n", b"x")
+    lines = [noise[:100] + b"\r", noise[100:], b"\xff\xfe{}"]
+    (run_copy / "metrics.jsonl").write_bytes(good + b"\n".join(lines) + b"\n")
+    said = []
+    prepare_run(dataclasses.replace(state.config, iterations=2), run_copy, resume=True, warn=said.append)
+    assert (run_copy / "metrics.jsonl.bad").read_bytes() == b"".join(line + b"\n" for line in lines)
+    assert (run_copy / "metrics.jsonl").read_bytes() == good
+    assert any("3 damaged" in w for w in said)
