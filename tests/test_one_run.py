@@ -402,3 +402,39 @@ def test_metrics_lines_of_random_bytes_move_to_bad_with_their_own_bytes(run_copy
     assert (run_copy / "metrics.jsonl.bad").read_bytes() == b"".join(line + b"\n" for line in lines)
     assert (run_copy / "metrics.jsonl").read_bytes() == good
     assert any("3 damaged" in w for w in said)
+
+
+def test_plot_reads_a_missing_config_json_from_the_checkpoint_with_a_warning(run_copy, tmp_path):
+    from metacpo_ref import plots
+
+    stored = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").unlink()
+    run, said = plots.load_run(run_copy)
+    assert run.config == stored and run.algo == "meta-cpo"
+    assert any(f"{run_copy} has no config.json; its settings are read from {run_copy}/checkpoint.npz" in w
+               for w in said)
+    res = CliRunner().invoke(cli.main, ["plot", str(run_copy), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 0 and (tmp_path / "p.png").exists(), res.output
+    (run_copy / "checkpoint.npz").unlink()
+    with pytest.raises(plots.PlotError, match="has neither config.json nor checkpoint.npz"):
+        plots.load_run(run_copy)
+
+
+def test_plot_refuses_two_copies_of_one_run_naming_both(run_copy, tmp_path):
+    import shutil
+
+    from metacpo_ref import plots
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run_copy, twin)
+    res = CliRunner().invoke(cli.main, ["plot", str(run_copy), str(twin), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 1 and not (tmp_path / "p.png").exists()
+    assert f"{run_copy} and {twin} are one run twice (the same settings, seed 0 and numbers)" in res.output
+    rows = [json.loads(line) for line in (twin / "metrics.jsonl").read_text().splitlines()]
+    (twin / "metrics.jsonl").write_text("".join(json.dumps({**r, "return": r["return"] + 1}) + "\n" for r in rows))
+    runs, said = plots.load_runs([run_copy, twin])   # other code, same settings and seed: said, pooled
+    assert f"{run_copy} and {twin} have the same settings and seed 0 but different numbers" in said[-1]
+    config = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps({**config, "seed": 1}))   # another seed: pooled, n=2
+    runs, _ = plots.load_runs([run_copy, twin])
+    assert [len(rs) for rs in plots.group(runs).values()] == [2]
