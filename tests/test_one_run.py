@@ -438,3 +438,13 @@ def test_plot_refuses_two_copies_of_one_run_naming_both(run_copy, tmp_path):
     (twin / "config.json").write_text(json.dumps({**config, "seed": 1}))   # another seed: pooled, n=2
     runs, _ = plots.load_runs([run_copy, twin])
     assert [len(rs) for rs in plots.group(runs).values()] == [2]
+
+
+def test_the_readme_plot_commands_write_where_git_ignores(tmp_path):
+    import re
+
+    outs = re.findall(r"cli\.py plot .*?--out (\S+)", (ROOT / "README.md").read_text())
+    assert len(outs) >= 2
+    for out in outs + ["curves.png", "pc.png"]:
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
+        assert r.returncode == 0, f"{out} (a plot of the README's commands) is not ignored by git"
