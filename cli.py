@@ -243,6 +243,13 @@ def _train(values, given, out_dir, resume, workers, backend, ray_address, finish
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}{_measure(last)}); {out_dir}/metrics.jsonl")
+        click.echo(next_steps(config.family, out_dir))
+
+
+def next_steps(family, out_dir):
+    """What to do with a finished run: meta-test it, then plot it."""
+    return (f"next: meta-test it with `cli.py test {family} --checkpoint {out_dir}/checkpoint.npz --out "
+            f"{out_dir}/test.json`, then plot it with `cli.py plot {out_dir} --out {out_dir}/curves.png`")
 
 
 def _show(row):

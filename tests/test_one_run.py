@@ -448,3 +448,23 @@ def test_the_readme_plot_commands_write_where_git_ignores(tmp_path):
     for out in outs + ["curves.png", "pc.png"]:
         r = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
         assert r.returncode == 0, f"{out} (a plot of the README's commands) is not ignored by git"
+
+
+# --- the README: make train's time for its real worker count, make test's, what follows done ----
+
+def test_train_ends_with_the_next_steps_and_the_readme_states_them_and_make_trains_workers(tmp_path):
+    from metacpo_ref.workers import worker_count
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--iterations", "1", *SMALL, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert lines(res.output)[-1] == (
+        f"next: meta-test it with `cli.py test point-circle --checkpoint {out}/checkpoint.npz --out "
+        f"{out}/test.json`, then plot it with `cli.py plot {out} --out {out}/curves.png`")
+    quickstart = " ".join((ROOT / "README.md").read_text().split("## ")[1].split())
+    assert "cli.py train point-button $(if" in (ROOT / "Makefile").read_text()   # default --workers: the cores
+    n, _ = worker_count(2, Config(family="point-button").tasks, cores=2)   # make train's on 2 cores
+    assert f"so {n} workers there (~23 s per default point-button meta-iteration with {n} workers" in quickstart
+    assert "At the end it prints `done:`" in quickstart
+    assert "meta-test the run on unseen tasks (`cli.py test`" in quickstart
+    assert "`make test` runs the whole suite: about" in quickstart
