@@ -243,6 +243,13 @@ def _train(values, given, out_dir, resume, workers, backend, ray_address, finish
     if last:
         click.echo(f"done: iteration {last['iteration']}, return {last['return']:.3f}, "
                    f"cost {last['cost']:.2f} (limit {last['cost_limit']:g}{_measure(last)}); {out_dir}/metrics.jsonl")
+        click.echo(next_steps(config.family, out_dir))
+
+
+def next_steps(family, out_dir):
+    """What to do with a finished run: meta-test it, then plot it."""
+    return (f"next: meta-test it with `cli.py test {family} --checkpoint {out_dir}/checkpoint.npz --out "
+            f"{out_dir}/test.json`, then plot it with `cli.py plot {out_dir} --out {out_dir}/curves.png`")
 
 
 def _show(row):
@@ -456,7 +463,8 @@ def export_fixtures(directory):
 @main.command("verify-fixtures")
 @click.argument("directory", type=click.Path(file_okay=False))
 def verify_fixtures(directory):
-    """Recompute every fixture block in DIRECTORY from its inputs; check outputs and hashes."""
+    """Recompute every fixture block in DIRECTORY from its inputs; check outputs (within the reference's
+    tolerances) and hashes."""
     from metacpo_ref import __version__
     from metacpo_ref.fixtures import manifest_version, verify
 
@@ -467,6 +475,8 @@ def verify_fixtures(directory):
     written = manifest_version(directory)
     if written is not None and written != __version__:
         click.echo(f"note: fixtures written by metacpo_ref {written}, checking with {__version__}")
+    click.echo(f"tolerances: the reference's own (metacpo_ref.fixtures, as in the committed tests/fixtures), "
+               f"not those of {directory}/manifest.json")
     click.echo(f"{'block':30s} {'status':7s} {'worst output':14s} {'max|diff|':>10s} {'bound':>9s}  detail")
     for r in rows:
         click.echo(f"{r['block']:30s} {r['status']:7s} {r['worst']:14s} {r['max_abs_diff']:10.2e} "

@@ -238,7 +238,7 @@ POSITIVE = Range(0, low_open=True)          # finite, > 0
 # Upper bounds of the command line's numbers (issue 32), checked while parsing, before any work.
 # Generous: far beyond any run of the paper or of this repository, they only refuse what would
 # exhaust memory or time before the first line of output, or overflow the arithmetic.
-MAX_ITERATIONS = 100_000   # 2000x the default 50; at ~22 s per point-button meta-iteration (README) ~25 days
+MAX_ITERATIONS = 100_000   # 2000x the default 50; at ~23 s per point-button meta-iteration (README) ~27 days
 MAX_TASKS = 1_000          # 200x the paper's 5 per iteration, 200x META_TEST_TASKS; the tasks are sampled
                            # (and meta-testing holds them all) before anything is printed
 MAX_LOCAL_STEPS = 100      # 20x the paper's K = 5; the meta-gradient differentiates through all K steps, so its
@@ -278,8 +278,9 @@ class Config:
     algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
                         "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
     iterations: int = setting(META_ITERATIONS, "Meta-iterations (baselines: iterations) of the whole run, "
-                              "counted from 0; on --resume the new total (measured: ~22 s per default "
-                              "point-button meta-iteration, one worker, README). CPO / TRPO collect one batch per "
+                              "counted from 0; on --resume the new total (measured: ~23 s per default "
+                              "point-button meta-iteration, 2 workers, ~36 s with one, README). CPO / TRPO collect "
+                              "one batch per "
                               "task per iteration, a meta-iteration K + 1: at K = 5, 300 match 50.", ITERATIONS)
     tasks: int = setting(META_TASKS, "Tasks sampled per iteration (M; paper: 5).", TASKS)
     local_steps: int = setting(LOCAL_STEPS, "Local CPO steps per task (K; paper: 5).", LOCAL_STEPS_RANGE)

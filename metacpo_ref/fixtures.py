@@ -1359,9 +1359,12 @@ def _row(name, status, detail="", worst="", diff=np.nan, bound=np.nan):
     return {"block": name, "status": status, "worst": worst, "max_abs_diff": diff, "bound": bound, "detail": detail}
 
 
-def verify_block(directory, name, entry, compute):
+def verify_block(directory, name, entry, compute, tolerance=None):
     """One row of :func:`verify`: the file's arrays against the manifest (names, shapes,
-    dtypes, hashes), then the outputs recomputed from the stored inputs."""
+    dtypes, hashes), then the outputs recomputed from the stored inputs, compared within
+    ``tolerance`` = ``(rtol, atol)``, the reference's (:func:`reference_tolerance`; default:
+    the manifest's own). A manifest whose tolerances are looser than the reference's fails."""
+    rtol, atol = (entry.get("rtol"), entry.get("atol")) if tolerance is None else tolerance
     path = os.path.join(directory, entry.get("file", name + ".npz"))
     if not os.path.exists(path):
         return _row(name, "MISSING", f"no file {os.path.basename(path)}")
@@ -1381,6 +1384,7 @@ def verify_block(directory, name, entry, compute):
             problems.append(f"{k}: sha256 mismatch")
     if any("sha256" not in p for p in problems):      # arrays missing or misshapen: stop here
         return _row(name, "FAIL", "; ".join(problems))
+    problems += _looser(entry, rtol, atol)
     try:
         got = compute({k: arrays[k] for k in entry["inputs"]})
     except Exception as err:   # a tampered input can make the reference code refuse it
@@ -1390,7 +1394,7 @@ def verify_block(directory, name, entry, compute):
         if k not in got:
             bad.append(k)
             continue
-        diff, bound, ok = compare(got[k], arrays[k], entry["rtol"], entry["atol"])
+        diff, bound, ok = compare(got[k], arrays[k], rtol, atol)
         if not ok:
             bad.append(k)
         if worst is None or diff / max(bound, 1e-300) > worst[1] / max(worst[2], 1e-300):
@@ -1400,9 +1404,26 @@ def verify_block(directory, name, entry, compute):
     return _row(name, "FAIL" if problems else "ok", "; ".join(problems), *(worst or ()))
 
 
+def _looser(entry, rtol, atol):
+    """The problem of a manifest entry whose tolerances are not those of the reference or tighter."""
+    stored = (entry.get("rtol"), entry.get("atol"))
+    if all(isinstance(v, (int, float)) and v <= ref for v, ref in zip(stored, (rtol, atol))):
+        return []
+    return [f"the manifest's tolerances (rtol {stored[0]}, atol {stored[1]}) are looser than the reference's "
+            f"(rtol {rtol:g}, atol {atol:g})"]
+
+
+def reference_tolerance(make):
+    """``(rtol, atol)`` of a block as this code defines it (what the committed manifest holds)."""
+    meta = make()[2]
+    return meta["rtol"], meta["atol"]
+
+
 def verify(directory, only=None):
     """Recompute every block of :data:`BLOCKS` (or those named in ``only``) from its stored
-    inputs, compare with the stored outputs and check every hash. One row per block
+    inputs, compare with the stored outputs within the reference's tolerances
+    (:func:`reference_tolerance`, never the checked directory's: a manifest with looser ones
+    fails) and check every hash. One row per block
     (``status`` "ok", "FAIL" or "MISSING"), and, checking them all, a FAIL row for each
     manifest block this code does not know."""
     path = os.path.join(directory, MANIFEST)
@@ -1414,13 +1435,13 @@ def verify(directory, only=None):
     except (OSError, ValueError, KeyError) as err:
         return [_row(MANIFEST, "FAIL", f"cannot read {MANIFEST}: {err!r}")]
     rows = []
-    for name, _, compute in BLOCKS:
+    for name, make, compute in BLOCKS:
         if only is not None and name not in only:
             continue
         if name not in entries:
             rows.append(_row(name, "MISSING", "not in the manifest"))
         else:
-            rows.append(verify_block(directory, name, entries[name], compute))
+            rows.append(verify_block(directory, name, entries[name], compute, reference_tolerance(make)))
     if only is None:
         known = {name for name, _, _ in BLOCKS}
         rows += [_row(name, "FAIL", "unknown block (no compute function here)")

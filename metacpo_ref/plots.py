@@ -35,7 +35,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from metacpo_ref.config import ALGOS  # noqa: E402
-from metacpo_ref.training import BEFORE_FIELD, config_from_dict, scan_metrics  # noqa: E402
+from metacpo_ref.training import (BEFORE_FIELD, CheckpointError, config_from_dict, config_to_json,  # noqa: E402
+                                  load_checkpoint, scan_metrics)
 
 COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}
 OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -95,10 +96,21 @@ def colors(labels):
 
 # --- loading ----------------------------------------------------------------------------
 
+def _checkpoint_config(d, path):
+    """The config of run directory ``d`` from its checkpoint, in config.json's form."""
+    if not (d / "checkpoint.npz").is_file():
+        raise PlotError(f"{path} has neither config.json nor checkpoint.npz (not a run directory of `cli.py train`?)")
+    try:
+        return json.loads(config_to_json(load_checkpoint(d / "checkpoint.npz").config))
+    except CheckpointError as e:
+        raise PlotError(f"{path} has no config.json, and {e}") from None
+
+
 def load_run(path, test_name="test.json"):
     """``(Run, warnings)`` of a run directory, its meta-testing rows from ``test_name``
     (the campaign's runs also have e.g. ``test-4x.json``); :class:`PlotError` if it has no
-    ``metrics.jsonl``, no ``config.json`` or no metrics rows. An empty
+    ``metrics.jsonl``, no config (``config.json``, or as resume does, with a warning, the
+    checkpoint's) or no metrics rows. An empty
     ``test.json`` (meta-testing still running) is left out with a warning; an
     unreadable one is an error. Every line of ``metrics.jsonl`` that is not a row
     is named in a warning (never skipped silently), and so is a run without
@@ -108,19 +120,22 @@ def load_run(path, test_name="test.json"):
         raise PlotError(f"{path} is not a directory")
     if not (d / "metrics.jsonl").is_file():
         raise PlotError(f"{path} has no metrics.jsonl (not a run directory of `cli.py train`?)")
-    if not (d / "config.json").is_file():
-        raise PlotError(f"{path} has no config.json (not a run directory of `cli.py train`?)")
-    try:
-        config = json.loads((d / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise PlotError(f"{path}/config.json is not JSON ({e})") from None
+    warnings, test = [], None
+    if (d / "config.json").is_file():
+        try:
+            config = json.loads((d / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise PlotError(f"{path}/config.json is not JSON ({e})") from None
+    else:
+        config = _checkpoint_config(d, path)
+        warnings.append(f"{path} has no config.json; its settings are read from {path}/checkpoint.npz "
+                        "(as resume reads them)")
     if not isinstance(config, dict) or "family" not in config or "algo" not in config:
         raise PlotError(f"{path}/config.json is not a run config (no family or algo)")
     family = config["family"]
     rows, bad = scan_metrics(d)
     if not rows:
         raise PlotError(f"{path}/metrics.jsonl has no rows yet")
-    warnings, test = [], None
     if bad:
         warnings.append(f"{path}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row "
                         "(damaged, cut off, or a duplicated or out-of-order iteration); left out, the other "
@@ -156,8 +171,9 @@ def load_run(path, test_name="test.json"):
 
 def load_runs(paths, test_name="test.json"):
     """The :class:`Run` of each directory, all of one family, and a list of warnings;
-    :class:`PlotError` if there are none, a directory is not a run, or the
-    families differ."""
+    :class:`PlotError` if there are none, a directory is not a run, the families
+    differ, or two are copies of one run (:func:`same_seed` with the same numbers; with
+    other numbers, a warning)."""
     paths = list(paths)
     if not paths:
         raise PlotError("no run directories given")
@@ -182,6 +198,13 @@ def load_runs(paths, test_name="test.json"):
     if len(families) > 1:
         detail = "; ".join(f"{f}: " + ", ".join(r.path for r in runs if r.family == f) for f in families)
         raise PlotError(f"runs of different families cannot share a plot ({detail})")
+    for a, b in same_seed(runs):
+        if _same_numbers(a, b):
+            raise PlotError(f"{a.path} and {b.path} are one run twice (the same settings, seed "
+                            f"{a.config.get('seed')} and numbers): pooled they would count as two seeds; "
+                            "give only one of them")
+        warnings.append(f"{a.path} and {b.path} have the same settings and seed {a.config.get('seed')} but "
+                        "different numbers (other code?); pooled as two seeds")
     return runs, warnings
 
 
@@ -197,6 +220,23 @@ def settings(run):
         config = {**BEFORE_FIELD, **run.config}
     config = json.loads(json.dumps(config))   # as written to config.json (tuples as lists)
     return {k: v for k, v in config.items() if k not in POOLED_OVER}
+
+
+def same_seed(runs):
+    """The pairs ``(first, other)`` of ``runs`` with the same settings and seed."""
+    seen, pairs = {}, []
+    for r in runs:
+        key = json.dumps([settings(r), r.config.get("seed")], sort_keys=True)
+        if key in seen:
+            pairs.append((seen[key], r))
+        else:
+            seen[key] = r
+    return pairs
+
+
+def _same_numbers(a, b):
+    """Whether two runs' rows agree (return and cost) over the iterations both have: copies."""
+    return all((x["return"], x["cost"]) == (y["return"], y["cost"]) for x, y in zip(a.rows, b.rows))
 
 
 def group(runs):

@@ -261,7 +261,13 @@ def _warn(message):
     warnings.warn(message, RunWarning, stacklevel=3)
 
 
-def prepare_run(config, out_dir, resume=False, warn=_warn):
+# How prepare_run's errors name what to do: the command line's flags, or train()'s arguments.
+CLI_WORDS = {"resume": "pass --resume", "iterations": "pass --iterations N", "out": "choose another --out"}
+PYTHON_WORDS = {"resume": "call train(..., resume=True)", "iterations": "give a Config with iterations=N",
+                "out": "choose another out_dir"}
+
+
+def prepare_run(config, out_dir, resume=False, warn=_warn, words=CLI_WORDS):
     """Create (or, with ``resume``, reopen) the run directory; returns the start :class:`State`.
 
     A fresh run refuses a directory that already has a checkpoint. A resumed run
@@ -271,7 +277,8 @@ def prepare_run(config, out_dir, resume=False, warn=_warn):
     with the checkpoint is rewritten from it; unparseable lines of
     ``metrics.jsonl`` are moved to ``metrics.jsonl.bad``; rows past the
     checkpoint (written by an iteration that was then interrupted) are dropped.
-    Temporary files left by a killed write (``*.tmp``) are removed.
+    Temporary files left by a killed write (``*.tmp``) are removed. ``words`` name the
+    remedies in errors (:data:`CLI_WORDS`, or :data:`PYTHON_WORDS` for :func:`train`).
     """
     out = Path(out_dir)
     ckpt = out / "checkpoint.npz"
@@ -279,8 +286,8 @@ def prepare_run(config, out_dir, resume=False, warn=_warn):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory (choose another --out)", str(out))
     if not resume:
         if ckpt.exists():
-            raise CheckpointError(f"{out} already has a checkpoint: pass --resume to continue it, "
-                                  "or choose another --out")
+            raise CheckpointError(f"{out} already has a checkpoint: {words['resume']} to continue it, "
+                                  f"or {words['out']}")
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_tmp(out)
         state = initial_state(config)
@@ -296,13 +303,13 @@ def prepare_run(config, out_dir, resume=False, warn=_warn):
                               + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in diff))
     if config.iterations <= state.iteration:
         raise CheckpointError(f"run {out} already has {state.iteration} iterations; "
-                              f"pass --iterations N > {state.iteration} to continue")
+                              f"{words['iterations']} > {state.iteration} to continue")
     _remove_stale_tmp(out)
     _check_config_copy(out, state.config, warn)
     rows, bad = scan_metrics(out)
     if bad:
-        with open(out / "metrics.jsonl.bad", "a") as f:
-            f.writelines(line + "\n" for _, line in bad)
+        with open(out / "metrics.jsonl.bad", "ab") as f:   # the lines' own bytes, whatever they are
+            f.writelines(line + b"\n" for _, line in bad)
         warn(f"{out}/metrics.jsonl: {len(bad)} damaged, duplicated or out-of-order line(s) "
              f"(line {', '.join(str(n) for n, _ in bad)}) "
              f"moved to {out}/metrics.jsonl.bad; the other rows are kept")
@@ -366,16 +373,17 @@ def scan_metrics(out_dir):
     an integer ``iteration``) that continues the rows before it (a higher iteration,
     ``env_steps`` not lower), and ``bad``, the ``(line number, text)`` of every other
     non-empty line: a torn last line, a damaged one in the middle, a duplicated or
-    out-of-order row (another run's rows, or a copy)."""
+    out-of-order row (another run's rows, or a copy), not UTF-8. Lines are split at
+    ``\n`` and kept as bytes in ``bad``, so that moving them elsewhere keeps them as they were."""
     rows, bad = [], []
     path = Path(out_dir) / "metrics.jsonl"
     if path.exists():
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 row = None
             if isinstance(row, dict) and isinstance(row.get("iteration"), int) and _continues(rows, row):
                 rows.append(row)
@@ -428,12 +436,22 @@ def _iterations(state, out_dir, workers):
 
 def train(config, out_dir, resume=False, workers=1, backend="process", ray_address=None):
     """Train ``config`` into ``out_dir`` (Python API), holding its lock (:func:`run_lock`);
-    returns the final :class:`State`."""
+    returns the final :class:`State`. ``resume=True`` continues the run in ``out_dir``
+    (:func:`prepare_run`); a run that already has ``config.iterations`` (and ``config``'s
+    other settings) is returned as it is."""
     with run_lock(out_dir):
-        state = prepare_run(config, out_dir, resume)
+        if resume and _finished(config, out_dir):
+            return load_checkpoint(Path(out_dir) / "checkpoint.npz")
+        state = prepare_run(config, out_dir, resume, words=PYTHON_WORDS)
         for _ in run_iterations(state, out_dir, workers, backend, ray_address):
             pass
     return load_checkpoint(Path(out_dir) / "checkpoint.npz")
+
+
+def _finished(config, out_dir):
+    """Whether the run in ``out_dir`` is ``config``'s, all its iterations done."""
+    state = load_checkpoint(Path(out_dir) / "checkpoint.npz")
+    return dataclasses.asdict(state.config) == dataclasses.asdict(config) and state.iteration == config.iterations
 
 
 # --- meta-testing -------------------------------------------------------------------
@@ -482,20 +500,38 @@ def adapt_on(env, task, theta, k, config, vf, seed, cost_limit, deterministic=Fa
     return phi, stats
 
 
-def adapt(theta, task, k, config=None, vf=None, obs_norm=None, seed=0, cost_limit=None):
-    """``phi_k`` after ``k`` adaptation steps on ``task`` from ``theta`` (Python API).
+def adapt(run, task, k, config=None, vf=None, obs_norm=None, seed=0, cost_limit=None):
+    """``phi_k`` after ``k`` adaptation steps on ``task`` (Python API).
 
-    ``config`` names the algorithm (default: Meta-CPO on the task's family);
-    ``vf`` and ``obs_norm`` are the run's value functions and normaliser (a
-    checkpoint's ``State`` has both; default: fresh value functions, no normaliser);
-    ``cost_limit`` defaults to the family's test limit."""
-    config = Config(family=task.family) if config is None else config
-    _, vspec = specs(config)
-    vf = (init_value(vspec, 1), init_value(vspec, 2)) if vf is None else vf
-    limit = FAMILIES[task.family].cost_limit_test if cost_limit is None else float(cost_limit)
+    ``run`` is a run directory, its ``checkpoint.npz`` or a :class:`State`: the policy adapts
+    as ``cli.py test`` (:func:`meta_test`) adapts it, with the run's config, value functions
+    and observation normaliser, the seeds of meta-testing's adaptation batches and the
+    family's test limit in the run's cost measure (``cost_limit`` overrides the limit). A bare
+    ``theta`` (an array) adapts as given: ``config`` (default: Meta-CPO on the task's family),
+    ``vf`` (default: fresh value functions) and ``obs_norm`` (default: none, raw observations)."""
+    if isinstance(run, np.ndarray):
+        config = Config(family=task.family) if config is None else config
+        _, vspec = specs(config)
+        vf = (init_value(vspec, 1), init_value(vspec, 2)) if vf is None else vf
+        theta = run
+    else:
+        if (config, vf, obs_norm) != (None, None, None):
+            raise TypeError("adapt(run, ...) takes config, vf and obs_norm from the run; to give them yourself, "
+                            "pass a bare theta (e.g. state.theta) instead of the run")
+        state = run if isinstance(run, State) else load_checkpoint(checkpoint_path(run))
+        config, vf, obs_norm, theta = state.config, state.vf, state.obs_norm, state.theta
+    if task.family != config.family:
+        raise ValueError(f"a {task.family!r} task cannot adapt a {config.family!r} policy")
+    limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
     env = make_env(task.family, task)
     env = env if obs_norm is None else NormalizedEnv(env, obs_norm)
     return adapt_on(env, task, theta, k, config, vf, seed, limit, eval_episodes=0)[0]
+
+
+def checkpoint_path(run):
+    """The checkpoint of ``run``: a run directory's ``checkpoint.npz``, or ``run`` itself."""
+    run = Path(run)
+    return run / "checkpoint.npz" if run.is_dir() else run
 
 
 def _task_key(task):
@@ -576,10 +612,10 @@ def _eval_seed(seed, task):
 
 
 def load_policy(path, deterministic=True):
-    """``act(obs) -> action`` of a checkpoint's policy on raw observations (Python
-    API; the run's normaliser is applied): the mean action, or a sample with
-    ``deterministic=False`` (its own seeded generator)."""
-    state = load_checkpoint(path)
+    """``act(obs) -> action`` of a checkpoint's policy (``path``: the checkpoint or its run
+    directory) on raw observations (Python API; the run's normaliser is applied): the mean
+    action, or a sample with ``deterministic=False`` (its own seeded generator)."""
+    state = load_checkpoint(checkpoint_path(path))
     spec, _ = specs(state.config)
     act = act_fn(spec, state.theta, deterministic=deterministic)
     rng = np.random.default_rng(0)

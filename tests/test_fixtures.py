@@ -207,3 +207,32 @@ def test_porting_guide_examples_run(monkeypatch, capsys):
     for i, snippet in enumerate(code):
         exec(compile(snippet, f"docs/porting.md[python block {i}]", "exec"), namespace)
     assert "policy_log_prob: max |diff|" in capsys.readouterr().out
+
+
+def test_a_set_with_loosened_tolerances_and_a_perturbed_output_fails_against_the_reference(copy, tmp_path):
+    """A tampered set: an output off by 1e-4 relative (its hash updated) and the manifest's
+    tolerances loosened to cover it. The reference's tolerances judge it, and the looser
+    ones are named; the CLI says whose tolerances it used."""
+    name = "solve_step_both_dense"
+    arrays = load(copy, name)
+    arrays["x"] = arrays["x"] * (1 + 1e-4)
+    fx.write_npz(copy / f"{name}.npz", arrays)
+    manifest = read_manifest(copy)
+    entry = manifest["blocks"][name]
+    entry["outputs"]["x"]["sha256"] = fx.sha256(arrays["x"])
+    entry["rtol"], entry["atol"] = 1e-2, 1e-2
+    write_manifest(copy, manifest)
+    row = by_name(fx.verify(copy, only=[name]))[name]
+    assert row["status"] == "FAIL"
+    assert row["detail"] == ("the manifest's tolerances (rtol 0.01, atol 0.01) are looser than the reference's "
+                             "(rtol 1e-06, atol 1e-09); outputs off: x")
+    assert row["max_abs_diff"] > row["bound"]
+    entry["rtol"], entry["atol"] = 1e-12, 1e-15   # tighter than the reference: judged by the reference's
+    write_manifest(copy, manifest)
+    (copy / f"{name}.npz").write_bytes((COMMITTED / f"{name}.npz").read_bytes())
+    entry["outputs"]["x"]["sha256"] = read_manifest(COMMITTED)["blocks"][name]["outputs"]["x"]["sha256"]
+    write_manifest(copy, manifest)
+    assert by_name(fx.verify(copy, only=[name]))[name]["status"] == "ok"
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "verify-fixtures", str(copy)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and f"tolerances: the reference's own" in r.stdout, r.stdout + r.stderr

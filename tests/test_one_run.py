@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -326,3 +327,144 @@ def test_plot_pools_only_runs_whose_settings_agree_apart_from_the_seed_and_label
     assert {f"{label} (n={len(rs)})" for label, rs in groups.items()} <= set(labels)
     palette = plots.colors(list(groups))
     assert len(set(palette.values())) == len(groups) and plots.colors(["cpo"]) == {"cpo": plots.COLORS["cpo"]}
+
+
+# --- the Python API adapts as the run did ---------------------------------------------------------
+
+def readme_python_api():
+    """The code of the README's "Python API" snippet."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n", text.index("Python API:")) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, monkeypatch):
+    """The README's snippet (a tiny config, k = 1) run twice: the second call returns the finished
+    run; ``adapt(run, task, k)`` is meta_test's adaptation of that task (adapt_on with the run's
+    normaliser, value functions, config, the family's test limit, seed 0), for a run directory,
+    its checkpoint and its State alike, and differs from the bare theta's old default."""
+    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.envs import make_env
+    from metacpo_ref.rollouts import NormalizedEnv
+    from metacpo_ref.training import adapt, adapt_on
+
+    code = readme_python_api()
+    tiny = 'Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, hidden=(8,))'
+    for old, new in [('Config(family="point-circle", iterations=10)', tiny), ("k=5", "k=1")]:
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    first, second = {}, {}
+    exec(code, first)
+    exec(code, second)   # today: "runs/pc already has a checkpoint: pass --resume ..."
+    np.testing.assert_array_equal(first["phi"], second["phi"])
+    state = load_checkpoint(tmp_path / "runs/pc/checkpoint.npz")
+    assert state.iteration == 1 and len(read_metrics(tmp_path / "runs/pc")) == 1
+    task = second["task"]
+    env = NormalizedEnv(make_env("point-circle"), state.obs_norm)   # as the workers build it for meta_test
+    limit = FAMILIES["point-circle"].cost_limit_test
+    ref = adapt_on(env, task, state.theta, 1, state.config, state.vf, 0, limit, False, state.config.n_episodes)[0]
+    np.testing.assert_array_equal(second["phi"], ref)
+    for run in (tmp_path / "runs/pc/checkpoint.npz", state):
+        np.testing.assert_array_equal(adapt(run, task, k=1), ref)
+    bare = adapt(state.theta, task, k=1, config=state.config)   # as given: raw observations, fresh vf
+    assert not np.array_equal(bare, ref)
+
+
+def test_python_train_on_a_run_with_a_checkpoint_names_resume_true_and_adapt_refuses_mixed_arguments(tmp_path):
+    from metacpo_ref.envs import sample_tasks
+    from metacpo_ref.training import adapt, train
+
+    config = Config(**{**TINY, "tasks": 1, "iterations": 2})
+    state = train(config, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"already has a checkpoint: call train\(\.\.\., resume=True\) to "
+                                              r"continue it, or choose another out_dir"):
+        train(config, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"give a Config with iterations=N > 2 to continue"):
+        train(dataclasses.replace(config, iterations=1), tmp_path / "run", resume=True)
+    task = sample_tasks("point-circle", 1, "test", seed=0)[0]
+    with pytest.raises(TypeError, match="takes config, vf and obs_norm from the run"):
+        adapt(state, task, 1, vf=state.vf)
+    with pytest.raises(ValueError, match="a 'point-button' task cannot adapt a 'point-circle' policy"):
+        adapt(state, sample_tasks("point-button", 1, "test", seed=0)[0], 1)
+
+
+# --- rough edges ---------------------------------------------------------------------------------
+
+def test_metrics_lines_of_random_bytes_move_to_bad_with_their_own_bytes(run_copy):
+    state = load_checkpoint(run_copy / "checkpoint.npz")
+    good = (run_copy / "metrics.jsonl").read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes().replace(b"\n", b"x")
+    lines = [noise[:100] + b"\r", noise[100:], b"\xff\xfe{}"]
+    (run_copy / "metrics.jsonl").write_bytes(good + b"\n".join(lines) + b"\n")
+    said = []
+    prepare_run(dataclasses.replace(state.config, iterations=2), run_copy, resume=True, warn=said.append)
+    assert (run_copy / "metrics.jsonl.bad").read_bytes() == b"".join(line + b"\n" for line in lines)
+    assert (run_copy / "metrics.jsonl").read_bytes() == good
+    assert any("3 damaged" in w for w in said)
+
+
+def test_plot_reads_a_missing_config_json_from_the_checkpoint_with_a_warning(run_copy, tmp_path):
+    from metacpo_ref import plots
+
+    stored = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").unlink()
+    run, said = plots.load_run(run_copy)
+    assert run.config == stored and run.algo == "meta-cpo"
+    assert any(f"{run_copy} has no config.json; its settings are read from {run_copy}/checkpoint.npz" in w
+               for w in said)
+    res = CliRunner().invoke(cli.main, ["plot", str(run_copy), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 0 and (tmp_path / "p.png").exists(), res.output
+    (run_copy / "checkpoint.npz").unlink()
+    with pytest.raises(plots.PlotError, match="has neither config.json nor checkpoint.npz"):
+        plots.load_run(run_copy)
+
+
+def test_plot_refuses_two_copies_of_one_run_naming_both(run_copy, tmp_path):
+    import shutil
+
+    from metacpo_ref import plots
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run_copy, twin)
+    res = CliRunner().invoke(cli.main, ["plot", str(run_copy), str(twin), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 1 and not (tmp_path / "p.png").exists()
+    assert f"{run_copy} and {twin} are one run twice (the same settings, seed 0 and numbers)" in res.output
+    rows = [json.loads(line) for line in (twin / "metrics.jsonl").read_text().splitlines()]
+    (twin / "metrics.jsonl").write_text("".join(json.dumps({**r, "return": r["return"] + 1}) + "\n" for r in rows))
+    runs, said = plots.load_runs([run_copy, twin])   # other code, same settings and seed: said, pooled
+    assert f"{run_copy} and {twin} have the same settings and seed 0 but different numbers" in said[-1]
+    config = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps({**config, "seed": 1}))   # another seed: pooled, n=2
+    runs, _ = plots.load_runs([run_copy, twin])
+    assert [len(rs) for rs in plots.group(runs).values()] == [2]
+
+
+def test_the_readme_plot_commands_write_where_git_ignores(tmp_path):
+    import re
+
+    outs = re.findall(r"cli\.py plot .*?--out (\S+)", (ROOT / "README.md").read_text())
+    assert len(outs) >= 2
+    for out in outs + ["curves.png", "pc.png"]:
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", out], cwd=ROOT)
+        assert r.returncode == 0, f"{out} (a plot of the README's commands) is not ignored by git"
+
+
+# --- the README: make train's time for its real worker count, make test's, what follows done ----
+
+def test_train_ends_with_the_next_steps_and_the_readme_states_them_and_make_trains_workers(tmp_path):
+    from metacpo_ref.workers import worker_count
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--iterations", "1", *SMALL, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert lines(res.output)[-1] == (
+        f"next: meta-test it with `cli.py test point-circle --checkpoint {out}/checkpoint.npz --out "
+        f"{out}/test.json`, then plot it with `cli.py plot {out} --out {out}/curves.png`")
+    quickstart = " ".join((ROOT / "README.md").read_text().split("## ")[1].split())
+    assert "cli.py train point-button $(if" in (ROOT / "Makefile").read_text()   # default --workers: the cores
+    n, _ = worker_count(2, Config(family="point-button").tasks, cores=2)   # make train's on 2 cores
+    assert f"so {n} workers there (~23 s per default point-button meta-iteration with {n} workers" in quickstart
+    assert "At the end it prints `done:`" in quickstart
+    assert "meta-test the run on unseen tasks (`cli.py test`" in quickstart
+    assert "`make test` runs the whole suite: about" in quickstart

@@ -301,8 +301,10 @@ def test_load_policy_is_the_policy_on_normalised_observations(tmp_path):
 
 
 def test_adapt_api_defaults_are_fresh_value_functions_and_the_family_test_limit(tmp_path):
-    """The Python API's ``adapt`` against adapt_on: with a checkpoint's normaliser and value
-    functions, its policy adapts on normalised observations with them; not given, the value
+    """The Python API's ``adapt`` of a bare ``theta`` against adapt_on (a run adapts with its own
+    config, normaliser and value functions: test_one_run's README test): with a checkpoint's
+    normaliser and value functions given, its policy adapts on normalised observations with
+    them; not given, the value
     functions are fresh (seeds 1, 2), the cost limit is the family's test limit
     (car-circle-hazard: 5, not the training 10), the seed is 0 and the algorithm Meta-CPO."""
     _, state, spec = _checkpoint_with_a_normaliser(tmp_path, "car-circle-hazard")
