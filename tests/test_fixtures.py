@@ -235,4 +235,4 @@ def test_a_set_with_loosened_tolerances_and_a_perturbed_output_fails_against_the
     assert by_name(fx.verify(copy, only=[name]))[name]["status"] == "ok"
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "verify-fixtures", str(copy)], cwd=ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 0 and f"tolerances: the reference's own" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "tolerances: the reference's own" in r.stdout, r.stdout + r.stderr
