@@ -121,6 +121,7 @@ def main(root, *test_names):
     for name in test_names:
         test_table(runs, name, heading=True)
         measures_table(runs, name, Path(root) / "random.json")
+        welch_table(runs, name)
 
 
 def test_table(runs, test_name, heading=False):
@@ -190,6 +191,40 @@ def measures_table(runs, test_name, random_file=None):
         within.append(["uniformly random policy", "-", *(within_limit([doc["rows"]], 0, key, limit)
                                                            for key, _ in MEASURES[1:])])
     print_table(["algorithm", "k", *(name for _, name in MEASURES[1:])], within)
+
+
+def welch(a, b):
+    """``(mean(a) - mean(b), p)``: Welch's two-sided t-test of two samples of per-seed means
+    (unequal variances; ``nan`` for p with fewer than two values on a side)."""
+    from scipy.stats import ttest_ind
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    p = float(ttest_ind(a, b, equal_var=False).pvalue) if min(len(a), len(b)) > 1 else float("nan")
+    return float(a.mean() - b.mean()), p
+
+
+def welch_table(runs, test_name):
+    """Meta-CPO (each variant) against CPO and against Meta-TRPO at k = 0 and k = K: the
+    difference of the means over seeds and Welch's p over the per-seed means (the training
+    seeds are the only independent replicates: the test tasks and evaluation episodes are
+    shared by every run, so a test paired over tasks would overstate significance), for the
+    return and each cost measure the meta-test has."""
+    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+             for algo, dirs in runs.items()}
+    ours = [a for a in tests if a.startswith("meta-cpo") and tests[a]]
+    pairs = [(a, b) for a in ours for b in ("cpo", "meta-trpo") if tests.get(b)]
+    if not pairs:
+        return
+    keys = ["return", "cost_episode", "cost_discounted"] if "cost_episode" in tests[ours[0]][0][0] else ["return", "cost"]
+    K = min(len(t[0]) for t in tests.values() if t) - 1
+    print(f"Welch's t-test over per-seed means ({test_name}): difference of the means (first minus second), p")
+    print()
+    rows = []
+    for a, b in pairs:
+        for k in (0, K):
+            cells = [welch([s[k][key] for s in tests[a]], [s[k][key] for s in tests[b]]) for key in keys]
+            rows.append([f"{a} vs {b}", k, *(f"{d:+.2f} (p = {p:.2g})" for d, p in cells)])
+    print_table(["comparison", "k", *keys], rows)
 
 
 def within_limit(tests, k, key, limit=None):

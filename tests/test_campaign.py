@@ -448,3 +448,37 @@ def test_the_papers_meta_cpo_is_a_campaign_algorithm(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.label(stored) == "meta-cpo inner identity, outer identity, exact step above the limit"
+
+
+def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(tmp_path, capsys):
+    """Welch's t from its definition (t = (ma - mb) / sqrt(va/na + vb/nb), Welch-Satterthwaite
+    degrees of freedom, two-sided p), and the table compares Meta-CPO with CPO and Meta-TRPO
+    at k = 0 and K over the seeds' row values."""
+    from scipy.stats import t as student
+
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0]
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    diff, p = mod.welch(a, b)
+    assert diff == -4.0 and p == pytest.approx(2 * student.sf(abs(t), df), rel=1e-9) and 0.04 < p < 0.07
+    assert np.isnan(mod.welch([1.0], b)[1])
+
+    def seed(values):   # k = 0 and k = 1 rows with every measure = values[k]
+        return {"rows": [{"return": v, "cost_episode": v, "cost_discounted": v / 10} for v in values]}
+
+    dirs = {}
+    for algo, seeds in (("meta-cpo", [[1, 1], [2, 2], [3, 3]]), ("cpo", [[4, 4], [6, 6], [8, 8]])):
+        dirs[algo] = []
+        for i, values in enumerate(seeds):
+            d = tmp_path / f"{algo}-s{i}"
+            d.mkdir()
+            (d / "t.json").write_text(json.dumps(seed(values)))
+            dirs[algo].append(d)
+    mod.welch_table(dirs, "t.json")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| meta-cpo vs cpo")]
+    assert len(lines) == 2 and all(f"-4.00 (p = {p:.2g})" in ln for ln in lines)
+    assert "-0.40" in lines[0]
