@@ -335,7 +335,8 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
 @click.option("--x", "x_axis", type=click.Choice(["env-steps", "iteration"]), default="env-steps", show_default=True,
               help="x axis of the training curves.")
 @click.option("--smooth", type=Number(SMOOTH), default=1, show_default=True,
-              help="Moving average over N iterations of each run's training curves (1: none).")
+              help="Moving average over N points of each run's training curves (1: none); on the env-steps "
+                   "axis a point is one meta-iteration's env steps (CPO/TRPO iterations averaged to it).")
 @click.option("--adapted/--no-adapted", default=True, show_default=True,
               help="Also draw the meta algorithms' curves after the local steps (dashed).")
 @click.option("--test", "test_name", default="test.json", show_default=True,

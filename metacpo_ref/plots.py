@@ -9,6 +9,13 @@ environment steps or the iteration. Row 2, drawn when some run has a
 and cost on unseen tasks against the adaptation step k = 0..K. The cost limit is
 a dashed black line in every cost panel (the training limit from the metrics
 rows, the test limit from ``test.json``: they differ for car-circle-hazard).
+Each cost panel has a twin on a symmetric-log axis, linear from 0 to the limit
+(why: :func:`figure`), so the limit can be read next to costs 20-60 times it. On
+the env-steps axis every training point covers the same environment steps, one
+meta-iteration: CPO/TRPO iterations are averaged in blocks of K + 1
+(:func:`bin_rows`). Thin lines under each mean are the single seeds, and a
+caption under the figure states the protocol and cost measure of each row
+(:func:`caption`).
 
 Runs are pooled into one curve when their ``config.json`` settings agree apart from the
 seed (and the number of iterations); runs of other settings are drawn apart, labelled
@@ -25,6 +32,7 @@ Pure functions apart from :func:`load_run` (reads a directory) and
 import dataclasses
 import io
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,17 +328,64 @@ def aggregate(curves):
     return Curve(grid, values.mean(axis=0), standard_error(values), len(curves))
 
 
-def training_curve(runs, key, x="env-steps", n_smooth=1):
-    """The aggregated curve of metrics column ``key`` over ``runs`` (each run
-    smoothed first, see :func:`smooth`); ``None`` if some run lacks ``key``."""
+def steps_per_row(run):
+    """The environment steps one metrics row of ``run`` covers (the median over its rows of
+    the increase of ``env_steps``; a meta-iteration's rows cover all its tasks' batches)."""
+    x = np.array([row["env_steps"] for row in run.rows], dtype=np.float64)
+    return float(np.median(np.diff(np.concatenate([[0.0], x]))))
+
+
+def steps_per_point(runs):
+    """The environment steps each point of the training curves covers on the env-steps axis:
+    the coarsest :func:`steps_per_row` among ``runs`` (with meta algorithms among them: one
+    meta-iteration, the batches of its T tasks for the K + 1 policies, i.e. K + 1 CPO/TRPO
+    iterations of T tasks each)."""
+    return max(steps_per_row(r) for r in runs)
+
+
+def bin_rows(x, y, f):
+    """Means of ``y`` over consecutive blocks of ``f`` points, each at the last ``x`` of its
+    block (the env steps once the block is done, as a meta-iteration's row is at its end).
+    A last incomplete block is left out (its mean would cover fewer steps), unless there is
+    no complete block at all: then the one partial block. ``f = 1`` returns the input."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    f = int(f)
+    if f <= 1 or len(y) == 0:
+        return x, y
+    n = len(y) // f
+    if n == 0:
+        return x[-1:], y.mean(keepdims=True)
+    return x[:n * f].reshape(n, f)[:, -1], y[:n * f].reshape(n, f).mean(axis=1)
+
+
+def bin_factor(run, resolution):
+    """How many of ``run``'s rows make one point of ``resolution`` environment steps (1 when
+    ``resolution`` is ``None`` or no coarser than a row)."""
+    if resolution is None:
+        return 1
+    return max(1, int(round(resolution / steps_per_row(run))))
+
+
+def run_curves(runs, key, x="env-steps", n_smooth=1, resolution=None):
+    """Each run's ``(x, y)`` of metrics column ``key``: binned to ``resolution`` environment
+    steps per point (:func:`bin_rows`, :func:`bin_factor`), then smoothed (:func:`smooth`);
+    ``None`` if some run lacks ``key``."""
     xkey = X_AXES[x][0]
     curves = []
     for r in runs:
         if any(key not in row for row in r.rows):
             return None
-        curves.append((np.array([row[xkey] for row in r.rows], dtype=np.float64),
-                       smooth([row[key] for row in r.rows], n_smooth)))
-    return aggregate(curves)
+        bx, by = bin_rows([row[xkey] for row in r.rows], [row[key] for row in r.rows], bin_factor(r, resolution))
+        curves.append((bx, smooth(by, n_smooth)))
+    return curves
+
+
+def training_curve(runs, key, x="env-steps", n_smooth=1, resolution=None):
+    """The aggregated curve of metrics column ``key`` over ``runs`` (each run binned to
+    ``resolution`` environment steps per point and smoothed first, see :func:`run_curves`);
+    ``None`` if some run lacks ``key``."""
+    curves = run_curves(runs, key, x, n_smooth, resolution)
+    return None if curves is None else aggregate(curves)
 
 
 def aggregate_test(tests, key):
@@ -355,36 +410,147 @@ def aggregate_test(tests, key):
 
 # --- drawing ----------------------------------------------------------------------------
 
-def _band(ax, curve, c, label, **kw):
+SEED_LINE = dict(linewidth=0.6, alpha=0.35, gid="seed")   # a seed's curve under the mean
+
+
+def _band(ax, curve, c, label, band_alpha=0.2, **kw):
     marker = "o" if len(curve.x) == 1 else None
     ax.plot(curve.x, curve.mean, color=c, label=label, marker=marker, **kw)
     if curve.n > 1:
-        ax.fill_between(curve.x, curve.mean - curve.se, curve.mean + curve.se, color=c, alpha=0.2, linewidth=0)
+        ax.fill_between(curve.x, curve.mean - curve.se, curve.mean + curve.se, color=c, alpha=band_alpha,
+                        linewidth=0)
+
+
+def _seeds(ax, curves, c, **kw):
+    """One thin line per run (``(x, y)`` each), unlabelled, under the mean."""
+    for x, y in curves:
+        ax.plot(x, y, color=c, **{**SEED_LINE, **kw})
 
 
 COST_LABELS = {"discounted": "discounted cost J_C", "episode": "episode cost (undiscounted)"}
+MEASURE_TEXT = {"discounted": "the discounted cost J_C (gamma-discounted sum over an episode)",
+                "episode": "the undiscounted cost per episode"}
+
+
+def _measures(rows):
+    """The cost measures of ``rows`` (``cost_measure``; rows from before the setting: the
+    undiscounted episode cost)."""
+    return sorted({row.get("cost_measure", "episode") for row in rows})
 
 
 def _cost_label(rows):
     """The y label of a cost panel from its rows' ``cost_measure`` (rows from before the
     setting: the undiscounted episode cost); several measures are named together."""
-    measures = sorted({row.get("cost_measure", "episode") for row in rows})
+    measures = _measures(rows)
     return " / ".join(COST_LABELS[m] for m in measures) + (" (mixed measures)" if len(measures) > 1 else "")
 
 
 LIMIT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+ZOOM_LINSCALE = 1.0   # the zoomed cost panels: the linear part 0..limit as tall as one decade above it
 
 
-def _limits(ax, limits):
+def _limits(ax, limits, what="cost limit"):
     """One black line per cost limit, each labelled with its value and drawn in its own style."""
     for i, lim in enumerate(sorted(limits)):
         ax.axhline(lim, color="black", linestyle=LIMIT_STYLES[i % len(LIMIT_STYLES)], linewidth=1.5,
-                   label=f"cost limit {lim:g}", zorder=3)
+                   label=f"{what} {lim:g}", zorder=3)
 
 
-def figure(runs, x="env-steps", n_smooth=1, adapted=True):
-    """The figure of ``runs`` (all of one family): training return and cost (row 1)
-    and, if any run has test rows, meta-testing return and cost (row 2)."""
+def _zoom(ax, limits):
+    """Make ``ax`` the zoomed view of a cost panel: a symmetric-log y axis, linear from 0 to
+    the largest limit ``L`` and logarithmic above it, with ticks at 0, L/2, L and 2, 5, 10, 20,
+    50, ... x L; the bottom at 0 (costs are never negative). Returns ``L``."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    lim = max(limits) if max(limits) > 0 else 1.0
+    ax.set_yscale("symlog", linthresh=lim, linscale=ZOOM_LINSCALE)
+    top = max(ax.get_ylim()[1], 2.0 * lim)
+    ticks = [0.0, lim / 2, lim] + [m * lim for m in (2, 5, 10, 20, 50, 100, 200, 500, 1000) if m * lim <= top]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticklabels([f"{t:g}" for t in ticks])
+    ax.set_ylim(0.0, top)
+    return lim
+
+
+def _values(values):
+    """``values`` (a set) as text: one value, or all of them joined by "/"."""
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values, key=str))
+
+
+def caption(runs, test_name="test.json", x="env-steps", resolution=None):
+    """The figure's caption: what each row shows under which protocol and cost measure.
+
+    Training: mean and band, the seeds' thin lines, the cost measure and limit(s) of the
+    metrics rows, the meta algorithms' tasks and local steps, and how many CPO/TRPO
+    iterations are averaged into one point (``resolution``, see :func:`steps_per_point`).
+    Meta-testing: the test file, its tasks, adaptation and evaluation episodes, cost
+    measure and limit(s), as recorded in its rows (an old file without them says so)."""
+    rows = [row for r in runs for row in r.rows]
+    groups = group(runs)
+    meta = {a: rs for a, rs in groups.items() if any("return_adapted" in row for r in rs for row in r.rows)}
+    other = {a: rs for a, rs in groups.items() if a not in meta}
+    lines = []
+    train = ("Training (row 1): mean over seeds with a band of ± 1 s.e., thin lines the single seeds; cost = "
+             + " / ".join(MEASURE_TEXT[m] for m in _measures(rows))
+             + f", limit {_values({row['cost_limit'] for row in rows})}.")
+    if meta:
+        ms = [r for rs in meta.values() for r in rs]
+        train += (f" {', '.join(meta)}: one point per meta-iteration "
+                  f"({_values({r.config.get('tasks') for r in ms})} tasks, "
+                  f"K = {_values({r.config.get('local_steps') for r in ms})} local steps; solid: the policy "
+                  "before adaptation, dashed: after the K local steps).")
+    if other:
+        os_ = [r for rs in other.values() for r in rs]
+        if x == "env-steps" and resolution is not None and any(bin_factor(r, resolution) > 1 for r in os_):
+            blocks = _values({bin_factor(r, resolution) for r in os_})
+            train += (f" {', '.join(other)}: mean of each block of {blocks} iterations, the same "
+                      f"{resolution:,.0f} env steps per point as the meta algorithms.")
+        else:
+            train += f" {', '.join(other)}: one point per iteration."
+    lines.append(train)
+    tested = [r.test for r in runs if r.test]
+    if tested:
+        first = [t[0] for t in tested]
+        test = (f"Meta-testing (row 2, {test_name} of {len(tested)} runs): "
+                f"{_values({len(t[0].get('tasks') or []) for t in tested})} unseen tasks per run, "
+                f"k = 0..{_values({len(t) - 1 for t in tested})} adaptation steps")
+        if all("eval_episodes" in row for row in first):
+            test += (f" of {_values({row.get('adapt_episodes') for row in first})} episodes each, return and cost "
+                     f"measured on {_values({row['eval_episodes'] for row in first})} separate evaluation "
+                     "episodes per task and step")
+        else:
+            test += f" (the evaluation episodes are not recorded in {test_name})"
+        test += ("; cost = " + " / ".join(MEASURE_TEXT[m] for m in _measures(first))
+                 + f", limit {_values({row['cost_limit'] for row in first})}; error bars ± 1 s.e. across seeds,"
+                   " thin lines the single seeds.")
+        lines.append(test)
+    lines.append("Right column: the cost panel again on a symmetric-log axis, linear from 0 to the largest limit and "
+                 "logarithmic above it, to read whether the constrained algorithms meet the limit while every "
+                 "curve stays in view.")
+    return lines
+
+
+def figure(runs, x="env-steps", n_smooth=1, adapted=True, test_name="test.json"):
+    """The figure of ``runs`` (all of one family): training return, cost and cost zoomed
+    (row 1) and, if any run has test rows, meta-testing return, cost and cost zoomed
+    (row 2), with the :func:`caption` under it.
+
+    Each cost panel has a twin to its right, the same curves on a symmetric-log y axis,
+    linear from 0 to the largest limit L of its row and logarithmic above (:func:`_zoom`):
+    the unconstrained algorithms reach costs 20-60 times the limit and squeeze the limit
+    line into the bottom few percent of the full panel, which stays linear (their scale is
+    part of the result). Not a linear zoom to 0..3 L: at meta-testing every algorithm of
+    car-circle-hazard is above 3 L (such a panel is empty, showing neither by how much nor
+    in which order), and in training the constrained curves would leave it at every
+    spike. On the symlog axis the limit sits at a fixed height (about 40% of the panel), a
+    cost of 0 stays on it, and the distance above the limit reads as a ratio.
+
+    On the env-steps axis every training point covers the same environment steps,
+    :func:`steps_per_point` (one meta-iteration): the CPO/TRPO rows are averaged in blocks
+    of K + 1 iterations (:func:`bin_rows`) before ``n_smooth``. On the iteration axis each
+    row is a point."""
     import matplotlib.pyplot as plt
 
     if x not in X_AXES:
@@ -396,26 +562,36 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     tested = {a: [r.test for r in rs if r.test is not None] for a, rs in groups.items()}
     tested = {a: t for a, t in tested.items() if t}
     nrows = 2 if tested else 1
-    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.2 * nrows + 0.9), squeeze=False)
+    resolution = steps_per_point(runs) if x == "env-steps" else None
+    text = [textwrap.fill(line, 190) for line in caption(runs, test_name, x, resolution)]
+    text_lines = sum(t.count("\n") + 1 for t in text)
+    fig, axes = plt.subplots(nrows, 3, figsize=(16, 4.6 * nrows + 0.9 + 0.16 * text_lines), squeeze=False)
     xlabel = X_AXES[x][1]
 
     for algo, rs in groups.items():
         c = palette[algo]
-        for col, key in enumerate(("return", "cost")):
+        for col, key in enumerate(("return", "cost", "cost")):
             ax = axes[0, col]
-            _band(ax, training_curve(rs, key, x, n_smooth), c, f"{algo} (n={len(rs)})", linewidth=1.8)
-            after = training_curve(rs, f"{key}_adapted", x, n_smooth) if adapted else None
-            if after is not None:
+            _seeds(ax, run_curves(rs, key, x, n_smooth, resolution), c)
+            _band(ax, training_curve(rs, key, x, n_smooth, resolution), c, f"{algo} (n={len(rs)})", linewidth=1.8)
+            seeds = run_curves(rs, f"{key}_adapted", x, n_smooth, resolution) if adapted else None
+            if seeds is not None:
                 ks = sorted({r.config.get("local_steps") for r in rs}, key=str)
                 ktext = "/".join(str(k) for k in ks)
-                ax.plot(after.x, after.mean, color=c, linestyle=(0, (4, 2)), linewidth=1.1, alpha=0.85,
-                        label=f"{algo} after K={ktext} local steps", marker="o" if len(after.x) == 1 else None)
-    _limits(axes[0, 1], {row["cost_limit"] for r in runs for row in r.rows})
-    for col, key in enumerate(("return", "cost")):
+                _seeds(ax, seeds, c, linestyle=(0, (4, 2)))
+                _band(ax, aggregate(seeds), c, f"{algo} after K={ktext} local steps", band_alpha=0.1,
+                      linestyle=(0, (4, 2)), linewidth=1.1, alpha=0.85)
+    train_limits = {row["cost_limit"] for r in runs for row in r.rows}
+    for ax in axes[0, 1:]:
+        _limits(ax, train_limits)
+    lim = _zoom(axes[0, 2], train_limits)
+    smoothing = f", moving average of {n_smooth}" if n_smooth > 1 else ""
+    cost_label = _cost_label([row for r in runs for row in r.rows])
+    for col, title in enumerate(("training: return", "training: cost", f"training: cost, symlog (linear below {lim:g})")):
         ax = axes[0, col]
-        ax.set_title(f"training: {key}" + (f" (moving average of {n_smooth})" if n_smooth > 1 else ""))
+        ax.set_title(title + smoothing)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("episode return" if key == "return" else _cost_label([row for r in runs for row in r.rows]))
+        ax.set_ylabel("episode return" if col == 0 else cost_label)
         if x == "env-steps":
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
 
@@ -424,19 +600,26 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
         for i, (algo, tests) in enumerate(tested.items()):
             c = palette[algo]
             dodge = 0.06 * (order.index(algo) - (len(order) - 1) / 2)
-            for col, key in enumerate(("return", "cost")):
+            for col, key in enumerate(("return", "cost", "cost")):
                 cur = aggregate_test(tests, key)
                 note = f"{cur.n} seeds" if cur.n > 1 else "1 seed, s.e. over its test tasks"
+                if cur.n > 1:
+                    _seeds(axes[1, col], [(np.array([row["step"] for row in t], dtype=np.float64) + dodge,
+                                           [row[key] for row in t]) for t in tests], c)
                 axes[1, col].errorbar(cur.x + dodge, cur.mean, yerr=cur.se, color=c, marker="o", markersize=4,
                                       capsize=3, linewidth=1.8, label=f"{algo}: {note}")
-        _limits(axes[1, 1], {t[0]["cost_limit"] for tests in tested.values() for t in tests})
+        test_limits = {t[0]["cost_limit"] for tests in tested.values() for t in tests}
+        for ax in axes[1, 1:]:
+            _limits(ax, test_limits, "meta-testing cost limit" if test_limits != train_limits else "cost limit")
+        lim = _zoom(axes[1, 2], test_limits)
         kmax = max(len(t) for tests in tested.values() for t in tests) - 1
-        for col, key in enumerate(("return", "cost")):
+        cost_label = _cost_label([t[0] for tests in tested.values() for t in tests])
+        for col, title in enumerate(("meta-testing on unseen tasks: return", "meta-testing on unseen tasks: cost",
+                                     f"meta-testing: cost, symlog (linear below {lim:g})")):
             ax = axes[1, col]
-            ax.set_title(f"meta-testing on unseen tasks: {key}")
+            ax.set_title(title)
             ax.set_xlabel("adaptation step k")
-            ax.set_ylabel("episode return" if key == "return" else _cost_label(
-                [t[0] for tests in tested.values() for t in tests]))
+            ax.set_ylabel("episode return" if col == 0 else cost_label)
             ax.set_xticks(range(kmax + 1))
         axes[1, 0].legend(*axes[1, 0].get_legend_handles_labels(), fontsize=8, loc="best",
                           title="error bar: s.e. across seeds", title_fontsize=8)
@@ -444,16 +627,20 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True):
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
     handles = {}   # one entry per algorithm (its training label), adapted curve, limit
-    for ax in axes[0]:   # (the meta-testing panel has its own legend)
+    for ax in [*axes[0], *axes[1:, 1].flat]:   # (the meta-testing curves have their own legend, not its limits)
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab.split(" (n=")[0], (h, lab))
-    ncol = min(4 if max(map(len, handles)) < 40 else 2, len(handles))
+            if ax in axes[0] or "limit" in lab:
+                handles.setdefault(lab.split(" (n=")[0], (h, lab))
+    ncol = min(4 if max(map(len, handles)) < 40 else 3, len(handles))
+    height = fig.get_figheight()
+    legend_rows = -(-len(handles) // ncol)
+    fig.text(0.01, 0.006, "\n".join(text), ha="left", va="bottom", fontsize=8.5)
+    caption_h = (0.16 * text_lines + 0.1) / height
     fig.legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], loc="lower center",
-               ncol=ncol, frameon=False, fontsize=9)
+               bbox_to_anchor=(0.5, caption_h), ncol=ncol, frameon=False, fontsize=9)
     family = runs[0].family
     fig.suptitle(f"{family}: mean ± standard error over seeds (n = runs per algorithm)", fontsize=12)
-    legend_rows = -(-len(handles) // ncol)
-    fig.tight_layout(rect=(0, 0.035 * legend_rows / nrows + 0.01, 1, 0.97))
+    fig.tight_layout(rect=(0, caption_h + (0.24 * legend_rows + 0.05) / height, 1, 1 - 0.35 / height))
     return fig
 
 
@@ -464,7 +651,7 @@ def plot(paths, out, x="env-steps", n_smooth=1, adapted=True, dpi=120, test_name
     import matplotlib.pyplot as plt
 
     runs, warnings = load_runs(paths, test_name)
-    fig = figure(runs, x, n_smooth, adapted)
+    fig = figure(runs, x, n_smooth, adapted, test_name)
     out = Path(out)
     image = io.BytesIO()
     try:

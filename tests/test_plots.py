@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from metacpo_ref.plots import PlotError, aggregate, aggregate_test, load_runs, smooth, training_curve
+from metacpo_ref.plots import (PlotError, aggregate, aggregate_test, bin_rows, caption, figure, load_runs,
+                               smooth, steps_per_point, training_curve)
 
 # (algo, seed): (per-iteration returns, costs); the second meta-cpo seed is one iteration longer
 TRAIN = {
@@ -66,7 +67,7 @@ def test_cli_writes_png(tmp_path, runs):
     assert res.exit_code == 0, res.output
     assert "meta-cpo 2 runs (2 meta-tested)" in res.output and "cpo 2 runs (1 meta-tested)" in res.output
     w, h = png_size(out)
-    assert 800 <= w <= 3000 and 600 <= h <= 3000 and h > w * 0.7   # two rows of panels
+    assert 800 <= w <= 3000 and 600 <= h <= 3000 and h > w * 0.55   # two rows of three panels
     for extra in (["--x", "iteration", "--smooth", "2"], ["--no-adapted"]):
         out2 = tmp_path / f"curves{len(extra)}.png"
         res = CliRunner().invoke(cli.main, ["plot", *map(str, runs), "--out", str(out2), *extra])
@@ -206,3 +207,114 @@ def test_cost_panels_name_the_runs_cost_measure():
     assert _cost_label([{}, {"cost_measure": "episode"}]) == "episode cost (undiscounted)"
     assert _cost_label([{}, {"cost_measure": "discounted"}]) == \
         "discounted cost J_C / episode cost (undiscounted) (mixed measures)"
+
+
+def _close(fig):
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_cost_panels_have_a_symlog_twin(runs):
+    """Each cost panel (training, meta-testing) has a twin to its right on a symmetric-log axis,
+    linear up to its row's limit, from 0, with the limit line; the full panel stays linear."""
+    loaded, _ = load_runs(runs)
+    fig = figure(loaded)
+    try:
+        axes = fig.get_axes()
+        assert len(axes) == 6
+        for full, zoom, limit in ((axes[1], axes[2], 10.0), (axes[4], axes[5], 10.0)):
+            assert full.get_yscale() == "linear" and zoom.get_yscale() == "symlog"
+            assert zoom.yaxis.get_transform().linthresh == limit
+            highest = max(max(np.asarray(line.get_ydata(), dtype=float)) for line in zoom.get_lines())
+            assert zoom.get_ylim()[0] == 0.0 and zoom.get_ylim()[1] >= highest   # every curve stays in view
+            for ax in (full, zoom):
+                assert any(line.get_label() == f"cost limit {limit:g}" for line in ax.get_lines())
+            assert "symlog" in zoom.get_title()
+    finally:
+        _close(fig)
+
+
+def test_baselines_binned_to_the_meta_resolution(tmp_path, runs):
+    """On the env-steps axis a point covers one meta-iteration's env steps (900 here): the
+    CPO/TRPO rows (300 steps each) are averaged in blocks of 3, at the block's last env steps, an
+    incomplete last block left out; on the iteration axis nothing is binned."""
+    np.testing.assert_allclose(bin_rows([1, 2, 3, 4, 5, 6, 7], [1.0, 2, 3, 4, 5, 6, 7], 3)[0], [3, 6])
+    np.testing.assert_allclose(bin_rows([1, 2, 3, 4, 5, 6, 7], [1.0, 2, 3, 4, 5, 6, 7], 3)[1], [2.0, 5.0])
+    np.testing.assert_allclose(bin_rows([1, 2], [1.0, 3.0], 3)[1], [2.0])   # no full block: the partial one
+    loaded, _ = load_runs(runs)
+    assert steps_per_point(loaded) == 900
+    cpo = [r for r in loaded if r.algo == "cpo"]
+    cur = training_curve(cpo, "cost", "env-steps", resolution=900)
+    np.testing.assert_allclose(cur.x, [900])
+    np.testing.assert_allclose(cur.mean, [(95.0 / 3 + 35.0) / 2])   # seeds' means of rows 0-2, row 3 left out
+    long = make_run(tmp_path / "long", "trpo", 0, list(range(7)), [3.0, 3, 3, 6, 6, 6, 100])
+    lr, _ = load_runs([long])
+    np.testing.assert_allclose(training_curve(lr, "cost", "env-steps", resolution=300).mean, [3.0, 6.0])
+    fig = figure(loaded)
+    try:
+        cpo_line = next(line for line in fig.get_axes()[1].get_lines() if line.get_label().startswith("cpo "))
+        np.testing.assert_allclose(cpo_line.get_xdata(), [900])
+    finally:
+        _close(fig)
+    fig = figure(loaded, x="iteration")
+    try:
+        cpo_line = next(line for line in fig.get_axes()[1].get_lines() if line.get_label().startswith("cpo "))
+        np.testing.assert_allclose(cpo_line.get_xdata(), [0, 1, 2, 3])   # one point per iteration
+    finally:
+        _close(fig)
+
+
+def test_seed_lines_and_adapted_bands(runs):
+    """A thin line per seed under each mean (training: before and after adaptation; meta-testing:
+    algorithms of two or more tested seeds), and the curve after the K local steps has a band."""
+    from matplotlib.collections import PolyCollection
+
+    loaded, _ = load_runs(runs)
+    fig = figure(loaded)
+    try:
+        axes = fig.get_axes()
+        for ax in axes[:3]:
+            assert sum(line.get_gid() == "seed" for line in ax.get_lines()) == 6
+            # meta-cpo: 2 seeds + their 2 curves after adaptation; cpo: 2 seeds
+            bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+            assert len(bands) == 3   # meta-cpo, meta-cpo after K local steps, cpo
+        for ax in axes[3:]:
+            assert sum(line.get_gid() == "seed" for line in ax.get_lines()) == 2   # meta-cpo's 2 tested seeds
+    finally:
+        _close(fig)
+
+
+def test_caption_states_protocol_and_measure(tmp_path, runs):
+    """The caption under the figure names the cost measure of each row, the limits, the
+    meta-test file with its tasks and evaluation episodes, and how CPO/TRPO are binned."""
+    loaded, _ = load_runs(runs)
+    text = " ".join(caption(loaded, "test.json", "env-steps", steps_per_point(loaded)))
+    assert "cost = the undiscounted cost per episode, limit 10." in text
+    assert "meta-cpo: one point per meta-iteration (3 tasks, K = 2 local steps" in text
+    assert "cpo: mean of each block of 3 iterations, the same 900 env steps per point" in text
+    assert "Meta-testing (row 2, test.json of 3 runs)" in text and "k = 0..2 adaptation steps" in text
+    assert "evaluation episodes are not recorded in test.json" in text   # an old test.json
+    assert "symmetric-log" in text
+    assert "one point per iteration" in " ".join(caption(loaded, "test.json", "iteration", None))
+
+    d = make_run(tmp_path / "new", "meta-cpo", 0, [1.0, 2.0], [5.0, 6.0], test=TEST["meta-cpo", 0], cost_limit=2.0)
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps({**r, "cost_measure": "discounted"}) + "\n" for r in rows))
+    doc = json.loads((d / "test.json").read_text())
+    for r in doc["rows"]:
+        r.update(cost_measure="episode", cost_limit=5.0, adapt_episodes=6, eval_episodes=24,
+                 tasks=[{}, {}, {}, {}, {}])
+    (d / "test-eval.json").write_text(json.dumps(doc))
+    new, _ = load_runs([d], "test-eval.json")
+    text = " ".join(caption(new, "test-eval.json", "env-steps", steps_per_point(new)))
+    assert "cost = the discounted cost J_C (gamma-discounted sum over an episode), limit 2." in text
+    assert "Meta-testing (row 2, test-eval.json of 1 runs): 5 unseen tasks per run" in text
+    assert "of 6 episodes each, return and cost measured on 24 separate evaluation episodes" in text
+    assert "cost = the undiscounted cost per episode, limit 5;" in text
+    fig = figure(new, test_name="test-eval.json")
+    try:
+        assert any("Meta-testing (row 2, test-eval.json" in t.get_text().replace("\n", " ") for t in fig.texts)
+        labels = {line.get_label() for ax in fig.get_axes() for line in ax.get_lines()}
+        assert {"cost limit 2", "meta-testing cost limit 5"} <= labels
+    finally:
+        _close(fig)
