@@ -216,7 +216,10 @@ def load_runs(paths, test_name="test.json"):
     return runs, warnings
 
 
-POOLED_OVER = ("seed", "iterations")   # what may differ between the runs of one curve (iterations: see aggregate)
+# What may differ between the runs of one curve: the seed, the iterations (see aggregate) and
+# split_meta_gradient, where the meta-gradient is computed (the same gradient up to rounding:
+# config.py), as in the first campaign's car runs made before issue 18 changed its default.
+POOLED_OVER = ("seed", "iterations", "split_meta_gradient")
 
 
 def settings(run):

@@ -318,3 +318,19 @@ def test_caption_states_protocol_and_measure(tmp_path, runs):
         assert {"cost limit 2", "meta-testing cost limit 5"} <= labels
     finally:
         _close(fig)
+
+
+def test_where_the_meta_gradient_is_computed_does_not_split_a_curve():
+    """split_meta_gradient changes where eq. 11 is summed, not what it is (config.py): runs
+    that differ only in it and the seed are one curve; a real setting still splits."""
+    from types import SimpleNamespace
+
+    from metacpo_ref.plots import group
+
+    def run(seed, **kw):
+        config = {"family": "point-circle", "algo": "meta-cpo", "seed": seed, **kw}
+        return SimpleNamespace(config=config, algo="meta-cpo", path=f"r{seed}")
+
+    pair = [run(0, split_meta_gradient=False), run(1, split_meta_gradient=True)]
+    assert [len(rs) for rs in group(pair).values()] == [2]
+    assert len(group([run(0, inner_metric="fisher"), run(1, inner_metric="identity")])) == 2
