@@ -316,8 +316,10 @@ class Config:
         "(car-circle-hazard) iterations on average, 1/3 / 3/5 of the fitting time, at 1.8-3.5x / 1.5-2.7x the "
         "reward value loss after the fit. Not the default until a learning comparison (one family, 2 seeds) "
         "shows that learning does not get worse.", POSITIVE)
-    inner_delta: float = setting(INNER_DELTA, "Euclidean trust radius of the local steps, eq. 9 "
-                                 "(authors' code).", POSITIVE)
+    inner_delta: float = setting(INNER_DELTA, "Trust radius of the local steps, eq. 9: Euclidean (0.5 |x|^2 <= "
+                                 "delta) with inner_metric identity, the authors' code's value; a KL radius (0.5 "
+                                 "x'Hx <= delta, H the Fisher matrix) with inner_metric fisher, Meta-CPO's default.",
+                                 POSITIVE)
     outer_delta: float = setting(OUTER_DELTA, "Trust radius of the meta step, eq. 12 (authors' code).", POSITIVE)
     baseline_delta: float = setting(BASELINE_DELTA, "KL trust radius of the CPO / TRPO baselines' Fisher-metric "
                                     "steps (safety-starter-agents' target KL).", POSITIVE)
