@@ -319,7 +319,8 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
         click.echo(text)
         return
     click.echo(f"cost limit {rows[0]['cost_limit']:g} on the {MEASURE_NAMES[rows[0]['cost_measure']]}; "
-               f"{rows[0]['eval_episodes']} evaluation episodes per task and step; authors': their logged "
+               f"{rows[0]['eval_episodes']} evaluation episode{'s' if rows[0]['eval_episodes'] != 1 else ''} per task "
+               "and step; authors': their logged "
                "measure (the batch discounted from its first step, never reset), for comparison only")
     click.echo(f"{'step':>4s} {'return':>9s} {'+-se':>7s} {'episode':>8s} {'+-se':>7s} {'discntd':>8s} {'+-se':>7s} "
                f"{'authors':>8s} {'cost/step':>9s}")

@@ -215,3 +215,11 @@ def test_cli_refuses_an_unknown_measure_and_a_changed_one_on_resume(tmp_path):
     r = CliRunner().invoke(main, ["train", "point-circle", "--resume", "--iterations", "2", "--cost-measure",
                                   "episode", "--workers", "1", "--out", str(out)])
     assert r.exit_code == 1 and "cost_measure 'discounted' -> 'episode'" in r.output
+    r = CliRunner().invoke(main, ["test", "point-circle", "--checkpoint", str(out / "checkpoint.npz"),
+                                  "--adapt-steps", "1", "--tasks", "1", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    head, columns, *rows = r.output.splitlines()
+    assert "cost limit 10 on the discounted J_C per episode; 1 evaluation episode per task and step" in head
+    assert columns.split() == ["step", "return", "+-se", "episode", "+-se", "discntd", "+-se", "authors",
+                               "cost/step"]
+    assert [row.split()[0] for row in rows] == ["0", "1"]
