@@ -107,18 +107,7 @@ def test_outer_step_recover_pins_the_kl_batches_and_the_radii():
     (each task's step-0 batch) with the bound ls_kl; any other batch choice or radius fails."""
     name = "outer_step_recover"
     inp = inputs(name)
-    tasks = range(int(inp["n_tasks"]))
-    choices = {
-        "evaluation batches": np.concatenate([inp[f"task{i}_eval_obs"] for i in tasks]),
-        "last local batches": np.concatenate([inp[f"task{i}_step1_obs"] for i in tasks]),
-        "every batch": np.concatenate([inp[f"task{i}_{w}_obs"] for i in tasks for w in ("step0", "step1", "eval")]),
-        "first task only": inp["task0_step0_obs"],
-    }
-    for what, obs in choices.items():
-        wrong = lambda spec, old, new, _obs, obs=obs: fx.mean_kl(spec, old, new, obs)
-        with patched(meta, "mean_kl", wrong):
-            miss, bad = assert_pins(name, COMPUTE[name](inp), f"outer KL on the {what}")
-        assert "tried_kl" in bad, what
+    assert_kl_batches_pinned(name, inp)
     for a, b in (("ls_kl", "outer_delta"), ("ls_kl", "inner_delta"), ("outer_delta", "inner_delta")):
         assert float(inp[a]) != float(inp[b])
         assert_pins(name, COMPUTE[name]({**inp, a: inp[b], b: inp[a]}), f"{a} and {b} swapped")
@@ -127,6 +116,31 @@ def test_outer_step_recover_pins_the_kl_batches_and_the_radii():
 # --- the line search's decisions (D18, D19) -------------------------------------------
 
 LOCAL = ["line_search_local_full", "line_search_local_kl", "line_search_local_cost", "line_search_local_reward"]
+
+OUTER = ["outer_step_recover", "line_search_outer_full", "line_search_outer_cost", "line_search_outer_reward"]
+
+
+def assert_kl_batches_pinned(name, inp):
+    """The outer line search's KL measured on any other batches than the pre-adaptation
+    ones (:func:`kl_choices`) fails block ``name`` in its tried KLs."""
+    for what, obs in kl_choices(inp).items():
+        wrong = lambda spec, old, new, _obs, obs=obs: fx.mean_kl(spec, old, new, obs)
+        with patched(meta, "mean_kl", wrong):
+            miss, bad = assert_pins(name, COMPUTE[name](inp), f"outer KL on the {what}")
+        assert "tried_kl" in bad, what
+
+
+def kl_choices(inp):
+    """Batch choices for the outer line search's KL other than the pre-adaptation batches."""
+    tasks = range(int(inp["n_tasks"]))
+    return {
+        "evaluation batches": np.concatenate([inp[f"task{i}_eval_obs"] for i in tasks]),
+        "last local batches": np.concatenate([inp[f"task{i}_step1_obs"] for i in tasks]),
+        "every batch": np.concatenate([inp[f"task{i}_{w}_obs"] for i in tasks for w in ("step0", "step1", "eval")]),
+        "first task's pre-adaptation batch": inp["task0_step0_obs"],
+    }
+
+
 
 
 def wrong_acceptance(b_sign=1.0, reward_rule=True):
@@ -165,28 +179,6 @@ def test_local_line_search_blocks_record_their_decision(name):
     assert_records_its_decision(name)
 
 
-def test_cost_rule_sign_is_pinned():
-    """dC <= max(b, 0) instead of max(-b, 0): the allowed slack becomes 0 below the limit."""
-    name = "line_search_local_cost"
-    with patched(update, "Acceptance", wrong_acceptance(b_sign=-1.0)):
-        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "cost rule dC <= max(b, 0)")
-    assert "beta" in bad and "rejected_cost" in bad
-
-
-def test_reward_rule_is_pinned():
-    name = "line_search_local_reward"
-    with patched(update, "Acceptance", wrong_acceptance(reward_rule=False)):
-        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "no reward rule")
-    assert "beta" in bad and "rejected_reward" in bad
-
-
-@pytest.mark.parametrize("name", LOCAL)
-def test_fractions_off_by_one_are_pinned(name):
-    with patched(update, "backtrack", off_by_one):
-        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "fractions decay^(j+1)")
-    assert "tried_beta" in bad
-
-
 @pytest.mark.parametrize("name", LOCAL)
 def test_local_radii_are_pinned(name):
     """The KL bound is ls_kl and the radius inner_delta: a port reading any other radius fails."""
@@ -213,43 +205,36 @@ def test_local_recover_rule_is_pinned(name):
     assert "b_shift" in bad
 
 
-OUTER = ["outer_step_recover", "line_search_outer_full", "line_search_outer_cost", "line_search_outer_reward"]
-
-
-def kl_choices(inp):
-    """Batch choices for the outer line search's KL other than the pre-adaptation batches."""
-    tasks = range(int(inp["n_tasks"]))
-    return {
-        "evaluation batches": np.concatenate([inp[f"task{i}_eval_obs"] for i in tasks]),
-        "last local batches": np.concatenate([inp[f"task{i}_step1_obs"] for i in tasks]),
-        "every batch": np.concatenate([inp[f"task{i}_{w}_obs"] for i in tasks for w in ("step0", "step1", "eval")]),
-        "first task's pre-adaptation batch": inp["task0_step0_obs"],
-    }
-
-
 @pytest.mark.parametrize("name", OUTER[1:])
 def test_outer_line_search_blocks_record_their_decision(name):
     assert_records_its_decision(name)
 
 
-def test_outer_cost_rule_is_pinned():
-    """The outer step's cost rule is dG <= max(-G, 0); a port with max(G, 0) fails."""
-    name = "line_search_outer_cost"
-    with patched(meta, "Acceptance", wrong_acceptance(b_sign=-1.0)):
-        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "outer cost rule dG <= max(G, 0)")
+# The rules the local (update.py) and outer (meta.py) line searches share, planted in each.
+RULE_BLOCKS = [(update, "line_search_local"), (meta, "line_search_outer")]
+
+
+@pytest.mark.parametrize("module,prefix", RULE_BLOCKS)
+def test_cost_rule_sign_is_pinned(module, prefix):
+    """dC <= max(b, 0) instead of max(-b, 0) (outer: dG <= max(G, 0)): the allowed slack
+    becomes 0 below the limit."""
+    name = prefix + "_cost"
+    with patched(module, "Acceptance", wrong_acceptance(b_sign=-1.0)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "cost rule dC <= max(b, 0)")
     assert "beta" in bad and "rejected_cost" in bad
 
 
-def test_outer_reward_rule_is_pinned():
-    name = "line_search_outer_reward"
-    with patched(meta, "Acceptance", wrong_acceptance(reward_rule=False)):
-        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "no outer reward rule")
+@pytest.mark.parametrize("module,prefix", RULE_BLOCKS)
+def test_reward_rule_is_pinned(module, prefix):
+    name = prefix + "_reward"
+    with patched(module, "Acceptance", wrong_acceptance(reward_rule=False)):
+        miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "no reward rule")
     assert "beta" in bad and "rejected_reward" in bad
 
 
-@pytest.mark.parametrize("name", OUTER)
-def test_outer_fractions_off_by_one_are_pinned(name):
-    with patched(meta, "backtrack", off_by_one):
+@pytest.mark.parametrize("module,name", [(update, n) for n in LOCAL] + [(meta, n) for n in OUTER])
+def test_fractions_off_by_one_are_pinned(module, name):
+    with patched(module, "backtrack", off_by_one):
         miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "fractions decay^(j+1)")
     assert "tried_beta" in bad
 
@@ -257,11 +242,7 @@ def test_outer_fractions_off_by_one_are_pinned(name):
 @pytest.mark.parametrize("name", OUTER[1:])
 def test_outer_kl_batches_and_radii_are_pinned(name):
     inp = inputs(name)
-    for what, obs in kl_choices(inp).items():
-        wrong = lambda spec, old, new, _obs, obs=obs: fx.mean_kl(spec, old, new, obs)
-        with patched(meta, "mean_kl", wrong):
-            miss, bad = assert_pins(name, COMPUTE[name](inp), f"outer KL on the {what}")
-        assert "tried_kl" in bad, what
+    assert_kl_batches_pinned(name, inp)
     for right in ("outer_delta", "ls_kl"):
         for wrong in ("inner_delta", "outer_delta", "ls_kl", "baseline_delta"):
             if wrong != right:
