@@ -278,10 +278,15 @@ def step_weights(batch, measure, gamma=GAMMA):
         return np.ones(len(batch))
     if measure != "discounted":
         raise ValueError(f"unknown cost measure {measure!r}; valid: discounted, episode")
+    starts = episode_starts(batch)
+    first = np.repeat(starts, np.diff(np.append(starts, len(batch))))   # first step of each step's episode
+    return float(gamma) ** (np.arange(len(batch)) - first).astype(np.float64)
+
+
+def episode_starts(batch):
+    """The index of each episode's first step (the step after each episode end)."""
     ends = np.asarray(batch.episode_ends, dtype=bool)
-    starts = np.concatenate([[0], np.flatnonzero(ends[:-1]) + 1])
-    first = np.repeat(starts, np.diff(np.append(starts, len(ends))))   # first step of each step's episode
-    return float(gamma) ** (np.arange(len(ends)) - first).astype(np.float64)
+    return np.concatenate([[0], np.flatnonzero(ends[:-1]) + 1])
 
 
 def measured_cost(batch, measure, gamma=GAMMA):
@@ -306,9 +311,8 @@ def measured_cost(batch, measure, gamma=GAMMA):
 def episode_measures(batch, gamma=GAMMA):
     """Per episode ``(undiscounted cost, discounted cost J_C)`` of a batch (D36), shapes (E,)."""
     w = step_weights(batch, "discounted", gamma)
-    ends = np.flatnonzero(batch.episode_ends)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    disc = np.add.reduceat(w * np.asarray(batch.cost, dtype=np.float64), starts) if len(ends) else np.zeros(0)
+    starts = episode_starts(batch)
+    disc = np.add.reduceat(w * np.asarray(batch.cost, dtype=np.float64), starts) if len(batch) else np.zeros(0)
     return np.asarray(batch.ep_cost, dtype=np.float64), disc
 
 

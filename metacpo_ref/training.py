@@ -545,7 +545,7 @@ def _se(x):
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def test_rows(tasks, per_task, config, limit, protocol):
+def meta_test_rows(tasks, per_task, config, limit, protocol):
     """One meta-test row per step k from the tasks' :func:`evaluate_policy` dicts
     ``per_task[i][k]``: every measure of :data:`MEASURES` averaged over tasks (and its
     standard error ``NAME_se``), ``cost`` the one in the run's ``cost_measure`` (what
@@ -570,7 +570,7 @@ def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCA
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
     ``adapt_steps`` steps (tasks in parallel on ``workers`` processes) and measure each
     ``phi_k`` on separate evaluation episodes (:func:`adapt_on`): one row per step
-    k = 0..K (:func:`test_rows`). Adaptation batches have the run's size unless
+    k = 0..K (:func:`meta_test_rows`). Adaptation batches have the run's size unless
     ``episodes`` is given; ``eval_episodes`` defaults to the same number.
     ``deterministic`` evaluates mean actions. ``cost_limit`` defaults to the family's
     test limit, in the run's cost measure. ``random_policy``: instead, one row k = 0 of a
@@ -596,7 +596,7 @@ def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCA
         results = w.map(fn, jobs, [f"test task {t.params}" for t in tasks])
     protocol = {"adapt_episodes": config.n_episodes, "eval_episodes": n_eval,
                 "deterministic": bool(deterministic), "policy": "random" if random_policy else "checkpoint"}
-    return test_rows(tasks, [stats for _, stats in results], config, limit, protocol)
+    return meta_test_rows(tasks, [stats for _, stats in results], config, limit, protocol)
 
 
 def _random_on(env, task, seed, n_episodes, gamma):

@@ -62,13 +62,13 @@ class Collected:
         return self.adv.vf_params_r, self.adv.vf_params_c
 
 
-def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit, n_episodes=None):
-    """Algorithm 1 lines 7-8: collect ``n_episodes`` (default ``config.n_episodes``)
-    episodes with ``pi_phi``, then estimate advantages (value functions ``vf = (vf_r, vf_c)``
+def collect_step_data(env, spec, vspec, phi, vf, config, seed, cost_limit):
+    """Algorithm 1 lines 7-8: collect ``config.n_episodes`` episodes with ``pi_phi``,
+    then estimate advantages (value functions ``vf = (vf_r, vf_c)``
     refitted once, warm-started) and ``b_hat`` (per-step units), both in
     ``config.cost_measure`` (D37, D38)."""
     t0 = time.perf_counter()
-    batch = collect(env, act_fn(spec, phi), config.n_episodes if n_episodes is None else n_episodes, seed)
+    batch = collect(env, act_fn(spec, phi), config.n_episodes, seed)
     env_time = time.perf_counter() - t0
     adv = advantages(vspec, batch, vf[0], vf[1], config.gamma, config.gae_lambda, config.vf_iters, config.vf_ftol)
     data = StepData(batch.obs, batch.act, batch.logp, adv.adv_r,
