@@ -30,7 +30,7 @@ bench: $(STAMP)
 # Mutation testing (not part of `make test` or CI; ~2 h on 2 cores): mutmut 3 over the
 # modules and the fast test subset in setup.cfg [mutmut], each mutant run only against
 # the tests that reach its function. MUTANTS narrows it, e.g.
-# `make mutation MUTANTS='metacpo_ref.advantages*'`; results stay in mutants/
+# `make mutation MUTANTS='metacpo_ref.model.advantages*'`; results stay in mutants/
 # (`$(VENV)/bin/mutmut results`, `$(VENV)/bin/mutmut show NAME`).
 MUTMUT := mutmut==3.8.1
 MUTANTS ?=

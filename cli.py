@@ -7,7 +7,7 @@ import click
 
 from click.core import ParameterSource
 
-from metacpo_ref.bench import DURATION as BENCH_DURATION
+from metacpo_ref.checks.bench import DURATION as BENCH_DURATION
 
 from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILIES, INNER_METRICS,
                                 META_TEST_TASKS, OUTER_METRICS, SMOOTH, TASKS, WORKERS, Config, field_doc,
@@ -104,7 +104,7 @@ def execution_options(fn):
 
 def _ray_address(ctx, param, value):
     """--ray-address in a form Ray takes (workers.ray_address_form), refused while parsing."""
-    from metacpo_ref.workers import ray_address_form
+    from metacpo_ref.envs.workers import ray_address_form
 
     try:
         return None if value is None else ray_address_form(value)
@@ -114,7 +114,7 @@ def _ray_address(ctx, param, value):
 
 def capped_workers(workers, tasks, backend):
     """The workers to start for ``tasks`` jobs at a time; a note when an explicit --workers is capped."""
-    from metacpo_ref.workers import worker_count
+    from metacpo_ref.envs.workers import worker_count
 
     n, why = worker_count(workers, tasks, backend)
     source = click.get_current_context().get_parameter_source("workers")
@@ -167,8 +167,8 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
           finished_ok, workers, backend, ray_address):
     """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
     from metacpo_ref.envs import parse_task
-    from metacpo_ref.training import CheckpointError, RunBusy, run_lock
-    from metacpo_ref.workers import WorkerError
+    from metacpo_ref.run.training import CheckpointError, RunBusy, run_lock
+    from metacpo_ref.envs.workers import WorkerError
 
     try:
         task = None if task_text is None else parse_task(family, task_text, car_walls).params
@@ -201,8 +201,8 @@ def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, co
 
 def _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok=False):
     """The train command's work, in the locked run directory: open it, run, print."""
-    from metacpo_ref.training import load_checkpoint, prepare_run, resume_config, run_iterations
-    from metacpo_ref.workers import WorkerError, check_ray_address
+    from metacpo_ref.run.training import load_checkpoint, prepare_run, resume_config, run_iterations
+    from metacpo_ref.envs.workers import WorkerError, check_ray_address
 
     warn = lambda m: click.echo(f"warning: {m}", err=True)
     config = resume_config(out_dir, given) if resume else Config(**values)
@@ -297,8 +297,8 @@ def _measure(row):
 def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy,
          seed, workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
-    from metacpo_ref.training import CheckpointError, meta_test, write_atomic
-    from metacpo_ref.workers import WorkerError
+    from metacpo_ref.run.training import CheckpointError, meta_test, write_atomic
+    from metacpo_ref.envs.workers import WorkerError
 
     workers = capped_workers(workers, tasks, backend)
     try:
@@ -350,8 +350,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
 
     Runs are pooled when their settings (config.json) agree apart from the seed, else drawn
     apart and labelled by what differs; mean and standard error over seeds, runs of different
-    lengths on the x range they all cover (see metacpo_ref/plots.py); meta-testing from each run's test.json (or --test) when present."""
-    from metacpo_ref.plots import PlotError, group, plot as draw
+    lengths on the x range they all cover (see metacpo_ref/run/plots.py); meta-testing from each run's test.json (or --test) when present."""
+    from metacpo_ref.run.plots import PlotError, group, plot as draw
 
     try:
         runs, warnings = draw(run_dirs, out, x_axis, smooth, adapted, test_name=test_name)
@@ -378,7 +378,7 @@ def rollout(family, split, n_tasks, episodes, seed):
     import numpy as np
 
     from metacpo_ref.envs import make_env, sample_tasks
-    from metacpo_ref.rollouts import batch_seed, collect, random_act
+    from metacpo_ref.envs.rollouts import batch_seed, collect, random_act
 
     tasks = sample_tasks(family, n_tasks, split, seed=seed)
     click.echo(f"{'task':50s} {'return':>8s} {'cost':>8s} {'steps/s':>8s}")
@@ -396,7 +396,7 @@ def rollout(family, split, n_tasks, episodes, seed):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def gradcheck(as_json):
     """Check every derivative against central finite differences."""
-    from metacpo_ref.gradcheck import run_checks
+    from metacpo_ref.checks.gradcheck import run_checks
 
     checks = run_checks()
     if as_json:
@@ -416,8 +416,8 @@ def gradcheck(as_json):
 @click.option("--quick", is_flag=True,
               help=f"Fewer repeats: {BENCH_DURATION['quick']} instead of {BENCH_DURATION['full']}, noisier.")
 def bench(as_json, quick):
-    """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/bench.py)."""
-    from metacpo_ref.bench import run_bench
+    """Speed figures, each a ratio of two timings taken in this run (metacpo_ref/checks/bench.py)."""
+    from metacpo_ref.checks.bench import run_bench
 
     figures = run_bench(cvxpy_cpo_oracle, quick=quick)
     if as_json:
@@ -452,7 +452,7 @@ def cvxpy_cpo_oracle(g, a, b, delta, xbar):
 @click.argument("directory", type=click.Path(file_okay=False))
 def export_fixtures(directory):
     """Write golden fixtures for ports (one .npz per numerical block, manifest.json) to DIRECTORY."""
-    from metacpo_ref.fixtures import export
+    from metacpo_ref.checks.fixtures import export
 
     try:
         manifest = export(directory)
@@ -468,7 +468,7 @@ def verify_fixtures(directory):
     """Recompute every fixture block in DIRECTORY from its inputs; check outputs (within the reference's
     tolerances) and hashes."""
     from metacpo_ref import __version__
-    from metacpo_ref.fixtures import manifest_version, verify
+    from metacpo_ref.checks.fixtures import manifest_version, verify
 
     try:
         rows = verify(directory)
@@ -477,7 +477,7 @@ def verify_fixtures(directory):
     written = manifest_version(directory)
     if written is not None and written != __version__:
         click.echo(f"note: fixtures written by metacpo_ref {written}, checking with {__version__}")
-    click.echo(f"tolerances: the reference's own (metacpo_ref.fixtures, as in the committed tests/fixtures), "
+    click.echo(f"tolerances: the reference's own (metacpo_ref.checks.fixtures, as in the committed tests/fixtures), "
                f"not those of {directory}/manifest.json")
     click.echo(f"{'block':30s} {'status':7s} {'worst output':14s} {'max|diff|':>10s} {'bound':>9s}  detail")
     for r in rows:

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from metacpo_ref.config import ALGOS, FAMILIES, META_ITERATIONS, Config  # noqa: E402
-from metacpo_ref.training import config_from_dict  # noqa: E402
+from metacpo_ref.run.training import config_from_dict  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first
 # The campaign's algorithms: its name for a run -> (algorithm, settings beside config.py's defaults).

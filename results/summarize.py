@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metacpo_ref.training import scan_metrics  # noqa: E402
+from metacpo_ref.run.training import scan_metrics  # noqa: E402
 
 
 def mean_se(values, se_one=None):

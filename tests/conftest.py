@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from metacpo_ref.rollouts import random_act
+from metacpo_ref.envs.rollouts import random_act
 
 
 # --- helpers shared by test modules (import them from tests.conftest) --------

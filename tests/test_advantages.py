@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 from autograd import grad, jacobian
 
-import metacpo_ref.advantages as advantages_module
-from metacpo_ref.advantages import (ValueSpec, advantages, center, constraint_value, fit_value, gae,
+import metacpo_ref.model.advantages as advantages_module
+from metacpo_ref.model.advantages import (ValueSpec, advantages, center, constraint_value, fit_value, gae,
                                     init_value, standardize, surrogates, value, value_loss)
 from metacpo_ref.config import GAE_LAMBDA, GAMMA
-from metacpo_ref.gradcheck import central_diff, rel_error
-from metacpo_ref.policy import PolicySpec, init_theta, log_prob
-from metacpo_ref.rollouts import Batch
+from metacpo_ref.checks.gradcheck import central_diff, rel_error
+from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob
+from metacpo_ref.envs.rollouts import Batch
 
 OBS_DIM = 4
 
@@ -264,7 +264,7 @@ def test_constraint_value_rejects_partial_batches():
 def test_value_loss_and_grad_equals_autograd():
     from autograd import value_and_grad
 
-    from metacpo_ref.advantages import ValueSpec, init_value, value_loss, value_loss_and_grad
+    from metacpo_ref.model.advantages import ValueSpec, init_value, value_loss, value_loss_and_grad
 
     rng = np.random.default_rng(3)
     for hidden in [(5,), (6, 4)]:

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from cli import cvxpy_cpo_oracle
-from metacpo_ref.bench import run_bench
+from metacpo_ref.checks.bench import run_bench
 
 KEYS = ("cpo_layer_speedup_vs_cvxpy", "fast_reset_speedup", "rollout_speedup_vs_stock",
         "rollout_fraction_of_physics", "rollout_steps_per_s", "lean_step_speedup_point_circle",
@@ -28,5 +28,5 @@ def test_quick_bench_reports_every_figure():
 
 
 def test_bench_does_not_import_cvxpy():
-    code = "import sys, metacpo_ref.bench, metacpo_ref.envs; sys.exit('cvxpy' in sys.modules)"
+    code = "import sys, metacpo_ref.checks.bench, metacpo_ref.envs; sys.exit('cvxpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

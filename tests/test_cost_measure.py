@@ -8,16 +8,16 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from metacpo_ref.advantages import (authors_cost, center, constraint_value, episode_measures, measured_cost,
+from metacpo_ref.model.advantages import (authors_cost, center, constraint_value, episode_measures, measured_cost,
                                     step_weights, weight_cost_advantages)
-from metacpo_ref.baselines import pooled_data
+from metacpo_ref.algos.baselines import pooled_data
 from metacpo_ref.config import FAMILIES, Config
 from metacpo_ref.envs import Task, make_env, parse_task, sample_tasks
-from metacpo_ref.gradcheck import check_discounted_constraint_value, check_discounted_first_order, discounted_by_loop
-from metacpo_ref.iteration import Trace
-from metacpo_ref.rollouts import Batch, batch_seed, collect, random_act
-from metacpo_ref.training import CheckpointError, config_from_dict, config_to_json, resume_config
-from metacpo_ref.update import StepData
+from metacpo_ref.checks.gradcheck import check_discounted_constraint_value, check_discounted_first_order, discounted_by_loop
+from metacpo_ref.algos.iteration import Trace
+from metacpo_ref.envs.rollouts import Batch, batch_seed, collect, random_act
+from metacpo_ref.run.training import CheckpointError, config_from_dict, config_to_json, resume_config
+from metacpo_ref.algos.update import StepData
 
 GAMMA = 0.9
 
@@ -91,7 +91,7 @@ def test_gradcheck_of_the_discounted_constraint_passes(check):
 def test_discounted_constraint_check_fails_when_the_discount_is_not_restarted(monkeypatch):
     """The loop check can fail: weights that run on across episode ends (the authors'
     measure) break (D37)."""
-    import metacpo_ref.advantages as adv_mod
+    import metacpo_ref.model.advantages as adv_mod
 
     monkeypatch.setattr(adv_mod, "step_weights",
                         lambda batch, measure, gamma=0.99: float(gamma) ** np.arange(len(batch), dtype=float))
@@ -141,7 +141,7 @@ def test_default_is_the_paper_and_old_configs_load_as_they_ran():
 def test_committed_first_campaign_checkpoint_loads_as_episode_with_stock_walls():
     from pathlib import Path
 
-    from metacpo_ref.training import load_checkpoint
+    from metacpo_ref.run.training import load_checkpoint
 
     ckpt = Path(__file__).resolve().parents[1] / "results/campaign/car-circle-hazard/meta-cpo-s0/checkpoint.npz"
     config = load_checkpoint(ckpt).config

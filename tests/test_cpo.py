@@ -13,8 +13,8 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-import metacpo_ref.cpo as cpo
-from metacpo_ref.cpo import DegenerateStepWarning, cg, solve_step
+import metacpo_ref.step.cpo as cpo
+from metacpo_ref.step.cpo import DegenerateStepWarning, cg, solve_step
 from tests.conftest import hinv_of, random_spd
 
 TOL = 1e-6  # relative error of x, lam, nu vs the (polished) oracle

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from autograd import grad, jacobian
 
-from metacpo_ref.cpo import DegenerateStepWarning, solve_step
-from metacpo_ref.dco import cpo_layer, cpo_step_vjp
-from metacpo_ref.gradcheck import central_diff, rel_error
+from metacpo_ref.step.cpo import DegenerateStepWarning, solve_step
+from metacpo_ref.step.dco import cpo_layer, cpo_step_vjp
+from metacpo_ref.checks.gradcheck import central_diff, rel_error
 from tests.conftest import hinv_of, random_spd
 
 TOL = 1e-6  # norm-wise relative error of the Jacobian vs finite differences

@@ -4,8 +4,8 @@ import pytest
 
 from metacpo_ref.config import FAMILIES
 from metacpo_ref.envs import FAMILY_NAMES, Task, make_env, sample_tasks
-from metacpo_ref.rollouts import collect
-from metacpo_ref.rollouts import random_act
+from metacpo_ref.envs.rollouts import collect
+from metacpo_ref.envs.rollouts import random_act
 
 OBS = {"point-circle": 28, "car-circle-hazard": 56, "point-button": 60}
 EP_LEN = {"point-circle": 500, "car-circle-hazard": 500, "point-button": 1000}

@@ -11,17 +11,17 @@ import pytest
 from autograd import grad, jacobian
 
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.dco import step_vjp
-from metacpo_ref.fisher_solve import InexactSolveWarning, fisher_matrix, fisher_solver
-from metacpo_ref.fisher_step import fisher_local_step
-from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F_fisher, check_meta_gradient_G_fisher,
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.step.dco import step_vjp
+from metacpo_ref.model.fisher_solve import InexactSolveWarning, fisher_matrix, fisher_solver
+from metacpo_ref.algos.fisher_step import fisher_local_step
+from metacpo_ref.checks.gradcheck import (central_diff, check_meta_gradient_F_fisher, check_meta_gradient_G_fisher,
                                    cpo_instance, meta_problem_fisher, meta_step_report, rel_error, step_margin)
-from metacpo_ref.meta import meta_gradient, synthetic_traces
-from metacpo_ref.metric_layer import metric_cpo_layer, metric_step_vjp
-from metacpo_ref.policy import PolicySpec, mean_kl
-from metacpo_ref.training import config_from_dict
-from metacpo_ref.update import local_rule, policy_update, step_problem
+from metacpo_ref.algos.meta import meta_gradient, synthetic_traces
+from metacpo_ref.step.metric_layer import metric_cpo_layer, metric_step_vjp
+from metacpo_ref.model.policy import PolicySpec, mean_kl
+from metacpo_ref.run.training import config_from_dict
+from metacpo_ref.algos.update import local_rule, policy_update, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 CFG = Config(hidden=(4,), inner_metric="fisher")
@@ -158,7 +158,7 @@ def test_k1_cross_check_and_frozen_metric_fails_it(frac, case):
     # and the meta-gradient of this one-step chain is J' grad L_eval(phi_1)
     _, _, dF, _ = meta_gradient(theta, traces, CFG)
     phi1 = _whole_step(theta, d)
-    from metacpo_ref.advantages import surrogates
+    from metacpo_ref.model.advantages import surrogates
     ev = traces[0].eval
     L_Re, _ = surrogates(SPEC, ev, ev.adv_r, ev.adv_c, ev.logp_beh)
     assert rel_error(dF, J_fd.T @ grad(L_Re)(phi1)) <= 1e-5
@@ -178,7 +178,7 @@ def test_committed_checkpoints_load_as_identity():
     """Checkpoints written before inner_metric existed (results/) load with the paper's rule."""
     from pathlib import Path
 
-    from metacpo_ref.training import load_checkpoint
+    from metacpo_ref.run.training import load_checkpoint
 
     path = Path(__file__).resolve().parents[1] / "results" / "point-circle" / "cpo-s0" / "checkpoint.npz"
     with np.load(path) as z:
@@ -204,7 +204,7 @@ def test_meta_testing_adapts_with_the_stored_rule():
 def test_training_with_fisher_local_steps_stores_the_rule(tmp_path):
     """One tiny Meta-CPO iteration with --inner-metric fisher (n = 1492: CG to 1e-10):
     the rule is in config.json and the checkpoint, and a local step was taken."""
-    from metacpo_ref.training import read_metrics, train
+    from metacpo_ref.run.training import read_metrics, train
 
     cfg = Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, inner_metric="fisher")
     with warnings.catch_warnings():

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metacpo_ref import fixtures as fx
-from metacpo_ref import meta, update
-from metacpo_ref.cpo import CASES
+from metacpo_ref.checks import fixtures as fx
+from metacpo_ref.algos import meta
+from metacpo_ref.algos import update
+from metacpo_ref.step.cpo import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "tests" / "fixtures"
@@ -267,7 +268,8 @@ def upper_cholesky_solver(H=None, hinv=None):
 @pytest.mark.parametrize("name", ["solve_step_both_dense_asym", "cpo_layer_both_dense_asym"])
 @pytest.mark.parametrize("solver", [lu_solver, upper_cholesky_solver])
 def test_asymmetric_metric_pins_the_symmetrisation(name, solver):
-    from metacpo_ref import cpo, dco
+    from metacpo_ref.step import cpo
+    from metacpo_ref.step import dco
 
     inp = inputs(name)
     assert judge(name, COMPUTE[name](inp))[0]
@@ -287,7 +289,7 @@ def test_asymmetric_metric_pins_the_symmetrisation(name, solver):
 
 
 def test_asymmetric_metric_pins_the_symmetric_hbar():
-    from metacpo_ref import dco
+    from metacpo_ref.step import dco
 
     name = "cpo_layer_both_dense_asym"
     with patched(dco, "_sym", lambda M: M):
@@ -298,9 +300,9 @@ def test_asymmetric_metric_pins_the_symmetric_hbar():
 # --- the CPO baseline's Fisher step, constraint binding, truncated CG --------------------
 
 def test_policy_update_fisher_both_binds_and_pins_its_cg():
-    from metacpo_ref.cpo import cg
-    from metacpo_ref.fisher_solve import fisher_matrix
-    from metacpo_ref.policy import fisher_product
+    from metacpo_ref.step.cpo import cg
+    from metacpo_ref.model.fisher_solve import fisher_matrix
+    from metacpo_ref.model.policy import fisher_product
 
     name = "policy_update_fisher_both"
     inp, z = inputs(name), stored(name)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import metacpo_ref
-from metacpo_ref import fixtures as fx
-from metacpo_ref.gradcheck import step_margin
+from metacpo_ref.checks import fixtures as fx
+from metacpo_ref.checks.gradcheck import step_margin
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "tests" / "fixtures"
@@ -96,7 +96,7 @@ def test_cpo_layer_vjp_is_the_autograd_vjp():
     """The stored VJP (cpo_step_vjp) is what autograd gets through the cpo_layer primitive."""
     from autograd import make_vjp
 
-    from metacpo_ref.dco import cpo_layer
+    from metacpo_ref.step.dco import cpo_layer
 
     for case in ("trust", "both", "recovery"):
         z = load(COMMITTED, f"cpo_layer_{case}_dense")

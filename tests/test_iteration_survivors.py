@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
-import metacpo_ref.iteration
-from metacpo_ref.advantages import episode_measures, fit_value, init_value
+import metacpo_ref.algos.iteration
+from metacpo_ref.model.advantages import episode_measures, fit_value, init_value
 from metacpo_ref.config import Config
 from metacpo_ref.envs import make_env, sample_tasks
-from metacpo_ref.iteration import Refit, TaskJob, inner_loop, json_float, refit_values
-from metacpo_ref.rollouts import batch_seed
-from metacpo_ref.policy import init_theta
-from metacpo_ref.update import collect_step_data, policy_update, specs
+from metacpo_ref.algos.iteration import Refit, TaskJob, inner_loop, json_float, refit_values
+from metacpo_ref.envs.rollouts import batch_seed
+from metacpo_ref.model.policy import init_theta
+from metacpo_ref.algos.update import collect_step_data, policy_update, specs
 
 
 def spied_inner_loop(monkeypatch, job):
@@ -25,7 +25,7 @@ def spied_inner_loop(monkeypatch, job):
         seen.append(collect_step_data(*args))
         return seen[-1]
 
-    monkeypatch.setattr(metacpo_ref.iteration, "collect_step_data", spy)
+    monkeypatch.setattr(metacpo_ref.algos.iteration, "collect_step_data", spy)
     t0 = time.perf_counter()
     run = inner_loop(make_env(job.config.family), job)
     return run, seen, time.perf_counter() - t0

@@ -3,11 +3,11 @@ where the decision matters: the full step is not simply accepted."""
 import numpy as np
 import pytest
 
-from metacpo_ref.advantages import center, standardize, surrogates
+from metacpo_ref.model.advantages import center, standardize, surrogates
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.update import StepData, policy_update, step_problem
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.algos.update import StepData, policy_update, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 from autograd import grad, hessian
 
-from metacpo_ref.advantages import surrogates
+from metacpo_ref.model.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.model.fisher_solve import fisher_solver
+from metacpo_ref.checks.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
                                    meta_problem, meta_problem_fisher, meta_step_report, rel_error, step_margin)
-from metacpo_ref.meta import (Trace, gradient_from_parts, inner_step, meta_gradient, meta_objective, outer_step,
+from metacpo_ref.algos.meta import (Trace, gradient_from_parts, inner_step, meta_gradient, meta_objective, outer_step,
                               synthetic_traces, task_gradient)
-from metacpo_ref.update import fisher_hinv, step_problem
-from metacpo_ref.policy import PolicySpec
+from metacpo_ref.algos.update import fisher_hinv, step_problem
+from metacpo_ref.model.policy import PolicySpec
 
 SPEC = PolicySpec(3, 2, (4,))
 CFG = Config(hidden=(4,), **PAPER)   # the paper's chain
@@ -156,7 +156,7 @@ def test_outer_step_cases(target):
 
 
 def test_outer_step_fisher_metric_stays_in_kl_trust_region():
-    from metacpo_ref.policy import mean_kl
+    from metacpo_ref.model.policy import mean_kl
 
     theta, traces = _outer_instance("trust")
     cfg = dataclasses.replace(CFG, outer_metric="fisher")
@@ -173,7 +173,7 @@ def test_outer_step_fisher_metric_stays_in_kl_trust_region():
 def test_outer_step_without_local_steps_bounds_the_kl_on_the_evaluation_batches():
     """K = 0 traces (no local step: the evaluation batch is theta's own): the outer step's
     KL is measured on the evaluation batches."""
-    from metacpo_ref.policy import mean_kl
+    from metacpo_ref.model.policy import mean_kl
 
     theta, traces = synthetic_traces(SPEC, 2, 0, 1, CFG)
     cfg = dataclasses.replace(CFG, outer_metric="fisher")
@@ -259,13 +259,13 @@ def test_meta_iteration_row_reports_the_adapted_batches_and_the_outer_step(monke
     of the tasks' last (phi_K) batches, its case counts those of the tasks' local steps, and
     its outer-step fields, like the new theta, are those of the outer step taken, which uses
 the tasks' meta-gradient parts (config.split_meta_gradient)."""
-    import metacpo_ref.meta
-    from metacpo_ref.advantages import init_value
-    from metacpo_ref.iteration import json_float
-    from metacpo_ref.meta import meta_iteration
-    from metacpo_ref.policy import init_theta
-    from metacpo_ref.update import specs
-    from metacpo_ref.workers import Workers
+    import metacpo_ref.algos.meta
+    from metacpo_ref.model.advantages import init_value
+    from metacpo_ref.algos.iteration import json_float
+    from metacpo_ref.algos.meta import meta_iteration
+    from metacpo_ref.model.policy import init_theta
+    from metacpo_ref.algos.update import specs
+    from metacpo_ref.envs.workers import Workers
 
     config = Config(family="point-circle", tasks=2, local_steps=2, episodes=1, hidden=(8,))
     spec, vspec = specs(config)
@@ -275,7 +275,7 @@ the tasks' meta-gradient parts (config.split_meta_gradient)."""
         taken.append((outer_step(theta, traces, config, parts), parts))
         return taken[-1][0]
 
-    monkeypatch.setattr(metacpo_ref.meta, "outer_step", spy)
+    monkeypatch.setattr(metacpo_ref.algos.meta, "outer_step", spy)
     with Workers(config.family) as w:
         theta, _, row = meta_iteration(init_theta(spec, 0), (init_value(vspec, 1), init_value(vspec, 2)),
                                        config, 0, w)

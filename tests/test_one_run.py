@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from metacpo_ref import training as training_module
+from metacpo_ref.run import training as training_module
 from metacpo_ref.config import Config
-from metacpo_ref.training import (CheckpointError, RunBusy, load_checkpoint, prepare_run, read_metrics, run_lock,
+from metacpo_ref.run.training import (CheckpointError, RunBusy, load_checkpoint, prepare_run, read_metrics, run_lock,
                                   save_checkpoint, scan_metrics)
 
 from tests.test_robust import SMALL, TINY, lines, one_line_error, run_copy, tiny_run  # noqa: F401 (fixtures)
@@ -56,7 +56,7 @@ def hold_lock(out, then):
     """A child process that takes ``out``'s lock, prints ready, then runs ``then``."""
     code = textwrap.dedent(f"""
         import os, sys
-        from metacpo_ref.training import run_lock
+        from metacpo_ref.run.training import run_lock
         with run_lock({str(out)!r}):
             print("ready", flush=True)
             {then}
@@ -164,7 +164,7 @@ def test_config_refuses_an_overflowing_cost_limit_and_takes_minus_zero_as_zero()
 
 
 def test_worker_count_is_capped_by_the_tasks_and_for_processes_the_cores():
-    from metacpo_ref.workers import worker_count
+    from metacpo_ref.envs.workers import worker_count
 
     assert worker_count(1000, 1, "process", cores=2) == (1, "1 task")
     assert worker_count(8, 5, "process", cores=2) == (2, "2 cores")
@@ -208,7 +208,7 @@ def test_ctrl_c_while_worker_processes_start_is_the_parents_alone():
     SIGINT blocked and ignore it, and the parent alone is interrupted."""
     code = textwrap.dedent("""
         import sys
-        from metacpo_ref.workers import Workers
+        from metacpo_ref.envs.workers import Workers
         print("start", flush=True)
         try:
             with Workers("point-circle", None, 2):
@@ -300,7 +300,7 @@ def test_an_unreachable_ray_address_is_refused_before_anything_is_written(tmp_pa
 # --- plot pools runs only when their settings agree ----------------------------------------------
 
 def plot_run(path, algo, seed, row_limit=10.0, **settings):
-    from metacpo_ref import plots
+    from metacpo_ref.run import plots
 
     config = {"family": "point-circle", "algo": algo, "seed": seed, "iterations": 2, "tasks": 3, **settings}
     rows = [{"iteration": i, "env_steps": 100 * (i + 1), "return": float(i), "cost": 5.0, "cost_limit": row_limit}
@@ -309,7 +309,7 @@ def plot_run(path, algo, seed, row_limit=10.0, **settings):
 
 
 def test_plot_pools_only_runs_whose_settings_agree_apart_from_the_seed_and_labels_each_limit():
-    from metacpo_ref import plots
+    from metacpo_ref.run import plots
 
     runs = [plot_run("a", "meta-cpo", 0, inner_metric="fisher"), plot_run("b", "meta-cpo", 1, inner_metric="fisher"),
             plot_run("c", "meta-cpo", 0, inner_metric="identity"), plot_run("d", "cpo", 0),
@@ -345,8 +345,8 @@ def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, mo
     its checkpoint and its State alike, and differs from the bare theta's old default."""
     from metacpo_ref.config import FAMILIES
     from metacpo_ref.envs import make_env
-    from metacpo_ref.rollouts import NormalizedEnv
-    from metacpo_ref.training import adapt, adapt_on
+    from metacpo_ref.envs.rollouts import NormalizedEnv
+    from metacpo_ref.run.training import adapt, adapt_on
 
     code = readme_python_api()
     tiny = 'Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, hidden=(8,))'
@@ -373,7 +373,7 @@ def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, mo
 
 def test_python_train_on_a_run_with_a_checkpoint_names_resume_true_and_adapt_refuses_mixed_arguments(tmp_path):
     from metacpo_ref.envs import sample_tasks
-    from metacpo_ref.training import adapt, train
+    from metacpo_ref.run.training import adapt, train
 
     config = Config(**{**TINY, "tasks": 1, "iterations": 2})
     state = train(config, tmp_path / "run")
@@ -405,7 +405,7 @@ def test_metrics_lines_of_random_bytes_move_to_bad_with_their_own_bytes(run_copy
 
 
 def test_plot_reads_a_missing_config_json_from_the_checkpoint_with_a_warning(run_copy, tmp_path):
-    from metacpo_ref import plots
+    from metacpo_ref.run import plots
 
     stored = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").unlink()
@@ -423,7 +423,7 @@ def test_plot_reads_a_missing_config_json_from_the_checkpoint_with_a_warning(run
 def test_plot_refuses_two_copies_of_one_run_naming_both(run_copy, tmp_path):
     import shutil
 
-    from metacpo_ref import plots
+    from metacpo_ref.run import plots
 
     twin = tmp_path / "twin"
     shutil.copytree(run_copy, twin)
@@ -453,7 +453,7 @@ def test_the_readme_plot_commands_write_where_git_ignores(tmp_path):
 # --- the README: make train's time for its real worker count, make test's, what follows done ----
 
 def test_train_ends_with_the_next_steps_and_the_readme_states_them_and_make_trains_workers(tmp_path):
-    from metacpo_ref.workers import worker_count
+    from metacpo_ref.envs.workers import worker_count
 
     out = tmp_path / "run"
     res = CliRunner().invoke(cli.main, ["train", "point-circle", "--iterations", "1", *SMALL, "--out", str(out)])

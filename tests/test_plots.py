@@ -1,4 +1,4 @@
-"""cli.py plot and metacpo_ref.plots on hand-made run directories: the PNG, the
+"""cli.py plot and metacpo_ref.run.plots on hand-made run directories: the PNG, the
 aggregation (mean, standard error, common prefix, interpolation, smoothing,
 meta-testing rows), and the errors."""
 import json
@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from metacpo_ref.plots import (PlotError, aggregate, aggregate_test, bin_rows, caption, figure, load_runs,
+from metacpo_ref.run.plots import (PlotError, aggregate, aggregate_test, bin_rows, caption, figure, load_runs,
                                smooth, steps_per_point, training_curve)
 
 # (algo, seed): (per-iteration returns, costs); the second meta-cpo seed is one iteration longer
@@ -201,7 +201,7 @@ def test_test_option_reads_that_meta_test_file(tmp_path, runs):
 def test_cost_panels_name_the_runs_cost_measure():
     """The cost axis says what the limit is on: rows of a discounted run, of an old run (no
     ``cost_measure``: undiscounted), or both (named together, marked as mixed)."""
-    from metacpo_ref.plots import _cost_label
+    from metacpo_ref.run.plots import _cost_label
 
     assert _cost_label([{"cost_measure": "discounted"}]) == "discounted cost J_C"
     assert _cost_label([{}, {"cost_measure": "episode"}]) == "episode cost (undiscounted)"
@@ -325,7 +325,7 @@ def test_where_the_meta_gradient_is_computed_does_not_split_a_curve():
     that differ only in it and the seed are one curve; a real setting still splits."""
     from types import SimpleNamespace
 
-    from metacpo_ref.plots import group
+    from metacpo_ref.run.plots import group
 
     def run(seed, **kw):
         config = {"family": "point-circle", "algo": "meta-cpo", "seed": seed, **kw}

@@ -6,10 +6,10 @@ from autograd import grad, hessian, jacobian
 from scipy.stats import multivariate_normal
 
 from metacpo_ref.config import INIT_LOG_STD
-from metacpo_ref.gradcheck import POLICY_CHECKS, central_diff, rel_error
-from metacpo_ref.policy import (PolicySpec, act_fn, fvp, init_theta, log_prob, mean_and_log_std,
+from metacpo_ref.checks.gradcheck import POLICY_CHECKS, central_diff, rel_error
+from metacpo_ref.model.policy import (PolicySpec, act_fn, fvp, init_theta, log_prob, mean_and_log_std,
                                 mean_kl, mlp, n_params, unflatten)
-from metacpo_ref.rollouts import collect
+from metacpo_ref.envs.rollouts import collect
 
 TINY = PolicySpec(obs_dim=3, act_dim=2, hidden=(4, 3))
 
@@ -113,7 +113,7 @@ def test_fvp_against_explicit_fisher():
 
 def test_mean_jvp_and_vjp_are_the_jacobian_products():
     """D35's two passes: ``J v`` and ``J^T u`` against autograd's Jacobian of the mean."""
-    from metacpo_ref.policy import mean_jvp, mean_linearisation, mean_vjp, n_mlp_params
+    from metacpo_ref.model.policy import mean_jvp, mean_linearisation, mean_vjp, n_mlp_params
     theta, obs, _, rng = tiny_problem(8)
     m = n_mlp_params(TINY.sizes)
     J = jacobian(lambda t: mlp(TINY.sizes, t, obs))(theta)                     # (N, act_dim, n)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from autograd import grad, jacobian
 
-from metacpo_ref.gradcheck import central_diff, qp_instance, rel_error
-from metacpo_ref.qp_layer import (DegenerateQPWarning, InfeasibleQPError, QPError, UnboundedQPError,
+from metacpo_ref.checks.gradcheck import central_diff, qp_instance, rel_error
+from metacpo_ref.step.qp_layer import (DegenerateQPWarning, InfeasibleQPError, QPError, UnboundedQPError,
                                   qp_layer, qp_vjp, solve_qp)
 
 NAMES = ("Q", "q", "A", "b", "G", "h")
@@ -92,7 +92,7 @@ def test_unconstrained_and_equality_only():
 
 def test_wrong_initial_active_set_is_corrected():
     """_polish moves constraints when the guessed active set is wrong."""
-    from metacpo_ref.qp_layer import _check_qp, _polish
+    from metacpo_ref.step.qp_layer import _check_qp, _polish
 
     data, (z, lam, _) = qp_instance(9, 8, 7, 1, 3)
     Q, q, A, b, G, h = _check_qp(*(data[k] for k in NAMES))

@@ -10,13 +10,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from metacpo_ref.advantages import surrogates
+from metacpo_ref.model.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.gradcheck import central_diff, rel_error
-from metacpo_ref.meta import adapted_params, meta_gradient, meta_objective, outer_step, synthetic_traces
-from metacpo_ref.policy import PolicySpec
-from metacpo_ref.update import fisher_hinv, local_rule, policy_update, recovery_shift, step_problem
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.checks.gradcheck import central_diff, rel_error
+from metacpo_ref.algos.meta import adapted_params, meta_gradient, meta_objective, outer_step, synthetic_traces
+from metacpo_ref.model.policy import PolicySpec
+from metacpo_ref.algos.update import fisher_hinv, local_rule, policy_update, recovery_shift, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True, **PAPER)

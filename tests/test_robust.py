@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from metacpo_ref import plots
-from metacpo_ref import training as training_module
+from metacpo_ref.run import plots
+from metacpo_ref.run import training as training_module
 from metacpo_ref.config import Config, field_doc, field_range
 from metacpo_ref.envs import make_env
-from metacpo_ref.training import (CheckpointError, State, load_checkpoint, prepare_run, read_metrics,
+from metacpo_ref.run.training import (CheckpointError, State, load_checkpoint, prepare_run, read_metrics,
                                   resume_config, save_checkpoint, train)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +75,11 @@ def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path
     """A run stored with ``episodes=None`` (the family's default) and hidden sizes as a tuple
     resumes when the command line spells the same values out (the family's episode count,
     the sizes as a list), and refuses another episode count."""
-    from metacpo_ref.advantages import init_value
+    from metacpo_ref.model.advantages import init_value
     from metacpo_ref.config import FAMILIES
-    from metacpo_ref.policy import init_theta
-    from metacpo_ref.rollouts import ObsNorm
-    from metacpo_ref.update import specs
+    from metacpo_ref.model.policy import init_theta
+    from metacpo_ref.envs.rollouts import ObsNorm
+    from metacpo_ref.algos.update import specs
     config = Config(family="point-circle", hidden=(8,), tasks=1, local_steps=1, iterations=1)
     assert config.episodes is None
     spec, vspec = specs(config)
@@ -386,7 +386,7 @@ def test_readme_matches_the_commands():
             assert any(re.fullmatch(pattern.replace("*", ".*"), o) for o in outs), (pattern, outs)
     for pattern in re.findall(r"cli\.py test \S+ --checkpoint (\S+)/checkpoint\.npz", readme):
         assert pattern in outs
-    from metacpo_ref.bench import DURATION
+    from metacpo_ref.checks.bench import DURATION
     bench_help = CliRunner().invoke(cli.main, ["bench", "--help"]).output
     flat = " ".join(readme.split())
     for how_long in DURATION.values():
@@ -436,11 +436,11 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
         pytest.skip(f"cannot pin OpenBLAS to Prescott here ({probe.stdout.strip() or probe.stderr[-200:]})")
     script = (
         "import json, sys, numpy as np\n"
-        "from metacpo_ref.training import load_checkpoint, TEST_ITERATION, _task_key\n"
+        "from metacpo_ref.run.training import load_checkpoint, TEST_ITERATION, _task_key\n"
         "from metacpo_ref.envs import make_env, sample_tasks\n"
-        "from metacpo_ref.policy import act_fn\n"
-        "from metacpo_ref.rollouts import NormalizedEnv, batch_seed, collect\n"
-        "from metacpo_ref.update import specs\n"
+        "from metacpo_ref.model.policy import act_fn\n"
+        "from metacpo_ref.envs.rollouts import NormalizedEnv, batch_seed, collect\n"
+        "from metacpo_ref.algos.update import specs\n"
         "s = load_checkpoint(sys.argv[1]); spec, _ = specs(s.config)\n"
         "tasks = sample_tasks('point-circle', 5, 'test', seed=0, walls=s.config.car_walls)\n"
         "env = NormalizedEnv(make_env('point-circle'), s.obs_norm); out = []\n"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from metacpo_ref.envs import make_env, sample_tasks
-from metacpo_ref.rollouts import batch_seed, collect, concat_batches
-from metacpo_ref.rollouts import random_act
+from metacpo_ref.envs.rollouts import batch_seed, collect, concat_batches
+from metacpo_ref.envs.rollouts import random_act
 
 
 @pytest.fixture(scope="module")

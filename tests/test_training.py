@@ -13,9 +13,9 @@ from click.testing import CliRunner
 import cli
 from metacpo_ref.config import Config
 from metacpo_ref.envs import make_env, sample_tasks, train_tasks
-from metacpo_ref.iteration import TaskJob, inner_loop
-from metacpo_ref.rollouts import NormalizedEnv, task_seed
-from metacpo_ref.training import (CheckpointError, State, initial_state, load_checkpoint, load_policy, meta_test,
+from metacpo_ref.algos.iteration import TaskJob, inner_loop
+from metacpo_ref.envs.rollouts import NormalizedEnv, task_seed
+from metacpo_ref.run.training import (CheckpointError, State, initial_state, load_checkpoint, load_policy, meta_test,
                                   prepare_run, read_metrics, save_checkpoint, train)
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -231,10 +231,10 @@ def test_each_iteration_appends_its_row_then_checkpoints_the_next_state(tmp_path
     holds the next iteration, the env steps so far (the state's plus every row's ``steps``),
     and the theta and value functions of the algorithm's iteration (meta_iteration or
     baseline_iteration, called here on the previous checkpoint's)."""
-    from metacpo_ref.baselines import baseline_iteration
-    from metacpo_ref.meta import meta_iteration
-    from metacpo_ref.training import run_iterations
-    from metacpo_ref.workers import Workers
+    from metacpo_ref.algos.baselines import baseline_iteration
+    from metacpo_ref.algos.meta import meta_iteration
+    from metacpo_ref.run.training import run_iterations
+    from metacpo_ref.envs.workers import Workers
     cfg = Config(**{**TINY, "algo": algo, "iterations": 2})
     start = dataclasses.replace(prepare_run(cfg, tmp_path), env_steps=1000)
     iterate = meta_iteration if cfg.meta else baseline_iteration
@@ -259,8 +259,8 @@ def test_training_runs_on_the_workers_it_is_given(tmp_path, monkeypatch):
     """train hands its worker count, backend and Ray address, the family and the run's
     normaliser to the workers that run its iterations (results do not depend on them,
     test_workers, so only this shows they arrive)."""
-    import metacpo_ref.training as training_module
-    from metacpo_ref.workers import Workers
+    import metacpo_ref.run.training as training_module
+    from metacpo_ref.envs.workers import Workers
     made = []
 
     class Spy(Workers):

@@ -5,13 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from metacpo_ref.advantages import surrogates
+from metacpo_ref.model.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.meta import synthetic_traces
-from metacpo_ref.policy import PolicySpec, mean_kl
-from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.update import (Acceptance, Candidate, backtrack, fisher_hinv, local_rule, policy_update,
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.algos.meta import synthetic_traces
+from metacpo_ref.model.policy import PolicySpec, mean_kl
+from metacpo_ref.model.fisher_solve import fisher_solver
+from metacpo_ref.algos.update import (Acceptance, Candidate, backtrack, fisher_hinv, local_rule, policy_update,
                                 recovery_shift, solve_once, step_problem)
 
 SPEC = PolicySpec(3, 2, (4,))

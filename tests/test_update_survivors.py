@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from metacpo_ref.advantages import advantages, init_value, surrogates
+from metacpo_ref.model.advantages import advantages, init_value, surrogates
 from metacpo_ref.config import PAPER, Config
-from metacpo_ref.cpo import solve_step
+from metacpo_ref.step.cpo import solve_step
 from metacpo_ref.envs import make_env
-from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.policy import PolicySpec, mean_kl
-from metacpo_ref.update import (Acceptance, Candidate, collect_step_data, fisher_hinv, policy_update,
+from metacpo_ref.model.fisher_solve import fisher_solver
+from metacpo_ref.model.policy import PolicySpec, mean_kl
+from metacpo_ref.algos.update import (Acceptance, Candidate, collect_step_data, fisher_hinv, policy_update,
                                 recovery_shift, specs, step_problem)
 from tests.test_line_search_decisions import instance
 
@@ -142,7 +142,7 @@ def test_collect_step_data_estimates_with_the_given_value_functions_and_settings
     config = Config(hidden=(4,), episodes=2, vf_iters=3, gamma=0.9, gae_lambda=0.8)
     spec, vspec = specs(config)
     vf = (init_value(vspec, 1), init_value(vspec, 2))
-    phi = np.asarray(__import__("metacpo_ref.policy", fromlist=["init_theta"]).init_theta(spec, 0))
+    phi = np.asarray(__import__("metacpo_ref.model.policy", fromlist=["init_theta"]).init_theta(spec, 0))
     t0 = time.perf_counter()
     c = collect_step_data(make_env(config.family), spec, vspec, phi, vf, config, 5, config.train_cost_limit)
     wall = time.perf_counter() - t0

@@ -8,18 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import metacpo_ref.meta
-from metacpo_ref.advantages import advantages, constraint_value, fit_value, init_value, weight_cost_advantages
-from metacpo_ref.baselines import pooled_data
+import metacpo_ref.algos.meta
+from metacpo_ref.model.advantages import advantages, constraint_value, fit_value, init_value, weight_cost_advantages
+from metacpo_ref.algos.baselines import pooled_data
 from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
 from metacpo_ref.envs import make_env, sample_tasks
-from metacpo_ref.policy import act_fn, init_theta, mlp
-from metacpo_ref.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
+from metacpo_ref.model.policy import act_fn, init_theta, mlp
+from metacpo_ref.envs.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on,
+from metacpo_ref.run.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on,
                                   initial_state, load_checkpoint, load_policy, meta_test, read_metrics,
                                   save_checkpoint, train)
-from metacpo_ref.update import StepData, collect_step_data, policy_update, specs
+from metacpo_ref.algos.update import StepData, collect_step_data, policy_update, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 
@@ -34,7 +34,7 @@ def spy_training(tmp_path, workers):
     """Train TINY meta-cpo for one iteration and record what the frame saw: the ``theta``,
     ``vf`` and workers it was given, the task runs its step learned from, and its result."""
     seen = {}
-    real = metacpo_ref.meta.run_iteration
+    real = metacpo_ref.algos.meta.run_iteration
 
     def run_iteration(theta, vf, config, iteration, w, local_steps, learn, task_part=None):
         def spy_learn(theta_, runs):
@@ -46,7 +46,7 @@ def spy_training(tmp_path, workers):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(metacpo_ref.meta, "run_iteration", run_iteration)
+        mp.setattr(metacpo_ref.algos.meta, "run_iteration", run_iteration)
         config = Config(**TINY)
         seen["state"] = train(config, tmp_path / f"w{workers}", workers=workers)
     return config, SimpleNamespace(**seen)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from metacpo_ref.config import Config
-from metacpo_ref.training import load_checkpoint, read_metrics, train
-from metacpo_ref.workers import WorkerError, Workers, check_ray_address
+from metacpo_ref.run.training import load_checkpoint, read_metrics, train
+from metacpo_ref.envs.workers import WorkerError, Workers, check_ray_address
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 
@@ -103,7 +103,7 @@ PARENT = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from multiprocessing import resource_tracker
-from metacpo_ref.workers import Workers
+from metacpo_ref.envs.workers import Workers
 from tests.test_workers import pid_job
 w = Workers("point-circle", n=2)
 pids = set(w.map(pid_job, [(), (), (), ()]))
@@ -157,7 +157,7 @@ def test_split_meta_gradient_is_the_meta_algorithms_default_and_old_runs_keep_th
     """The meta algorithms split the meta-gradient unless told otherwise; the baselines have
     none to split; a run whose config.json predates the field resumes with the single
     reverse pass it ran with (training.BEFORE_FIELD)."""
-    from metacpo_ref.training import config_from_dict
+    from metacpo_ref.run.training import config_from_dict
     assert Config(algo="meta-cpo").split_meta_gradient is True and Config(algo="meta-trpo").split_meta_gradient is True
     assert Config(algo="cpo").split_meta_gradient is False and Config(algo="trpo").split_meta_gradient is False
     assert Config(algo="meta-cpo", split_meta_gradient=False).split_meta_gradient is False
@@ -240,7 +240,7 @@ def test_a_failed_task_stops_the_tasks_still_running(tmp_path, kind, message):
 def test_more_than_one_worker_runs_the_jobs_in_fresh_processes():
     """n > 1: the jobs run in n pool processes, not here, started fresh (spawn: nothing of
     this process's state, e.g. its env cache, is inherited); n = 1 runs them here."""
-    import metacpo_ref.workers as workers_module
+    import metacpo_ref.envs.workers as workers_module
     for w in (Workers("point-circle", n=1), Workers("point-circle")):   # n = 1 is the default
         with w:
             assert w.map(pid_job, [(), ()]) == [os.getpid()] * 2
@@ -256,7 +256,7 @@ def test_more_than_one_worker_runs_the_jobs_in_fresh_processes():
 
 
 def envs_job(env):
-    from metacpo_ref.workers import _ENVS
+    from metacpo_ref.envs.workers import _ENVS
     return sorted(_ENVS)
 
 
@@ -301,7 +301,7 @@ def test_submitted_and_mapped_jobs_see_the_normalised_env():
     """``submit`` and ``map`` hand their jobs the same env: the normaliser applied to the
     raw observation, in this process and in the pool's."""
     from metacpo_ref.envs import make_env
-    from metacpo_ref.rollouts import ObsNorm
+    from metacpo_ref.envs.rollouts import ObsNorm
     raw = make_env("point-circle").reset(seed=3)[0]
     norm = ObsNorm(mean=np.full(raw.shape, 0.5), std=np.full(raw.shape, 2.0))
     for n in (1, 2):
@@ -380,7 +380,7 @@ def test_ray_backend_asks_ray_for_n_actors_and_maps_jobs_round_robin_in_order(mo
     bounded by task_timeout; submit on the first actor; close kills every actor and shuts
     down the Ray it started. With a Ray already running (or an address): no num_cpus, and
     close leaves Ray running."""
-    from metacpo_ref.rollouts import ObsNorm
+    from metacpo_ref.envs.rollouts import ObsNorm
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     norm = ObsNorm(np.zeros(3), np.ones(3))

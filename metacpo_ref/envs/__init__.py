@@ -1,4 +1,6 @@
-"""The three task families of the paper (Table 1) on Safety-Gymnasium.
+"""The three task families of the paper (Table 1) on Safety-Gymnasium; beside them in this
+folder, the simulator's adapters (compat, lean, lidar, observe), the rollouts of a policy
+(rollouts) and the worker pool that runs them (workers).
 
 Public API (later modules and users rely on it):
 

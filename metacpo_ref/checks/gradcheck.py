@@ -60,8 +60,8 @@ def _cpo_check(case, arg, tol=1e-6):
     def check():
         from autograd import jacobian
 
-        from metacpo_ref.cpo import solve_step
-        from metacpo_ref.dco import cpo_layer
+        from metacpo_ref.step.cpo import solve_step
+        from metacpo_ref.step.dco import cpo_layer
 
         p = cpo_instance(case, dense=arg == "H")
         if solve_step(**p).case != case:
@@ -81,7 +81,7 @@ CPO_CHECKS = [_cpo_check(case, arg) for case in ("trust", "both", "recovery")
 # --- checks of the policy (policy.py, advantages.py) -------------------------
 def _policy_problem(seed=0):
     """A tiny seeded policy problem: spec, behaviour theta, a theta nearby, data."""
-    from metacpo_ref.policy import PolicySpec, init_theta, log_prob
+    from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob
 
     rng = np.random.default_rng(seed)
     spec = PolicySpec(obs_dim=3, act_dim=2, hidden=(4, 3))
@@ -99,7 +99,7 @@ def _policy_problem(seed=0):
 def _policy_surrogates(pb):
     from types import SimpleNamespace
 
-    from metacpo_ref.advantages import surrogates
+    from metacpo_ref.model.advantages import surrogates
 
     batch = SimpleNamespace(obs=pb["obs"], act=pb["act"])
     return surrogates(pb["spec"], batch, pb["adv_r"], pb["adv_c"], pb["logp_beh"])
@@ -109,7 +109,7 @@ def check_policy_log_prob(tol=1e-6):
     """Jacobian of log_prob (T rows) in theta."""
     from autograd import jacobian
 
-    from metacpo_ref.policy import log_prob
+    from metacpo_ref.model.policy import log_prob
 
     pb = _policy_problem()
     f = lambda t: log_prob(pb["spec"], t, pb["obs"], pb["act"])
@@ -120,7 +120,7 @@ def check_policy_mean_kl(tol=1e-6):
     """Gradient of mean_kl(theta_beh, theta) in theta (theta != theta_beh)."""
     from autograd import grad
 
-    from metacpo_ref.policy import mean_kl
+    from metacpo_ref.model.policy import mean_kl
 
     pb = _policy_problem()
     f = lambda t: mean_kl(pb["spec"], pb["theta_beh"], t, pb["obs"])
@@ -131,7 +131,7 @@ def check_policy_fvp(tol=1e-6):
     """fvp against central differences of the autograd KL gradient (the Hessian column by column) times v."""
     from autograd import grad
 
-    from metacpo_ref.policy import fvp, mean_kl
+    from metacpo_ref.model.policy import fvp, mean_kl
 
     pb = _policy_problem()
     spec, theta, obs, v = pb["spec"], pb["theta"], pb["obs"], pb["v"]
@@ -174,7 +174,7 @@ def check_policy_value_loss(tol=1e-6):
     """Gradient of the value-function loss that L-BFGS minimises."""
     from autograd import grad
 
-    from metacpo_ref.advantages import ValueSpec, init_value, value_loss
+    from metacpo_ref.model.advantages import ValueSpec, init_value, value_loss
 
     rng = np.random.default_rng(1)
     vspec = ValueSpec(obs_dim=3, hidden=(4, 3))
@@ -192,8 +192,8 @@ DISCOUNTED_EPISODES = ((7, "truncated"), (5, "terminated"), (8, "truncated"))   
 def discounted_problem(seed=0, gamma=0.9, limit=1.5):
     """:func:`_policy_problem` with an episode structure, per-step costs and the cost
     advantages in the discounted measure's weights (D38); ``b_hat`` from (D37)."""
-    from metacpo_ref.advantages import center, constraint_value, weight_cost_advantages
-    from metacpo_ref.rollouts import Batch
+    from metacpo_ref.model.advantages import center, constraint_value, weight_cost_advantages
+    from metacpo_ref.envs.rollouts import Batch
 
     pb = _policy_problem(seed)
     rng = np.random.default_rng(seed + 1)
@@ -247,7 +247,7 @@ def check_discounted_first_order(tol=1e-12):
     """The discounted measure's pieces against a loop over episodes and steps written from
     the paper's definitions: ``b_hat = (J_C - h) / W`` (D37) and ``W (L_C(theta) -
     L_C(theta_beh)) = (1/E) sum_e sum_t gamma^t (rho_t - 1) A_t`` (D39), relative error."""
-    from metacpo_ref.policy import log_prob
+    from metacpo_ref.model.policy import log_prob
 
     pb = discounted_problem()
     _, L_C = _policy_surrogates(pb)
@@ -288,8 +288,8 @@ def meta_problem(seed=3):
     (3 -> 4 -> 2), K = 2 local steps, two tasks; its four local steps are
     "trust", "recovery", "both", "both"."""
     from metacpo_ref.config import PAPER, Config
-    from metacpo_ref.meta import synthetic_traces
-    from metacpo_ref.policy import PolicySpec
+    from metacpo_ref.algos.meta import synthetic_traces
+    from metacpo_ref.model.policy import PolicySpec
 
     config = Config(hidden=(4,), **PAPER)
     spec = PolicySpec(3, 2, (4,))
@@ -304,8 +304,8 @@ def meta_problem_fisher(seed=3):
     KL radius ``inner_delta``, damping ``cg_damping``; n = 28, so exact dense solves):
     its four local steps are "trust", "recovery", "both", "both"."""
     from metacpo_ref.config import Config
-    from metacpo_ref.meta import synthetic_traces
-    from metacpo_ref.policy import PolicySpec
+    from metacpo_ref.algos.meta import synthetic_traces
+    from metacpo_ref.model.policy import PolicySpec
 
     config = Config(hidden=(4,), inner_metric="fisher")
     spec = PolicySpec(3, 2, (4,))
@@ -318,9 +318,9 @@ def meta_problem_fisher(seed=3):
 def meta_step_report(config, spec, theta, traces):
     """The case and the case-boundary margin of every local step along the chain
     (in the chain's metric, ``config.inner_metric``)."""
-    from metacpo_ref.cpo import solve_step
-    from metacpo_ref.fisher_solve import fisher_solver
-    from metacpo_ref.update import step_problem
+    from metacpo_ref.step.cpo import solve_step
+    from metacpo_ref.model.fisher_solve import fisher_solver
+    from metacpo_ref.algos.update import step_problem
 
     report = []
     for trace in traces:
@@ -339,7 +339,7 @@ def _meta_numbers(problem):
     """``(dF, dG, J, report)`` of a meta-problem: the analytic gradients, the central-
     difference Jacobian of ``(F, G)`` (computed once for the F and the G check) and the
     step report."""
-    from metacpo_ref.meta import meta_gradient, meta_objective
+    from metacpo_ref.algos.meta import meta_gradient, meta_objective
 
     config, spec, theta, traces = problem()
     _, _, dF, dG = meta_gradient(theta, traces, config)
@@ -405,7 +405,7 @@ def _qp_check(arg, tol=1e-6):
     def check():
         from autograd import jacobian
 
-        from metacpo_ref.qp_layer import qp_layer
+        from metacpo_ref.step.qp_layer import qp_layer
 
         data, _ = qp_instance()
         wrap = (lambda P: 0.5 * (P + P.T)) if arg == "Q" else (lambda v: v)

@@ -1,5 +1,5 @@
-"""One training iteration's frame, shared by Meta-CPO (:mod:`metacpo_ref.meta`) and
-the CPO / TRPO baselines (:mod:`metacpo_ref.baselines`).
+"""One training iteration's frame, shared by Meta-CPO (:mod:`metacpo_ref.algos.meta`) and
+the CPO / TRPO baselines (:mod:`metacpo_ref.algos.baselines`).
 
 Every algorithm's iteration (Algorithm 1, lines 3-14) has the same frame:
 sample ``config.tasks`` training tasks, run each task's inner loop in parallel
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metacpo_ref.advantages import fit_value
+from metacpo_ref.model.advantages import fit_value
 from metacpo_ref.envs import train_tasks
-from metacpo_ref.rollouts import batch_seed, task_seed
-from metacpo_ref.update import StepData, batch_cost, collect_step_data, policy_update, specs
+from metacpo_ref.envs.rollouts import batch_seed, task_seed
+from metacpo_ref.algos.update import StepData, batch_cost, collect_step_data, policy_update, specs
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +36,7 @@ class TaskJob:
     the run's config, the iteration, and the number of local updates. ``task_part``,
     if given, is a function ``(theta, trace, config) -> part`` computed at the end of the
     inner loop, where the task's data already is (Meta-CPO's per-task meta-gradient,
-    :func:`metacpo_ref.meta.task_gradient`); it must be a module-level function (pickled)."""
+    :func:`metacpo_ref.algos.meta.task_gradient`); it must be a module-level function (pickled)."""
 
     task: object
     index: int
@@ -79,7 +79,7 @@ class TaskRun:
 
 def inner_loop(env, job):
     """Algorithm 1, lines 6-10 for one task: ``job.local_steps`` local updates of
-    eq. 9 by the algorithm's own rule (:func:`metacpo_ref.update.policy_update`),
+    eq. 9 by the algorithm's own rule (:func:`metacpo_ref.algos.update.policy_update`),
     each on a fresh batch collected with ``phi_k``, then the evaluation batch of
     ``phi_K``. With K = 0 (the baselines) it is the one batch of ``theta``. Value
     functions start from ``job.vf`` and are refitted on each batch in turn."""
@@ -175,7 +175,7 @@ def run_iteration(theta, vf, config, iteration, workers, local_steps, learn, tas
     """One iteration (Algorithm 1, lines 3-14, for any algorithm): sample
     ``config.tasks`` training tasks, run :func:`inner_loop` with ``local_steps``
     local updates on each (in parallel on ``workers``, a
-    :class:`metacpo_ref.workers.Workers`), then the algorithm's own step
+    :class:`metacpo_ref.envs.workers.Workers`), then the algorithm's own step
     ``learn(theta, runs) -> (theta_new, metrics)``, and refit the value functions
     ``vf = (vf_r, vf_c)`` on the pre-adaptation batches (the batches of ``theta``; on a
     worker, at the same time as ``learn``). ``time_learner`` sums the seconds of both;

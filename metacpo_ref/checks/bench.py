@@ -13,7 +13,7 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
   first solve, as a layer would reuse it): the conservative figure.
 - ``fast_reset_speedup``: stock ``reset()`` over ours (fast reset + lean step
   set-up), Point-Circle, after one untimed reset of each.
-- ``rollout_speedup_vs_stock``: steps per second of :func:`~metacpo_ref.rollouts.collect`
+- ``rollout_speedup_vs_stock``: steps per second of :func:`~metacpo_ref.envs.rollouts.collect`
   (Point-Circle, whole episodes with resets, ``act_fn`` of an initial policy)
   over a plain stock loop (``safety_gymnasium.make("SafetyPointCircle1-v0")``,
   stock reset and step) with the same policy.
@@ -47,8 +47,8 @@ import numpy as np
 
 from metacpo_ref.envs import FAMILY_NAMES, make_env
 from metacpo_ref.envs.compat import import_safety_gymnasium
-from metacpo_ref.policy import PolicySpec, act_fn, init_theta, n_params
-from metacpo_ref.rollouts import collect
+from metacpo_ref.model.policy import PolicySpec, act_fn, init_theta, n_params
+from metacpo_ref.envs.rollouts import collect
 
 BUTTON_POLICY_SIZE = 2516     # theta of the Point-Button policy (policy.py docstring)
 
@@ -81,7 +81,7 @@ def cpo_layer_speedup_vs_cvxpy(oracle, n=BUTTON_POLICY_SIZE, repeats=5):
     imports cvxpy: the ``bench`` command (cli.py) and the tests pass it in."""
     from autograd import make_vjp
 
-    from metacpo_ref.dco import cpo_layer
+    from metacpo_ref.step.dco import cpo_layer
 
     g, a, b, delta, xbar = cpo_problem(n)
 
@@ -239,7 +239,7 @@ def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2, i
     gradient adds one ``H^{-1}`` product and one reverse pass over a Fisher-vector
     product per local step and reverse pass."""
     from metacpo_ref.config import Config
-    from metacpo_ref.meta import meta_gradient, meta_objective, synthetic_traces
+    from metacpo_ref.algos.meta import meta_gradient, meta_objective, synthetic_traces
 
     cfg = Config(hidden=hidden, inner_metric=inner_metric)
     spec = PolicySpec(obs_dim, 2, hidden)
@@ -255,7 +255,7 @@ def meta_iteration_row(family, tasks, local_steps, episodes, workers=1, iteratio
     import tempfile
 
     from metacpo_ref.config import Config
-    from metacpo_ref.training import read_metrics, train
+    from metacpo_ref.run.training import read_metrics, train
 
     cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=iterations,
                  **fields)

@@ -1,10 +1,10 @@
 """One CPO (or TRPO) policy update on one batch: eq. 9 on the surrogates, then a
 backtracking line search (Algorithm 1, lines 8-9; docs/derivations.md, section 7).
 The line search (:func:`backtrack` with the rule :class:`Acceptance`) is also the
-outer step's (:func:`metacpo_ref.meta.outer_step`).
+outer step's (:func:`metacpo_ref.algos.meta.outer_step`).
 
-Shared by the inner loop of every algorithm (:mod:`metacpo_ref.iteration`), meta-testing
-(:mod:`metacpo_ref.training`) and the CPO and TRPO baselines' pooled update.
+Shared by the inner loop of every algorithm (:mod:`metacpo_ref.algos.iteration`), meta-testing
+(:mod:`metacpo_ref.run.training`) and the CPO and TRPO baselines' pooled update.
 """
 import time
 from dataclasses import dataclass
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from autograd import grad
 
-from metacpo_ref.advantages import (ValueSpec, advantages, constraint_value, measured_cost, surrogates,
+from metacpo_ref.model.advantages import (ValueSpec, advantages, constraint_value, measured_cost, surrogates,
                                     weight_cost_advantages)
 from metacpo_ref.config import FAMILIES
-from metacpo_ref.cpo import cg, solve_step
-from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.policy import PolicySpec, act_fn, fisher_product, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std
-from metacpo_ref.rollouts import collect
+from metacpo_ref.step.cpo import cg, solve_step
+from metacpo_ref.model.fisher_solve import fisher_solver
+from metacpo_ref.model.policy import PolicySpec, act_fn, fisher_product, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std
+from metacpo_ref.envs.rollouts import collect
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +47,7 @@ class StepData:
 @dataclass(frozen=True, eq=False)
 class Collected:
     """A batch collected with ``phi``, its estimates (an
-    :class:`~metacpo_ref.advantages.AdvantageResult`), and the seconds spent in
+    :class:`~metacpo_ref.model.advantages.AdvantageResult`), and the seconds spent in
     the env and in estimation."""
 
     batch: object
@@ -119,7 +119,7 @@ def step_problem_values(spec, phi, data, constrained=True):
 def line_search_values(spec, phi, data):
     """``cand -> (mean KL from phi, L_R(cand), L_C(cand))`` on ``data`` (D18, D19) with one
     network pass per candidate (``phi``'s own pass is done once): the arithmetic of
-    :func:`metacpo_ref.policy.mean_kl` and :func:`metacpo_ref.advantages.surrogates`, so
+    :func:`metacpo_ref.model.policy.mean_kl` and :func:`metacpo_ref.model.advantages.surrogates`, so
     the same floats as evaluating them one by one."""
     obs = np.array(data.obs, dtype=np.float64)
     act = np.array(data.act, dtype=np.float64)
@@ -138,7 +138,7 @@ def line_search_values(spec, phi, data):
 
 def solve_once(hinv):
     """``hinv`` (``v -> H^{-1} v``) that remembers its last answer: the recovery rule
-    (:func:`recovery_shift`) and the step (:func:`metacpo_ref.cpo.solve_step`) both need
+    (:func:`recovery_shift`) and the step (:func:`metacpo_ref.step.cpo.solve_step`) both need
     ``H^{-1} a``; with the Fisher metric it is one CG or Cholesky solve, not two."""
     last = []
 
@@ -261,7 +261,7 @@ def policy_update(spec, phi, data, config):
     every fraction of the step); the line search bounds the mean KL by
     ``config.ls_kl``. ``fisher``: CPO's KL trust region (the baselines: Fisher matrix by
     CG with ``config``'s settings; Meta-CPO's local steps: the exact ``H^{-1}`` of
-    :mod:`metacpo_ref.fisher_solve`, so that the step taken is the step differentiated);
+    :mod:`metacpo_ref.model.fisher_solve`, so that the step taken is the step differentiated);
     the line search bounds the mean KL by ``delta``.
     Acceptance: (D19). Above the limit the step is the recovery step
     (:func:`recovery_shift`, D34), with ``config.recover_above_limit``.

@@ -14,14 +14,14 @@ gives the VJP for the cotangent ``xbar`` of ``x``: solve
 
     K (u, w2, w3) = (xbar, 0, 0),  K = [[lam H, Hx, a], [(Hx)', 0, 0], [a', 0, 0]]   (M4)
 
-(block elimination, one product ``v = H^{-1} xbar``: :func:`metacpo_ref.dco.trust_block`,
-:func:`~metacpo_ref.dco.both_block`), then ``pbar = -(dF/dp)' (u, w2, w3)``. For the
+(block elimination, one product ``v = H^{-1} xbar``: :func:`metacpo_ref.step.dco.trust_block`,
+:func:`~metacpo_ref.step.dco.both_block`), then ``pbar = -(dF/dp)' (u, w2, w3)``. For the
 metric, ``dF1/dH [E] = lam E x`` and ``dF2/dH [E] = 0.5 x'E x``, so for every
 symmetric direction ``E``
 
     <Hbar, E> = -lam u'E x - 0.5 w2 x'E x = x' E q,   q = -(lam u + 0.5 w2 x)    (M5)
 
-(``Hbar = -sym(lam u x' + 0.5 w2 x x')`` of :func:`metacpo_ref.dco.step_vjp`, a
+(``Hbar = -sym(lam u x' + 0.5 w2 x x')`` of :func:`metacpo_ref.step.dco.step_vjp`, a
 symmetric rank-2 matrix, written as the bilinear form ``x' E q``). The recovery
 step of eq. 4 is the same two-block system with ``g -> -a`` (M5 holds as is);
 the degenerate minimum-norm step ``x = -(b/s) y``, ``y = H^{-1}a``, gives
@@ -54,15 +54,15 @@ from autograd import grad
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from metacpo_ref.cpo import check_inputs, step_from_solver
-from metacpo_ref.dco import case_vjp
+from metacpo_ref.step.cpo import check_inputs, step_from_solver
+from metacpo_ref.step.dco import case_vjp
 
 
 def metric_step_vjp(step, xbar, a, b, delta, solve):
     """VJP of the step on checked inputs with ``solve: v -> H^{-1} v``:
     ``(gbar, abar, bbar, deltabar, (p, q))`` with the metric cotangent in low-rank
     form, ``<Hbar, E> = p'E q`` for symmetric ``E`` (M5, M6). Same ``gbar, abar,
-    bbar, deltabar`` as :func:`metacpo_ref.dco.step_vjp`, one ``H^{-1}`` product."""
+    bbar, deltabar`` as :func:`metacpo_ref.step.dco.step_vjp`, one ``H^{-1}`` product."""
     xbar = np.asarray(xbar, dtype=np.float64)
     x, lam, hinv_a = step.x, step.lam, step.hinv_a
     zero = np.zeros_like(x)

@@ -6,15 +6,15 @@ iteration (the paper's comparison): per task a batch collected with
 pooled batch with the Fisher metric (conjugate gradient on Fisher-vector
 products) and a KL trust region of ``config.baseline_delta``. CPO keeps the
 cost constraint; TRPO drops it. Both reuse the iteration frame
-(:func:`metacpo_ref.iteration.run_iteration`, with no local steps) and
-:func:`metacpo_ref.update.policy_update`.
+(:func:`metacpo_ref.algos.iteration.run_iteration`, with no local steps) and
+:func:`metacpo_ref.algos.update.policy_update`.
 """
 import numpy as np
 
-from metacpo_ref.advantages import constraint_value, step_weights
-from metacpo_ref.iteration import json_float, run_iteration
-from metacpo_ref.rollouts import concat_batches
-from metacpo_ref.update import StepData, policy_update, specs
+from metacpo_ref.model.advantages import constraint_value, step_weights
+from metacpo_ref.algos.iteration import json_float, run_iteration
+from metacpo_ref.envs.rollouts import concat_batches
+from metacpo_ref.algos.update import StepData, policy_update, specs
 
 
 def pooled_data(runs, theta, cost_limit, config):
@@ -35,7 +35,7 @@ def pooled_data(runs, theta, cost_limit, config):
 
 
 def baseline_iteration(theta, vf, config, iteration, workers):
-    """One CPO or TRPO iteration: the frame of :func:`metacpo_ref.iteration.run_iteration`
+    """One CPO or TRPO iteration: the frame of :func:`metacpo_ref.algos.iteration.run_iteration`
     (``config.tasks`` sampled training tasks, one batch of ``theta`` each, value
     functions refitted on them) with one Fisher-metric update on the pooled batches
     as the algorithm's own step. Returns ``(theta_new, vf_new, metrics)``."""

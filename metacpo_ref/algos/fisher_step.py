@@ -1,25 +1,25 @@
 """Meta-CPO's local step with the Fisher metric (``inner_metric="fisher"``, beyond the paper).
 
 Eq. 9 at ``phi_k`` with ``H_k = H(phi_k) + damping I``, the Fisher matrix (the
-Hessian of the mean KL, :func:`metacpo_ref.policy.fvp`) of ``pi_{phi_k}`` on batch
+Hessian of the mean KL, :func:`metacpo_ref.model.policy.fvp`) of ``pi_{phi_k}`` on batch
 k's observations, and radius ``inner_delta`` read as a KL radius:
 
     phi_{k+1} = phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))
 
 differentiated exactly, the terms through ``H(phi_k)`` included, by
-:func:`metacpo_ref.metric_layer.metric_cpo_layer` (equations M1-M9 there and in
+:func:`metacpo_ref.step.metric_layer.metric_cpo_layer` (equations M1-M9 there and in
 docs/fisher-metric.md): the metric's cotangent is a bilinear form ``p'H(phi)q``
 whose gradient in ``phi`` is one reverse pass over the Fisher-vector product.
 
-``H^{-1}`` products are exact (:mod:`metacpo_ref.fisher_solve`, M9: an inexact solve
-makes an inexact derivative), in the step taken (:func:`metacpo_ref.update.policy_update`)
+``H^{-1}`` products are exact (:mod:`metacpo_ref.model.fisher_solve`, M9: an inexact solve
+makes an inexact derivative), in the step taken (:func:`metacpo_ref.algos.update.policy_update`)
 and in the step differentiated (here) alike.
 """
 from autograd.tracer import getval
 
-from metacpo_ref.fisher_solve import fisher_hvp, fisher_solver
-from metacpo_ref.metric_layer import metric_cpo_layer
-from metacpo_ref.update import step_problem
+from metacpo_ref.model.fisher_solve import fisher_hvp, fisher_solver
+from metacpo_ref.step.metric_layer import metric_cpo_layer
+from metacpo_ref.algos.update import step_problem
 
 
 def fisher_local_step(spec, phi, data, config, constrained=True, frozen_metric=False):

@@ -17,12 +17,12 @@ the bias ``c``; hidden layers apply tanh, the output layer is linear; the
 hidden (32, 16): ``n = 60*32+32 + 32*16+16 + 16*2+2 + 2 = 2516``.
 
 The same :func:`mlp` (without the log-std tail) is the value function of
-:mod:`metacpo_ref.advantages`.
+:mod:`metacpo_ref.model.advantages`.
 
 Everything here is written with ``autograd.numpy`` and differentiates to any
 order in ``theta`` (the meta-gradient differentiates gradients of the
 surrogates). The policy sees the observations it is given; in training they
-pass through the run's frozen normaliser first (:class:`metacpo_ref.rollouts.ObsNorm`,
+pass through the run's frozen normaliser first (:class:`metacpo_ref.envs.rollouts.ObsNorm`,
 saved in the checkpoint), so ``theta`` and that normaliser define the policy.
 """
 from dataclasses import dataclass
@@ -244,7 +244,7 @@ def fvp(spec, theta, obs, v, damping=0.0):
 
 
 def act_fn(spec, theta, deterministic=False):
-    """The ``act(obs, rng) -> (action, logp)`` function that :func:`metacpo_ref.rollouts.collect` takes.
+    """The ``act(obs, rng) -> (action, logp)`` function that :func:`metacpo_ref.envs.rollouts.collect` takes.
 
     Samples ``a = mu(obs) + exp(log_std) * eps`` with ``eps`` from ``rng``
     (a ``numpy.random.Generator``), so the same generator state gives the same

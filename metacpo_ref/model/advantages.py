@@ -4,7 +4,7 @@ For one batch ``D`` collected by the behaviour policy ``pi_beh`` (the policy
 whose log-probabilities ``logp_beh`` were stored at collection):
 
 - reward and cost value functions ``V_R``, ``V_C``: the tanh MLP of
-  :func:`metacpo_ref.policy.mlp` with one output, fitted per batch by scipy
+  :func:`metacpo_ref.model.policy.mlp` with one output, fitted per batch by scipy
   L-BFGS (``VF_ITERS`` = 25 iterations by default), each fit warm-started from
   the previous fit's parameters;
 - GAE(gamma, lambda) advantages for reward and cost (Schulman et al. 2016),
@@ -28,7 +28,7 @@ whose log-probabilities ``logp_beh`` were stored at collection):
   weights step t of an episode by ``gamma^t`` (D38; docs/derivations.md, section 12).
 
 Observations arrive already normalised (training wraps the env in
-:class:`metacpo_ref.rollouts.NormalizedEnv` with a normaliser frozen for the
+:class:`metacpo_ref.envs.rollouts.NormalizedEnv` with a normaliser frozen for the
 whole run), so nothing here rescales them.
 """
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from metacpo_ref.config import GAE_LAMBDA, GAMMA, VF_HIDDEN, VF_ITERS
-from metacpo_ref.policy import init_mlp, log_prob, mlp, mlp_layout
+from metacpo_ref.model.policy import init_mlp, log_prob, mlp, mlp_layout
 
 ADV_EPS = 1e-8   # floor of the reward-advantage standard deviation
 
@@ -253,7 +253,7 @@ def constraint_value(batch, cost_limit, measure="episode", gamma=GAMMA):
     ``episode``: ``(mean episode cost - cost_limit) / mean episode length``, the limit on
     the undiscounted episode cost. ``discounted``: the limit on the paper's ``J_C``. The means run over the
     complete episodes: those that ended by a termination or a time-limit cut.
-    A :class:`~metacpo_ref.rollouts.Batch` holds only such episodes (every
+    A :class:`~metacpo_ref.envs.rollouts.Batch` holds only such episodes (every
     episode ends with a terminated or truncated step; ``collect`` never
     leaves one open), so all of ``batch.ep_cost`` and ``batch.ep_len``
     count; this is checked. Dividing by the mean length puts ``b`` in the

@@ -5,7 +5,7 @@ A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON row per
 iteration) and ``checkpoint.npz`` (everything needed to continue exactly:
 ``theta``, the value-function parameters, the frozen observation normaliser,
 the next iteration, the cumulative env steps, the config). All randomness is keyed by (seed, iteration, task,
-step) (see :mod:`metacpo_ref.rollouts`), so a resumed run gives the same
+step) (see :mod:`metacpo_ref.envs.rollouts`), so a resumed run gives the same
 numbers as an uninterrupted one. Checkpoints are written to a temporary file
 and renamed, so an interruption never leaves a broken one.
 """
@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from metacpo_ref.advantages import authors_cost, episode_measures, init_value
-from metacpo_ref.baselines import baseline_iteration
+from metacpo_ref.model.advantages import authors_cost, episode_measures, init_value
+from metacpo_ref.algos.baselines import baseline_iteration
 from metacpo_ref.config import (COST_LIMIT, FAMILIES, LOCAL_STEPS, META_TEST_TASKS, OBS_NORM_EPISODES, OBS_STD_FLOOR,
                                  Config)
 from metacpo_ref.envs import make_env, sample_tasks, train_tasks
-from metacpo_ref.meta import meta_iteration
-from metacpo_ref.policy import act_fn, init_theta, n_params
-from metacpo_ref.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
-from metacpo_ref.update import collect_step_data, policy_update, specs
-from metacpo_ref.workers import Workers
+from metacpo_ref.algos.meta import meta_iteration
+from metacpo_ref.model.policy import act_fn, init_theta, n_params
+from metacpo_ref.envs.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
+from metacpo_ref.algos.update import collect_step_data, policy_update, specs
+from metacpo_ref.envs.workers import Workers
 
 TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing's adaptation batches (never a training iteration)
 EVAL_ITERATION = 2**31 - 6   # the seed key of meta-testing's evaluation episodes
@@ -409,7 +409,7 @@ def read_metrics(out_dir):
 
 def run_iterations(state, out_dir, workers=1, backend="process", ray_address=None):
     """Generator: run the remaining iterations of ``state.config`` (tasks in parallel
-    on ``workers`` processes or Ray actors, see :mod:`metacpo_ref.workers`),
+    on ``workers`` processes or Ray actors, see :mod:`metacpo_ref.envs.workers`),
     appending a row to ``metrics.jsonl`` and then saving the checkpoint after
     each; yields each row. ``time_env`` and ``time_learner`` are summed over
     tasks; ``time_total`` is the iteration's wall time."""
@@ -463,7 +463,7 @@ def evaluate_policy(env, act, n_episodes, seed, gamma):
     """What meta-testing reports of a policy ``act(obs, rng)`` (D36): over ``n_episodes``
     episodes seeded by ``seed``, the mean episode return, the undiscounted cost per
     episode, the paper's discounted ``J_C`` (each episode from its first step), and, for
-    comparison only, the authors' logged measure (:func:`metacpo_ref.advantages.authors_cost`:
+    comparison only, the authors' logged measure (:func:`metacpo_ref.model.advantages.authors_cost`:
     the whole batch discounted from its first step, never reset); and the cost per step.
     A dict keyed by :data:`MEASURES`."""
     batch = collect(env, act, n_episodes, seed)

@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from metacpo_ref.config import ALGOS  # noqa: E402
-from metacpo_ref.training import (BEFORE_FIELD, CheckpointError, config_from_dict, config_to_json,  # noqa: E402
+from metacpo_ref.run.training import (BEFORE_FIELD, CheckpointError, config_from_dict, config_to_json,  # noqa: E402
                                   load_checkpoint, scan_metrics)
 
 COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}

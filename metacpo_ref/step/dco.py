@@ -19,13 +19,13 @@ Shapes: ``g, a, x, xbar`` and their cotangents (n,); ``b``, ``delta`` scalars;
 ``hinv: v -> H^{-1} v``; ``Hbar`` (n, n), symmetric.
 
 :func:`cpo_layer` is the step as an ``autograd`` primitive with this VJP. The
-generic QP layer of eq. 5 is :mod:`metacpo_ref.qp_layer`.
+generic QP layer of eq. 5 is :mod:`metacpo_ref.step.qp_layer`.
 """
 import numpy as np
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from metacpo_ref.cpo import check_inputs, metric_solver, step_from_solver
+from metacpo_ref.step.cpo import check_inputs, metric_solver, step_from_solver
 
 
 def _sym(M):
@@ -69,7 +69,7 @@ def _metric_bar(lam, u, x, w2):
 
 
 def step_vjp(step, xbar, a, b, delta, solve, with_H=False):
-    """VJP of :class:`~metacpo_ref.cpo.Step` ``step.x`` on checked inputs, with
+    """VJP of :class:`~metacpo_ref.step.cpo.Step` ``step.x`` on checked inputs, with
     ``solve: v -> H^{-1} v``; returns ``(gbar, abar, bbar, deltabar, Hbar)`` (D24-D26)."""
     xbar = np.asarray(xbar, dtype=np.float64)
     if step.case == "degenerate":

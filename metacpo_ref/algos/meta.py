@@ -20,14 +20,14 @@ trace, these are plain functions of ``theta``:
 
 ``meta_gradient`` differentiates (F, G) in reverse mode: autograd through the
 surrogates (second-order terms kept: ``g_k``, ``a_k`` are themselves
-differentiated) and :func:`metacpo_ref.dco.cpo_layer`'s hand-written KKT VJP
+differentiated) and :func:`metacpo_ref.step.dco.cpo_layer`'s hand-written KKT VJP
 through each step. That is eq. 11's product of step Jacobians with "all of
 the partial derivatives" (through ``g``, ``a`` and ``b``), exactly.
 
 With ``config.inner_metric == "fisher"`` (beyond the paper) the local step is
 ``phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))`` with the Fisher matrix of batch k
 at ``phi_k``, and the derivative adds the terms through ``H(phi_k)``
-(:mod:`metacpo_ref.fisher_step`, :mod:`metacpo_ref.metric_layer`,
+(:mod:`metacpo_ref.algos.fisher_step`, :mod:`metacpo_ref.step.metric_layer`,
 docs/fisher-metric.md).
 
 Not included: the derivative of the sampling distribution of the batches
@@ -42,14 +42,14 @@ import numpy as np
 from autograd import make_vjp
 
 from metacpo_ref.config import INIT_LOG_STD
-from metacpo_ref.advantages import center, standardize, surrogates
-from metacpo_ref.cpo import solve_step
-from metacpo_ref.dco import cpo_layer
-from metacpo_ref.iteration import Trace, json_float, run_iteration
-from metacpo_ref.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.fisher_step import fisher_local_step
-from metacpo_ref.fisher_solve import fisher_solver
-from metacpo_ref.update import (Acceptance, Candidate, StepData, backtrack, fisher_hinv, recovery_shift,
+from metacpo_ref.model.advantages import center, standardize, surrogates
+from metacpo_ref.step.cpo import solve_step
+from metacpo_ref.step.dco import cpo_layer
+from metacpo_ref.algos.iteration import Trace, json_float, run_iteration
+from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.algos.fisher_step import fisher_local_step
+from metacpo_ref.model.fisher_solve import fisher_solver
+from metacpo_ref.algos.update import (Acceptance, Candidate, StepData, backtrack, fisher_hinv, recovery_shift,
                                 solve_once, step_problem)
 
 
@@ -67,7 +67,7 @@ def local_step(spec, phi, data, delta, constrained=True):
 
 def inner_step(spec, phi, data, config):
     """One local step of eq. 9 with ``config.inner_metric``: Euclidean (:func:`local_step`)
-    or Fisher (:func:`metacpo_ref.fisher_step.fisher_local_step`); differentiable in ``phi``."""
+    or Fisher (:func:`metacpo_ref.algos.fisher_step.fisher_local_step`); differentiable in ``phi``."""
     if config.inner_metric == "fisher":
         return fisher_local_step(spec, phi, data, config, config.constrained)
     return local_step(spec, phi, data, config.inner_delta, config.constrained)
@@ -153,7 +153,7 @@ def outer_step(theta, traces, config, parts=None):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
     ``config.recover_above_limit``, whenever ``G > 0``: D34), then the
-    backtracking line search of :func:`metacpo_ref.update.backtrack` (D18, D19) that
+    backtracking line search of :func:`metacpo_ref.algos.update.backtrack` (D18, D19) that
     re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL
     from ``theta`` on the pre-adaptation batches within ``config.ls_kl``, or
     ``outer_delta`` with the Fisher metric).
@@ -188,7 +188,7 @@ def outer_step(theta, traces, config, parts=None):
 # --- Algorithm 1: one meta-iteration on the simulator ---------------------------
 
 def meta_iteration(theta, vf, config, iteration, workers):
-    """Algorithm 1, lines 3-14: the frame of :func:`metacpo_ref.iteration.run_iteration`
+    """Algorithm 1, lines 3-14: the frame of :func:`metacpo_ref.algos.iteration.run_iteration`
     (``config.tasks`` sampled training tasks, each with ``config.local_steps`` local
     CPO steps of eq. 9, value functions refitted on the pre-adaptation batches) with
     the outer step of eq. 12 on the recorded traces as the algorithm's own step
@@ -225,7 +225,7 @@ def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=N
     ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
     makes the cost constraint inactive. ``log_std`` (default: the policy's) sets the
     initial log-std before the perturbation. ``record_shifts``: record each local step's
-    :func:`~metacpo_ref.update.recovery_shift` (D34, by ``config.recover_above_limit``) as
+    :func:`~metacpo_ref.algos.update.recovery_shift` (D34, by ``config.recover_above_limit``) as
     its ``b_shift`` and take the shifted step, as training does; otherwise ``b_shift = 0``.
     Returns ``(theta, traces)``.
     """

@@ -48,20 +48,20 @@ from functools import partial
 import numpy as np
 
 import metacpo_ref
-from metacpo_ref import update
-from metacpo_ref.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
+from metacpo_ref.algos import update
+from metacpo_ref.model.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
                                     measured_cost, standardize, step_weights, surrogates, value_loss_and_grad,
                                     weight_cost_advantages)
 from metacpo_ref.config import CG_DAMPING, CG_ITERS, GAE_LAMBDA, GAMMA, PAPER, Config
-from metacpo_ref.cpo import CASES, cg, solve_step
-from metacpo_ref.dco import cpo_layer, cpo_step_vjp
-from metacpo_ref.fisher_solve import fisher_matrix
-from metacpo_ref.gradcheck import cpo_instance, meta_problem, meta_problem_fisher, qp_instance, step_margin
-from metacpo_ref.meta import Trace, meta_gradient, meta_objective, outer_step
-from metacpo_ref.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.qp_layer import qp_vjp, solve_qp
-from metacpo_ref.rollouts import Batch, ObsNorm, fit_obs_norm
-from metacpo_ref.update import StepData, policy_update, recovery_shift, step_problem
+from metacpo_ref.step.cpo import CASES, cg, solve_step
+from metacpo_ref.step.dco import cpo_layer, cpo_step_vjp
+from metacpo_ref.model.fisher_solve import fisher_matrix
+from metacpo_ref.checks.gradcheck import cpo_instance, meta_problem, meta_problem_fisher, qp_instance, step_margin
+from metacpo_ref.algos.meta import Trace, meta_gradient, meta_objective, outer_step
+from metacpo_ref.model.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
+from metacpo_ref.step.qp_layer import qp_vjp, solve_qp
+from metacpo_ref.envs.rollouts import Batch, ObsNorm, fit_obs_norm
+from metacpo_ref.algos.update import StepData, policy_update, recovery_shift, step_problem
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -143,7 +143,7 @@ def make_policy_log_prob():
     inp["act"] = _f(rng.standard_normal((len(inp["obs"]), POLICY_SPEC.act_dim)))
     return inp, compute_policy_log_prob(inp), _meta(
         "log-density of a diagonal Gaussian whose mean is the tanh MLP and whose log-std is theta's tail",
-        "metacpo_ref.policy.log_prob", EXACT,
+        "metacpo_ref.model.policy.log_prob", EXACT,
         {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "observations (T, obs_dim), already normalised",
          "act": "actions (T, act_dim), unclipped", "logp": "log pi_theta(act_t | obs_t) per row (T,)"})
 
@@ -158,7 +158,7 @@ def make_policy_mean_kl():
     inp["theta"] = _f(inp["theta_old"] + 0.1 * rng.standard_normal(len(inp["theta_old"])))
     return inp, compute_policy_mean_kl(inp), _meta(
         "mean over states of KL(pi_theta_old(.|s) || pi_theta(.|s)) (TRPO's direction)",
-        "metacpo_ref.policy.mean_kl", EXACT,
+        "metacpo_ref.model.policy.mean_kl", EXACT,
         {"sizes": SIZES_MEANING, "theta_old": "parameters of the old policy (first KL argument)",
          "theta": "parameters of the new policy (second KL argument)", "obs": "states (T, obs_dim)",
          "kl": "mean_t sum_j KL of the per-dimension Gaussians, scalar"})
@@ -174,7 +174,7 @@ def make_policy_fvp():
     inp["damping"] = _f(CG_DAMPING)
     return inp, compute_policy_fvp(inp), _meta(
         "Fisher-vector product (H + damping I) v, H the Hessian of mean_kl(theta, .) at theta",
-        "metacpo_ref.policy.fvp", EXACT,
+        "metacpo_ref.model.policy.fvp", EXACT,
         {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "states (T, obs_dim)",
          "v": "the vector (n,)", "damping": "damping added to the Fisher matrix",
          "Fv": "(H + damping I) v (n,)"})
@@ -206,7 +206,7 @@ def make_policy_act():
     return inp, compute_policy_act(inp), _meta(
         "acting: a = mu(obs) + exp(log_std) * eps with the noise eps given (the generator is not "
         "part of the fixture), and the deterministic mean action",
-        "metacpo_ref.policy.act_fn", EXACT,
+        "metacpo_ref.model.policy.act_fn", EXACT,
         {"sizes": SIZES_MEANING, "theta": THETA_MEANING, "obs": "one observation per row (T, obs_dim)",
          "eps": "standard normal noise per row (T, act_dim)", "act": "sampled actions (T, act_dim)",
          "logp": "their log-densities (T,)", "act_mean": "deterministic actions mu(obs) (T, act_dim)",
@@ -256,7 +256,7 @@ def make_gae():
     return inp, compute_gae(inp), _meta(
         "GAE(gamma, lambda) over a batch of 4 episodes (2 terminated, 2 cut by the time limit), then "
         "standardisation (reward advantages) and centring (cost advantages)",
-        "metacpo_ref.advantages.gae, standardize, center", EXACT,
+        "metacpo_ref.model.advantages.gae, standardize, center", EXACT,
         {"signal": "per-step reward or cost (T,)", "v_obs": "V(s_t) (T,)",
          "v_boot": "V(s_{t+1}) read only where truncated (random elsewhere, must be ignored) (T,)",
          "terminated": "true termination at step t: bootstrap from 0 (T,)",
@@ -281,7 +281,7 @@ def make_constraint_value():
            "cost_limit": _f(10.0)}
     return inp, compute_constraint_value(inp), _meta(
         "b of eq. 9 in per-step units: (mean episode cost - limit) / mean episode length",
-        "metacpo_ref.advantages.constraint_value", EXACT,
+        "metacpo_ref.model.advantages.constraint_value", EXACT,
         {"terminated": "episode-end flags (T,)", "truncated": "time-limit cut flags (T,)",
          "ep_cost": "undiscounted cost of each episode (E,)", "ep_len": "length of each episode (E,)",
          "cost_limit": "limit on the undiscounted episode cost",
@@ -320,7 +320,7 @@ def make_constraint_value_discounted():
         "advantages in the same weights; and, for contrast, b of the undiscounted measure and the authors' "
         "logged measure (the batch discounted from its first step, never reset). gamma = 0.9 so that the "
         "weights differ visibly within these short episodes",
-        "metacpo_ref.advantages.step_weights, measured_cost, constraint_value, weight_cost_advantages, "
+        "metacpo_ref.model.advantages.step_weights, measured_cost, constraint_value, weight_cost_advantages, "
         "authors_cost", EXACT,
         {"terminated": "true termination at step t (T,)", "truncated": "time-limit cut at step t (T,)",
          "cost": "per-step cost c_t (T,)", "adv_c": "centred cost advantages (T,)", "gamma": "discount",
@@ -350,7 +350,7 @@ def make_value_loss_grad():
     return inp, compute_value_loss_grad(inp), _meta(
         "value-function loss mean_t (V(s_t) - target_t)^2 and its gradient (what L-BFGS minimises; "
         "the fit itself is not a fixture)",
-        "metacpo_ref.advantages.value_loss_and_grad", EXACT,
+        "metacpo_ref.model.advantages.value_loss_and_grad", EXACT,
         {"sizes": "layer widths (obs_dim, *hidden, 1) of the value MLP (same layout as the policy, no log-std)",
          "params": "flat value-function parameters", "obs": "states (T, obs_dim)",
          "targets": "regression targets (T,)", "loss": "mean squared error, scalar",
@@ -375,7 +375,7 @@ def make_obs_norm():
     return inp, compute_obs_norm(inp), _meta(
         "the frozen observation normaliser applied before the policy and value functions: "
         "fitted once per run, then clip((obs - mean) / std, -clip, clip)",
-        "metacpo_ref.rollouts.fit_obs_norm, ObsNorm", EXACT,
+        "metacpo_ref.envs.rollouts.fit_obs_norm, ObsNorm", EXACT,
         {"obs_fit": "raw observations the normaliser is fitted on (N, d)",
          "std_floor": "lower bound of each feature's std", "clip": "clip bound",
          "obs": "raw observations to normalise (M, d)", "mean": "per-feature mean of obs_fit (d,)",
@@ -435,7 +435,7 @@ def make_surrogates():
     return inp, compute_surrogates(inp), _meta(
         "the importance-weighted surrogates of eq. 10 and the data (g, a, b) of eq. 9 at theta, "
         "on a batch collected by phi (theta != phi, so the ratios are not 1)",
-        "metacpo_ref.advantages.surrogates, metacpo_ref.update.step_problem", EXACT,
+        "metacpo_ref.model.advantages.surrogates, metacpo_ref.algos.update.step_problem", EXACT,
         {**{k: v for k, v in BATCH_MEANINGS.items() if k != "beta"}, "sizes": SIZES_MEANING,
          "theta": "parameters at which everything is evaluated",
          "L_R": "mean_t exp(log pi_theta(a|s) - logp_beh) adv_r", "L_C": "same with adv_c",
@@ -456,7 +456,7 @@ POLICY_UPDATE_MEANINGS = {
 
 def compute_policy_update(inp, metric):
     # identity: the meta algorithms' local rule (radius inner_delta); fisher: the CPO baseline's
-    # (KL radius baseline_delta); see metacpo_ref.update.local_rule
+    # (KL radius baseline_delta); see metacpo_ref.algos.update.local_rule
     radius = {"inner_delta": float(inp["delta"])} if metric == "identity" else \
         {"algo": "cpo", "baseline_delta": float(inp["delta"]), "cg_iters": int(inp["cg_iters"]),
          "cg_damping": float(inp["cg_damping"])}
@@ -488,7 +488,7 @@ def make_policy_update(metric, recover=False):
     return inp, compute_policy_update(inp, metric), _meta(
         f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
         f"(mean KL, cost change <= max(-b, 0), reward improves unless recovering); {rule}",
-        f"metacpo_ref.update.policy_update(metric={metric!r}, recover_above_limit={recover})",
+        f"metacpo_ref.algos.update.policy_update(metric={metric!r}, recover_above_limit={recover})",
         (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks)"
          + (" and conjugate gradient on Fisher-vector products (see the cg block)" if metric == "fisher" else "")
          + "; the accepted fraction is discrete and must be equal (far from a tie here); dL_R and dL_C are "
@@ -518,7 +518,7 @@ def make_cg():
     return inp, compute_cg(inp), _meta(
         "conjugate gradient for M y = v from y = 0: at most iters iterations, stopping when "
         "||v - M y|| <= tol ||v|| (checked before each iteration)",
-        "metacpo_ref.cpo.cg", CG,
+        "metacpo_ref.step.cpo.cg", CG,
         {"M": "SPD matrix (n, n)", "v": "right-hand side (n,)", "iters_full": "iteration cap (converges first)",
          "iters_short": "iteration cap (stops early: the truncated iterate)", "tol": "relative residual tolerance",
          "y_full": "cg(M, v, iters_full, tol), converged (n,)", "y_short": "cg(M, v, iters_short, tol) (n,)"})
@@ -556,7 +556,7 @@ def make_solve_step(case, metric):
     return inp, out, _meta(
         f"the CPO step of eq. 9 (reward convention: max g'x s.t. 0.5 x'Hx <= delta, b + a'x <= 0; "
         f"eq. 4 recovery when infeasible), case {case}, metric {how}",
-        "metacpo_ref.cpo.solve_step (method='scipy')", EXACT if case == "recovery" else DUAL,
+        "metacpo_ref.step.cpo.solve_step (method='scipy')", EXACT if case == "recovery" else DUAL,
         {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "x": "the step (n,)",
          "lam": "trust-region multiplier (x = H^{-1}(g - nu a) / lam; recovery: sqrt(s / 2 delta))",
          "nu": "cost multiplier (NaN in recovery)", "case_index": CASE_MEANING})
@@ -585,7 +585,7 @@ def make_cpo_layer(case, metric):
         f"the differentiable CPO layer (DCO, eqs. 5-7 on eq. 9): forward step (exact closed form) and "
         f"the vector-Jacobian product for the cotangent xbar, case {case}, "
         + ("dense metric H" if metric == "dense" else "identity metric (no H stored)"),
-        "metacpo_ref.dco.cpo_layer, cpo_step_vjp", EXACT,
+        "metacpo_ref.step.dco.cpo_layer, cpo_step_vjp", EXACT,
         {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "xbar": "cotangent dL/dx (n,)",
          "x": "the step (n,)", "gbar": "xbar' dx/dg (n,)", "abar": "xbar' dx/da (n,)",
          "bbar": "xbar' dx/db", "deltabar": "xbar' dx/ddelta",
@@ -614,7 +614,7 @@ def make_qp_layer():
         "the generic differentiable QP of eq. 5, min 0.5 z'Qz + q'z s.t. Az = b, Gz <= h: solution, "
         "multipliers, and the VJP from one KKT solve (eq. 7) for the cotangent zbar; two of the five "
         "inequalities are active, with clear margins",
-        "metacpo_ref.qp_layer.qp_layer, solve_qp, qp_vjp", QP_TOL,
+        "metacpo_ref.step.qp_layer.qp_layer, solve_qp, qp_vjp", QP_TOL,
         {"Q": "SPD matrix (n, n)", "q": "linear term (n,)", "A": "equality matrix (p, n)",
          "b": "equality right-hand side (p,)", "G": "inequality matrix (m, n)",
          "h": "inequality right-hand side (m,)", "zbar": "cotangent dL/dz (n,)",
@@ -732,7 +732,7 @@ def make_meta_gradient():
         "meta objective and constraint of eq. 10 and their exact gradients (eq. 11); the chain's "
         "intermediates (g, a, b, x per step) are stored for debugging; " + RULE_OFF + ": no b_shift, every "
         "local step is eq. 9 as it is (meta_gradient_recover has the rule on)",
-        "metacpo_ref.meta.meta_objective, meta_gradient", META, meanings)
+        "metacpo_ref.algos.meta.meta_objective, meta_gradient", META, meanings)
 
 
 
@@ -770,7 +770,7 @@ def make_meta_gradient_fisher():
         "H_k = Fisher(phi_k) + cg_damping I, KL radius inner_delta; the exact gradients include the "
         "third-order terms through H(phi_k) (docs/fisher-metric.md, eqs. M1-M9); " + RULE_OFF + ": no "
         "b_shift (meta_gradient_fisher_recover has the rule on)",
-        "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher')", META, meanings)
+        "metacpo_ref.algos.meta.meta_objective, meta_gradient (inner_metric='fisher')", META, meanings)
 
 
 def compute_outer_step(inp):
@@ -798,7 +798,7 @@ def make_outer_step():
         "one outer step (eq. 12, Algorithm 1 lines 13-14) on the traces of meta_gradient: the CPO step on "
         "theta with g = dF, a = dG, b = G, then the line search re-evaluating eq. 10; " + RULE_OFF + ": here "
         "G > 0, so with the rule on the step would be the recovery step (outer_step_recover has it on)",
-        "metacpo_ref.meta.outer_step (outer_metric='identity')", OUTER, meanings)
+        "metacpo_ref.algos.meta.outer_step (outer_metric='identity')", OUTER, meanings)
 
 
 # --- the recover rule on (D34): the production path ------------------------------
@@ -824,7 +824,7 @@ def _recover_problem(metric):
     limit (two where eq. 9 is feasible, so the rule changes the step) and so is the
     evaluation cost (G > 0 with eq. 12 feasible: the rule changes the outer step too)."""
     def problem():
-        from metacpo_ref.meta import synthetic_traces
+        from metacpo_ref.algos.meta import synthetic_traces
 
         spec = PolicySpec(3, 2, (4,))
         config = Config(hidden=(4,), **RADII, inner_metric=metric, outer_metric="identity",
@@ -877,7 +877,7 @@ def make_meta_gradient_recover():
         "as meta_gradient, " + RULE_ON + ": three of the four local batches are above the limit (b_hat > 0) "
         "and take the recovery step (two of them would take a trust or both step with the rule off); "
         + RECOVER_CHAIN + "; inner_delta = 0.03 (not the default 0.01)",
-        "metacpo_ref.meta.meta_objective, meta_gradient (recover_above_limit=True)", META, meanings)
+        "metacpo_ref.algos.meta.meta_objective, meta_gradient (recover_above_limit=True)", META, meanings)
 
 
 def make_meta_gradient_fisher_recover():
@@ -894,7 +894,7 @@ def make_meta_gradient_fisher_recover():
         "as meta_gradient_fisher, " + RULE_ON + ": three of the four local batches are above the limit and "
         "take the Fisher recovery step -sqrt(2 delta / s) H_k^{-1} a_k; " + RECOVER_CHAIN
         + " (s measured in the Fisher metric when it was recorded); inner_delta = 0.03",
-        "metacpo_ref.meta.meta_objective, meta_gradient (inner_metric='fisher', recover_above_limit=True)",
+        "metacpo_ref.algos.meta.meta_objective, meta_gradient (inner_metric='fisher', recover_above_limit=True)",
         META, meanings)
 
 
@@ -903,7 +903,7 @@ def make_meta_gradient_fisher_recover():
 @contextlib.contextmanager
 def _recorded_line_search(module):
     """Every fraction ``module``'s line search tries, with the rule that judged it: the
-    module's :func:`~metacpo_ref.update.backtrack` wrapped for the duration."""
+    module's :func:`~metacpo_ref.algos.update.backtrack` wrapped for the duration."""
     tried, original = [], module.backtrack
 
     def recording(evaluate, accepts, decay, max_steps):
@@ -951,7 +951,7 @@ TRIED_MEANINGS = {
 
 
 def compute_outer_step_recover(inp):
-    from metacpo_ref import meta
+    from metacpo_ref.algos import meta
 
     spec, _, traces = _traces_from(inp)
     config = Config(hidden=spec.hidden, inner_delta=float(inp["inner_delta"]),
@@ -998,7 +998,7 @@ def make_outer_step_recover():
         "-sqrt(2 outer_delta / s) dG (with the rule off it would be a both step); then the line search "
         "re-evaluating eq. 10, every tried fraction recorded (KL on the pre-adaptation batches, dF, dG, the "
         "rule that rejected it); radii inner_delta 0.03, outer_delta 0.02, ls_kl 0.015 (all distinct)",
-        "metacpo_ref.meta.outer_step (outer_metric='identity', recover_above_limit=True)", OUTER, meanings)
+        "metacpo_ref.algos.meta.outer_step (outer_metric='identity', recover_above_limit=True)", OUTER, meanings)
 
 
 def _radii(inp):
@@ -1066,7 +1066,7 @@ def make_line_search_local(case):
         "KL bound ls_kl; D18, D19) with every tried fraction recorded: its mean KL, dR = dL_R, dC = dL_C "
         "and which of the three rules rejects it (KL <= ls_kl; dR > 0 unless recovering; dC <= max(-b, 0), "
         "b including the recover shift); " + RULE_ON + ". Decision: " + what,
-        "metacpo_ref.update.policy_update, backtrack, Acceptance (algo='meta-cpo', inner_metric='identity')",
+        "metacpo_ref.algos.update.policy_update, backtrack, Acceptance (algo='meta-cpo', inner_metric='identity')",
         (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks); the "
          "accepted fraction, the tried fractions and the rejections are discrete and must be equal (every "
          "decision is >= 8% from its threshold here); dR and dC are differences of nearby surrogate values "
@@ -1103,7 +1103,7 @@ LINE_SEARCH_OUTER = {
 
 
 def make_line_search_outer(case):
-    from metacpo_ref.meta import synthetic_traces
+    from metacpo_ref.algos.meta import synthetic_traces
 
     seed, eval_frac, outer_delta, ls_kl, what = LINE_SEARCH_OUTER[case]
     radii = {"inner_delta": RADII["inner_delta"], "outer_delta": outer_delta, "ls_kl": ls_kl,
@@ -1135,7 +1135,7 @@ def make_line_search_outer(case):
         "pre-adaptation batches; D18, D19 with dR = dF, dC = dG, b = G) with every tried fraction recorded, "
         "on seeded synthetic traces (K = 2, two tasks, local steps recorded with their shifts); " + RULE_ON
         + ". Decision: " + what,
-        "metacpo_ref.meta.outer_step, metacpo_ref.update.backtrack, Acceptance (outer_metric='identity')",
+        "metacpo_ref.algos.meta.outer_step, metacpo_ref.algos.update.backtrack, Acceptance (outer_metric='identity')",
         (OUTER[0], OUTER[1], OUTER[2] + "; the tried fractions and the rejections are discrete and must be "
          "equal (every decision is >= 10% from its threshold here)"), meanings)
 
@@ -1168,7 +1168,7 @@ def make_solve_step_asym():
         "the CPO step of eq. 9 (as solve_step_both_dense), case both, with a stored metric that is not "
         "symmetric: the method solves with sym(H) = (H + H') / 2 (docs/derivations.md: the metric enters as "
         "sym(H); cpo.metric_solver: Cholesky of sym(H))",
-        "metacpo_ref.cpo.solve_step (method='scipy', H given)", DUAL,
+        "metacpo_ref.step.cpo.solve_step (method='scipy', H given)", DUAL,
         {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "x": "the step (n,)",
          "lam": "trust-region multiplier (x = sym(H)^{-1}(g - nu a) / lam)", "nu": "cost multiplier",
          "case_index": CASE_MEANING})
@@ -1182,7 +1182,7 @@ def make_cpo_layer_asym():
         "the differentiable CPO layer (as cpo_layer_both_dense), case both, with a stored metric that is not "
         "symmetric: forward step and VJP use sym(H) = (H + H') / 2, and Hbar is the gradient through sym(H), "
         "a symmetric matrix",
-        "metacpo_ref.dco.cpo_layer, cpo_step_vjp (H given)", EXACT,
+        "metacpo_ref.step.dco.cpo_layer, cpo_step_vjp (H given)", EXACT,
         {**{k: v for k, v in CPO_MEANINGS.items() if k in inp}, "H": ASYM_MEANING, "xbar": "cotangent dL/dx (n,)",
          "x": "the step (n,)", "gbar": "xbar' dx/dg (n,)", "abar": "xbar' dx/da (n,)",
          "bbar": "xbar' dx/db", "deltabar": "xbar' dx/ddelta",
@@ -1191,7 +1191,7 @@ def make_cpo_layer_asym():
 
 # --- the CPO baseline's Fisher step with the constraint binding --------------------------
 
-CG_RECURRENCE = ("H^{-1} v by conjugate gradient exactly as metacpo_ref.cpo.cg: y = 0, r = v, p = v, rr = r'r; "
+CG_RECURRENCE = ("H^{-1} v by conjugate gradient exactly as metacpo_ref.step.cpo.cg: y = 0, r = v, p = v, rr = r'r; "
                  "repeat at most cg_iters times: stop if rr <= (1e-10 |v|)^2; Hp = (F + cg_damping I) p "
                  "(Fisher-vector product at phi on the batch's obs); alpha = rr / p'Hp; y += alpha p; "
                  "r -= alpha Hp; rr_new = r'r; p = r + (rr_new / rr) p; rr = rr_new. With cg_iters = 10 < n "
@@ -1231,7 +1231,7 @@ def make_policy_update_fisher_both():
         "one update of the CPO baseline (algo='cpo': Fisher metric by conjugate gradient, KL radius and "
         "line-search KL bound baseline_delta) with the cost constraint binding (case both, nu > 0; b_hat < 0, "
         + RULE_ON + " but inactive below the limit). " + CG_RECURRENCE,
-        "metacpo_ref.update.policy_update (algo='cpo'), fisher_hinv, metacpo_ref.cpo.cg",
+        "metacpo_ref.algos.update.policy_update (algo='cpo'), fisher_hinv, metacpo_ref.step.cpo.cg",
         (1e-6, 1e-9, "the step comes from the scipy dual and conjugate gradient (the same truncated recurrence "
          "reproduces the stored iterates to ~1e-13); the accepted fraction and the rejections are discrete; dL_R, "
          "dL_C are differences of nearby surrogate values"),

@@ -10,7 +10,7 @@ inexact derivative).
   n = 1492, 95 at n = 6052; a dense build would take n products instead.
 
 The CPO / TRPO baselines keep CPO's usual few CG iterations
-(:func:`metacpo_ref.update.fisher_hinv`); their step is not differentiated.
+(:func:`metacpo_ref.algos.update.fisher_hinv`); their step is not differentiated.
 """
 import warnings
 
@@ -18,8 +18,8 @@ import numpy as np
 import scipy.linalg
 
 from metacpo_ref.config import FISHER_CG_MAX_ITERS, FISHER_CG_TOL, FISHER_DIRECT_MAX
-from metacpo_ref.cpo import cg
-from metacpo_ref.policy import fisher_product, fvp
+from metacpo_ref.step.cpo import cg
+from metacpo_ref.model.policy import fisher_product, fvp
 
 
 class InexactSolveWarning(RuntimeWarning):

@@ -31,7 +31,7 @@ import threading
 import time
 
 from metacpo_ref.envs import make_env
-from metacpo_ref.rollouts import NormalizedEnv
+from metacpo_ref.envs.rollouts import NormalizedEnv
 
 _ENVS = {}   # per process: family -> env, built on first use
 

@@ -12,7 +12,7 @@ active set (:func:`solve_qp`); the backward pass (:func:`qp_vjp`) is one
 solve with the active-set KKT matrix of eq. 7 (D31-D33), whose factor the
 forward pass already holds. :func:`qp_layer` is the solution as an autograd
 primitive. Meta-CPO itself never calls this module: its steps are the special
-case in :mod:`metacpo_ref.cpo` and :mod:`metacpo_ref.dco`.
+case in :mod:`metacpo_ref.step.cpo` and :mod:`metacpo_ref.step.dco`.
 """
 import warnings
 from dataclasses import dataclass, field

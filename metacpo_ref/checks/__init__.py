@@ -1,0 +1,2 @@
+"""The checks a port or a change is measured against: derivatives against finite
+differences (gradcheck), the golden fixtures (fixtures), the speed benchmark (bench)."""
