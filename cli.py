@@ -468,7 +468,8 @@ def verify_fixtures(directory):
     """Recompute every fixture block in DIRECTORY from its inputs; check outputs (within the reference's
     tolerances) and hashes."""
     from metacpo_ref import __version__
-    from metacpo_ref.checks.fixtures import manifest_version, verify
+    from metacpo_ref.checks.fixture_files import manifest_version
+    from metacpo_ref.checks.fixtures import verify
 
     try:
         rows = verify(directory)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from metacpo_ref.checks import fixtures as fx
+from metacpo_ref.checks import fixture_files as ff
 from metacpo_ref.algos import meta
 from metacpo_ref.algos import update
 from metacpo_ref.step.cpo import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "tests" / "fixtures"
-MANIFEST = json.loads((COMMITTED / fx.MANIFEST).read_text())
+MANIFEST = json.loads((COMMITTED / ff.MANIFEST).read_text())
 COMPUTE = {name: compute for name, _, compute in fx.BLOCKS}
 ACCEPTANCE, RECOVERY_SHIFT = update.Acceptance, update.recovery_shift      # the reference rules
 
@@ -37,7 +38,7 @@ def judge(name, got):
     entry, ref = MANIFEST["blocks"][name], stored(name)
     off, miss = [], 0.0
     for k in entry["outputs"]:
-        diff, bound, ok = fx.compare(got[k], ref[k], entry["rtol"], entry["atol"])
+        diff, bound, ok = ff.compare(got[k], ref[k], entry["rtol"], entry["atol"])
         if not ok:
             off.append(k)
         scale = float(np.max(np.abs(ref[k].astype(np.float64)), initial=0.0)) or 1.0

@@ -12,6 +12,7 @@ import pytest
 
 import metacpo_ref
 from metacpo_ref.checks import fixtures as fx
+from metacpo_ref.checks import fixture_files as ff
 from metacpo_ref.checks.gradcheck import step_margin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,17 +37,17 @@ def load(directory, name):
 
 
 def read_manifest(directory):
-    return json.loads((directory / fx.MANIFEST).read_text())
+    return json.loads((directory / ff.MANIFEST).read_text())
 
 
 def write_manifest(directory, manifest):
-    (directory / fx.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    (directory / ff.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def test_committed_fixtures_verify():
     rows = fx.verify(COMMITTED)
     assert [r["block"] for r in rows] == [name for name, _, _ in fx.BLOCKS]
-    assert fx.all_ok(rows), [r for r in rows if r["status"] != "ok"]
+    assert ff.all_ok(rows), [r for r in rows if r["status"] != "ok"]
 
 
 def test_manifest_describes_every_array():
@@ -64,7 +65,7 @@ def test_manifest_describes_every_array():
             assert d["meaning"] and d["shape"] == list(arrays[k].shape) and d["dtype"] == str(arrays[k].dtype)
             assert d["dtype"] in ("float64", "int64", "bool")
         total += (COMMITTED / entry["file"]).stat().st_size
-    total += (COMMITTED / fx.MANIFEST).stat().st_size
+    total += (COMMITTED / ff.MANIFEST).stat().st_size
     assert total < 1_000_000
     # the blocks the brief asks for are all there
     for name in ("policy_log_prob", "policy_mean_kl", "policy_fvp", "gae", "cg", "meta_gradient", "outer_step"):
@@ -112,12 +113,12 @@ def test_changed_output_value_is_caught(copy):
     name = "solve_step_both_dense"
     arrays = load(copy, name)
     arrays["x"] = arrays["x"] * (1 + 1e-4)          # within no tolerance
-    fx.write_npz(copy / f"{name}.npz", arrays)
+    ff.write_npz(copy / f"{name}.npz", arrays)
     row = by_name(fx.verify(copy, only=[name]))[name]
     assert row["status"] == "FAIL" and row["detail"] == "x: sha256 mismatch; outputs off: x"
     # ... and with the manifest's hash updated too, recomputation catches it
     manifest = read_manifest(copy)
-    manifest["blocks"][name]["outputs"]["x"]["sha256"] = fx.sha256(arrays["x"])
+    manifest["blocks"][name]["outputs"]["x"]["sha256"] = ff.sha256(arrays["x"])
     write_manifest(copy, manifest)
     row = by_name(fx.verify(copy, only=[name]))[name]
     assert row["status"] == "FAIL" and row["detail"] == "outputs off: x"
@@ -135,7 +136,7 @@ def test_changed_input_that_does_not_move_the_output_is_caught(copy):
     recomputed = fx.compute_gae({k: arrays[k] for k in read_manifest(copy)["blocks"][name]["inputs"]})
     for k, v in recomputed.items():
         np.testing.assert_array_equal(v, arrays[k])       # the output does not move
-    fx.write_npz(copy / f"{name}.npz", arrays)
+    ff.write_npz(copy / f"{name}.npz", arrays)
     row = by_name(fx.verify(copy, only=[name]))[name]
     assert row["status"] == "FAIL" and row["detail"] == "v_boot: sha256 mismatch"
 
@@ -144,9 +145,9 @@ def test_changed_input_with_matching_hash_is_caught_by_recomputation(copy):
     name = "meta_gradient"
     arrays = load(copy, name)
     arrays["task1_step0_adv_c"] = arrays["task1_step0_adv_c"] * 1.01
-    fx.write_npz(copy / f"{name}.npz", arrays)
+    ff.write_npz(copy / f"{name}.npz", arrays)
     manifest = read_manifest(copy)
-    manifest["blocks"][name]["inputs"]["task1_step0_adv_c"]["sha256"] = fx.sha256(arrays["task1_step0_adv_c"])
+    manifest["blocks"][name]["inputs"]["task1_step0_adv_c"]["sha256"] = ff.sha256(arrays["task1_step0_adv_c"])
     write_manifest(copy, manifest)
     row = by_name(fx.verify(copy, only=[name]))[name]
     assert row["status"] == "FAIL" and "dG" in row["detail"]
@@ -161,13 +162,13 @@ def test_missing_block_is_caught(copy):
     rows = by_name(fx.verify(copy))
     assert rows["cg"]["status"] == "MISSING" and rows["policy_fvp"]["status"] == "MISSING"
     assert rows["qp_layer_from_the_future"]["status"] == "FAIL"
-    assert not fx.all_ok(rows.values())
+    assert not ff.all_ok(rows.values())
     assert sum(r["status"] == "ok" for r in rows.values()) == len(fx.BLOCKS) - 2
 
 
 def test_export_then_verify_round_trips(tmp_path):
     manifest = fx.export(tmp_path)
-    assert fx.all_ok(fx.verify(tmp_path))
+    assert ff.all_ok(fx.verify(tmp_path))
     # the inputs are seeded: the same set as the committed one, and the outputs agree
     committed = read_manifest(COMMITTED)
     assert set(manifest["blocks"]) == set(committed["blocks"])
@@ -177,7 +178,7 @@ def test_export_then_verify_round_trips(tmp_path):
             assert (d["shape"], d["dtype"]) == (ref["inputs"][k]["shape"], ref["inputs"][k]["dtype"])
         new, old = load(tmp_path, name), load(COMMITTED, name)
         for k in entry["outputs"]:
-            assert fx.compare(new[k], old[k], entry["rtol"], entry["atol"])[2], \
+            assert ff.compare(new[k], old[k], entry["rtol"], entry["atol"])[2], \
                 f"{name}.{k} moved: if on purpose, re-export tests/fixtures (docs/porting.md)"
 
 
@@ -192,7 +193,7 @@ def test_cli_export_and_verify(tmp_path):
     assert f"{len(fx.BLOCKS)} of {len(fx.BLOCKS)} blocks ok" in r.stdout
     arrays = load(out, "policy_log_prob")
     arrays["logp"] = arrays["logp"] + 1e-6
-    fx.write_npz(out / "policy_log_prob.npz", arrays)
+    ff.write_npz(out / "policy_log_prob.npz", arrays)
     r = run("verify-fixtures", str(out))
     assert r.returncode == 1 and "policy_log_prob" in r.stdout and "FAIL" in r.stdout
 
@@ -216,10 +217,10 @@ def test_a_set_with_loosened_tolerances_and_a_perturbed_output_fails_against_the
     name = "solve_step_both_dense"
     arrays = load(copy, name)
     arrays["x"] = arrays["x"] * (1 + 1e-4)
-    fx.write_npz(copy / f"{name}.npz", arrays)
+    ff.write_npz(copy / f"{name}.npz", arrays)
     manifest = read_manifest(copy)
     entry = manifest["blocks"][name]
-    entry["outputs"]["x"]["sha256"] = fx.sha256(arrays["x"])
+    entry["outputs"]["x"]["sha256"] = ff.sha256(arrays["x"])
     entry["rtol"], entry["atol"] = 1e-2, 1e-2
     write_manifest(copy, manifest)
     row = by_name(fx.verify(copy, only=[name]))[name]
