@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from metacpo_ref.checks.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILIES, INNER_METRICS,
+from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILY_DEFAULTS, INNER_METRICS,
                                 META_TEST_TASKS, OUTER_METRICS, SMOOTH, TASKS, WORKERS, Config, field_doc,
                                 field_range)
 
@@ -46,7 +46,7 @@ def main():
     """metacpo_ref: a reference implementation of Meta-CPO (arXiv 2312.10230)."""
 
 
-FAMILY = click.Choice(list(FAMILIES))
+FAMILY = click.Choice(list(FAMILY_DEFAULTS))
 
 
 ALGO = click.Choice(list(ALGOS))

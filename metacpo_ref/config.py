@@ -60,87 +60,27 @@ LOCAL_STEPS = 5          # paper: 5 local updates
 SEEDS = 3                # paper: 3 random seeds
 
 
+# --- what a run of each task family takes when not told --------------------------
+# The families themselves (Table 1's ranges, the simulator's set-up): envs/families.py.
 @dataclass(frozen=True)
-class Family:
-    """A Safety-Gymnasium task family of Table 1.
+class FamilyDefaults:
+    """A family's batch size (``Config.episodes`` not given) and cost limits (``Config.cost_limit``
+    not given, and meta-testing's limit)."""
 
-    ``train`` and ``test`` map each task parameter to its inclusive range
-    ``(low, high)``; integer parameters are listed in ``int_params``.
-    """
-
-    name: str
-    base_id: str
-    obs_dim: int
-    episode_len: int
+    episodes: int
     cost_limit_train: float
     cost_limit_test: float
-    train: dict
-    test: dict
-    int_params: tuple = ()
-    episodes: int = 6    # episodes per batch: about 3000 steps (authors' code)
-    stock_walls_drop: tuple = ()   # parameters a task of the stock walls lacks (Config.car_walls="stock")
-    act_dim: int = 2     # Safety-Gymnasium's point and car robots both have two actuators
 
 
-FAMILIES = {
-    "point-circle": Family(
-        name="point-circle",
-        base_id="SafetyPointCircle1-v0",
-        obs_dim=28,          # Safety-Gymnasium 1.0.0, stock circle task
-        episode_len=500,     # Safety-Gymnasium 1.0.0, stock circle task
-        # authors' code uses 10. Measured here: a uniformly
-        # random policy collects 13.3 per episode on train tasks (30 episodes,
-        # heavy-tailed: median 0) and 2.3 on test tasks; a reward-greedy policy
-        # that circles at r_c spends about half of each lap beyond the walls at
-        # 0.65-0.75 r_c (~250 per episode). 10 binds for both in training.
-        cost_limit_train=10.0,
-        cost_limit_test=10.0,
-        train={"radius": (1.0, 1.5), "wall_factor": (0.65, 0.75)},   # paper Table 1
-        test={"radius": (2.0, 2.5), "wall_factor": (0.55, 0.65)},    # paper Table 1
-        episodes=6,
-    ),
-    "car-circle-hazard": Family(
-        name="car-circle-hazard",
-        base_id="SafetyCarCircle1-v0",
-        obs_dim=56,
-        episode_len=500,
-        cost_limit_train=10.0,   # paper, Fig. 5b
-        cost_limit_test=5.0,     # paper, Fig. 5b (tighter in meta-testing)
-        # Table 1's caption: "For P-Circle and C-Circle-H, s x r_c determines the wall
-        # distance, and the same s is applied for both environments": P-Circle's ranges.
-        train={"radius": (0.7, 1.0), "num_hazards": (3, 7), "wall_factor": (0.65, 0.75)},   # paper Table 1
-        test={"radius": (1.2, 1.5), "num_hazards": (7, 12), "wall_factor": (0.55, 0.65)},   # paper Table 1
-        int_params=("num_hazards",),
-        episodes=6,
-        # the first campaign (issue 19) kept Safety-Gymnasium's walls at |x| = 1.125: its tasks
-        # have no wall_factor (Config.car_walls="stock", what its checkpoints load with)
-        stock_walls_drop=("wall_factor",),
-    ),
-    "point-button": Family(
-        name="point-button",
-        base_id="SafetyPointButton0-v0",   # level 0: no gremlins
-        obs_dim=60,
-        episode_len=1000,
-        # authors' code uses 10. Measured here: a uniformly
-        # random policy collects 36.3 per episode on train tasks (30 episodes,
-        # heavy-tailed: median 0) and 3.2 on test tasks; a reward-greedy policy
-        # drives through hazards and wrong buttons on its way. 10 binds for
-        # both in training.
-        cost_limit_train=10.0,
-        cost_limit_test=10.0,
-        train={"num_buttons": (3, 6), "num_hazards": (3, 6), "extent": (1.75, 2.0)},  # Table 1
-        test={"num_buttons": (6, 10), "num_hazards": (6, 10), "extent": (2.5, 3.0)},  # Table 1
-        int_params=("num_buttons", "num_hazards"),
-        episodes=3,
-    ),
+FAMILY_DEFAULTS = {   # episodes: about 3000 steps per batch (authors' code)
+    # point-circle, point-button: authors' code uses 10; measured here, a uniformly random policy collects
+    # 13.3 / 36.3 per episode on train tasks (30 episodes, heavy-tailed: median 0) and 2.3 / 3.2 on test
+    # tasks; a reward-greedy policy costs far more (point-circle: ~250 per episode beyond the walls).
+    # 10 binds for both in training.
+    "point-circle": FamilyDefaults(episodes=6, cost_limit_train=10.0, cost_limit_test=10.0),   # authors' code
+    "car-circle-hazard": FamilyDefaults(episodes=6, cost_limit_train=10.0, cost_limit_test=5.0),   # paper, Fig. 5b
+    "point-button": FamilyDefaults(episodes=3, cost_limit_train=10.0, cost_limit_test=10.0),   # authors' code
 }
-
-# Hazards added to the car-circle and point-button tasks: Safety-Gymnasium's Hazards
-# geom with these sizes (added in metacpo_ref/envs).
-HAZARD_SIZE = 0.2
-CAR_HAZARD_KEEPOUT = 0.3
-CAR_HAZARD_EXTENT = 1.4
-BUTTON_HAZARD_KEEPOUT = 0.18
 
 
 # --- constraint handling: how the measured cost is fed to eq. 9 ------------------
@@ -274,7 +214,7 @@ class Config:
     """One run's settings; each field's documentation is ``field_doc(name)``
     (listed below) and its valid range ``field_range(name)``."""
 
-    family: str = setting("point-button", f"Task family of Table 1: {', '.join(FAMILIES)}.")
+    family: str = setting("point-button", f"Task family of Table 1: {', '.join(FAMILY_DEFAULTS)}.")
     algo: str = setting("meta-cpo", "Algorithm: meta-cpo (Algorithm 1), meta-trpo (the same without the cost "
                         "constraint), cpo / trpo (one policy on pooled tasks, Fisher metric).")
     iterations: int = setting(META_ITERATIONS, "Meta-iterations (baselines: iterations) of the whole run, "
@@ -362,8 +302,8 @@ class Config:
         "(None): True for the meta algorithms, False for cpo and trpo (which have no meta-gradient).")
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown task family {self.family!r}; valid names: {', '.join(FAMILIES)}")
+        if self.family not in FAMILY_DEFAULTS:
+            raise ValueError(f"unknown task family {self.family!r}; valid names: {', '.join(FAMILY_DEFAULTS)}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
         for name, metric in zip(("inner_metric", "outer_metric"), default_metrics(self.algo)):
@@ -391,12 +331,12 @@ class Config:
     @property
     def n_episodes(self):
         """Episodes per batch: ``episodes`` or the family's default."""
-        return FAMILIES[self.family].episodes if self.episodes is None else int(self.episodes)
+        return FAMILY_DEFAULTS[self.family].episodes if self.episodes is None else int(self.episodes)
 
     @property
     def train_cost_limit(self):
         """The cost limit of training: ``cost_limit`` or the family's training limit."""
-        return FAMILIES[self.family].cost_limit_train if self.cost_limit is None else float(self.cost_limit)
+        return FAMILY_DEFAULTS[self.family].cost_limit_train if self.cost_limit is None else float(self.cost_limit)
 
     @property
     def constrained(self):

@@ -76,7 +76,7 @@ def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path
     resumes when the command line spells the same values out (the family's episode count,
     the sizes as a list), and refuses another episode count."""
     from metacpo_ref.model.advantages import init_value
-    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.envs.families import FAMILIES
     from metacpo_ref.model.policy import init_theta
     from metacpo_ref.envs.rollouts import ObsNorm
     from metacpo_ref.algos.update import specs
