@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from dataclasses import fields
 
 import click
 
@@ -9,9 +10,8 @@ from click.core import ParameterSource
 
 from metacpo_ref.checks.bench import DURATION as BENCH_DURATION
 
-from metacpo_ref.config import (ADAPT_STEPS, ALGOS, CAR_WALLS, COST_MEASURES, EPISODES, FAMILIES, INNER_METRICS,
-                                META_TEST_TASKS, OUTER_METRICS, SMOOTH, TASKS, WORKERS, Config, field_doc,
-                                field_range)
+from metacpo_ref.config import (ADAPT_STEPS, COUNT, EPISODES, META_TEST_TASKS, SMOOTH, WORKERS, Config,
+                                field_choices, field_doc, field_range)
 
 
 class Main(click.Group):
@@ -46,10 +46,7 @@ def main():
     """metacpo_ref: a reference implementation of Meta-CPO (arXiv 2312.10230)."""
 
 
-FAMILY = click.Choice(list(FAMILIES))
-
-
-ALGO = click.Choice(list(ALGOS))
+FAMILY = click.Choice(list(field_choices("family")))
 
 
 class Number(click.ParamType):
@@ -77,17 +74,67 @@ class Number(click.ParamType):
         return abs(v) if v == 0 else v   # -0 is 0
 
 
-def config_option(name, flag=None, **kw):
-    """A click option for :class:`Config` field ``name``: default, help line and
-    valid range read from config.py (``kw`` overrides them)."""
-    valid = field_range(name)
-    default = getattr(Config, name)
+class Sizes(click.ParamType):
+    """Layer sizes, integers >= 1 separated by commas (``64,32``), refused while parsing otherwise."""
+
+    name = "sizes"
+
+    def get_metavar(self, param, ctx=None):
+        return "N,N..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(s) for s in str(value).split(","))
+        except ValueError:
+            sizes = ()
+        if not sizes or not all(COUNT.contains(s) for s in sizes):
+            self.fail(f"{value!r} is not a list of integers >= 1 separated by commas, e.g. 64,32", param, ctx)
+        return sizes
+
+
+# Flags of the Config fields not spelled --field-name (booleans: both spellings)
+FLAGS = {"recover_above_limit": "--recover-above-limit/--exact-cpo-above-limit",
+         "split_meta_gradient": "--split-meta-gradient/--whole-meta-gradient"}
+
+
+def config_option(name, flag=None, dest=None, **kw):
+    """A click option for :class:`Config` field ``name``: its flag (``--field-name`` or
+    ``FLAGS``), default, help line and valid range or names read from config.py
+    (``flag``, ``dest`` and ``kw`` override them)."""
+    valid, choices, default = field_range(name), field_choices(name), getattr(Config, name)
     opts = dict(default=default, show_default=default is not None, help=field_doc(name))
     if valid is not None:
         opts["type"] = Number(valid)
+    elif choices is not None:
+        opts["type"] = click.Choice(list(choices))
+    elif Config.__dataclass_fields__[name].type is tuple:
+        opts.update(type=Sizes(), show_default=",".join(map(str, default)))
     opts.update(kw)
-    decls = (flag, name) if flag else ("--" + name.replace("_", "-"),)
-    return click.option(*decls, **opts)
+    flag = flag or FLAGS.get(name, "--" + name.replace("_", "-"))
+    return click.option(flag, dest or name, **opts)
+
+
+def config_options(fn):
+    """An option for every :class:`Config` field but ``family`` (the argument), in Config's order;
+    ``--task`` takes the text :func:`envs.parse_task` reads (into ``task_text``)."""
+    for f in reversed(fields(Config)):
+        if f.name == "task":
+            fn = config_option("task", dest="task_text", metavar="KEY=VALUE[,KEY=VALUE...]",
+                               help="Train on this one task of FAMILY instead of sampling tasks (parameters not "
+                                    "named: the middle of their train range), e.g. point-circle --task "
+                                    "radius=1.5,wall_factor=0.75 (Safety-Gymnasium's SafetyPointCircle1-v0).")(fn)
+        elif f.name != "family":
+            fn = config_option(f.name)(fn)
+    return fn
+
+
+def config_values(settings, **values):
+    """The :class:`Config` fields' values, in Config's order, from the options' ``settings``
+    and ``values`` (those the command computes: the family, the task)."""
+    settings = {**settings, **values}
+    return {f.name: settings[f.name] for f in fields(Config)}
 
 
 def execution_options(fn):
@@ -135,24 +182,7 @@ RESUME_FREE = ("iterations",)
 
 @main.command()
 @click.argument("family", type=FAMILY)
-@config_option("algo", type=ALGO)
-@config_option("iterations")
-@config_option("tasks")
-@config_option("local_steps")
-@config_option("episodes")
-@config_option("cost_limit")
-@config_option("cost_measure", type=click.Choice(list(COST_MEASURES)))
-@config_option("car_walls", type=click.Choice(list(CAR_WALLS)))
-@config_option("outer_metric", type=click.Choice(list(OUTER_METRICS)))
-@config_option("inner_metric", type=click.Choice(list(INNER_METRICS)))
-@config_option("seed")
-@click.option("--task", "task_text", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
-              help="Train on this one task of FAMILY instead of sampling tasks (parameters not named: the "
-                   "middle of their train range), e.g. point-circle --task radius=1.5,wall_factor=0.75 "
-                   "(Safety-Gymnasium's SafetyPointCircle1-v0).")
-@config_option("recover_above_limit", "--recover-above-limit/--exact-cpo-above-limit")
-@config_option("split_meta_gradient", "--split-meta-gradient/--whole-meta-gradient")
-@config_option("vf_ftol")
+@config_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/FAMILY-ALGO-seedS].")
 @click.option("--resume", is_flag=True,
@@ -162,24 +192,20 @@ RESUME_FREE = ("iterations",)
               help="With --resume: a run that already has its iterations is not an error; say so and how to "
                    "continue it, exit 0 (make train).")
 @execution_options
-def train(family, algo, iterations, tasks, local_steps, episodes, cost_limit, cost_measure, car_walls, outer_metric,
-          inner_metric, seed, task_text, recover_above_limit, split_meta_gradient, vf_ftol, out_dir, resume,
-          finished_ok, workers, backend, ray_address):
-    """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz."""
+def train(family, task_text, out_dir, resume, finished_ok, workers, backend, ray_address, **settings):
+    """Train ALGO on FAMILY; writes config.json, metrics.jsonl and checkpoint.npz.
+
+    Every setting of the run is an option (config.Config's fields; their sources: docs/settings.md)."""
     from metacpo_ref.envs import parse_task
     from metacpo_ref.run.training import CheckpointError, RunBusy, run_lock
     from metacpo_ref.envs.workers import WorkerError
 
     try:
-        task = None if task_text is None else parse_task(family, task_text, car_walls).params
+        task = None if task_text is None else parse_task(family, task_text, settings["car_walls"]).params
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--task")
-    values = dict(family=family, algo=algo, iterations=iterations, tasks=tasks, local_steps=local_steps,
-                  episodes=episodes, cost_limit=cost_limit, cost_measure=cost_measure, car_walls=car_walls,
-                  outer_metric=outer_metric,
-                  inner_metric=inner_metric, seed=seed, task=task,
-                  recover_above_limit=recover_above_limit, split_meta_gradient=split_meta_gradient, vf_ftol=vf_ftol)
-    out_dir = out_dir or f"runs/{family}-{algo}-seed{seed}"
+    values = config_values(settings, family=family, task=task)
+    out_dir = out_dir or f"runs/{family}-{values['algo']}-seed{values['seed']}"
     ctx = click.get_current_context()
     given = {k: v for k, v in values.items()
              if k == "family" or ctx.get_parameter_source("task_text" if k == "task" else k)
@@ -274,10 +300,8 @@ def _measure(row):
               help="checkpoint.npz of a run of `cli.py train` on FAMILY.")
 @config_option("local_steps", "--adapt-steps", type=Number(ADAPT_STEPS),
                help="Adaptation steps K on each test task (rows k = 0..K; the default is Config.local_steps).")
-@click.option("--tasks", type=Number(TASKS), default=META_TEST_TASKS, show_default=True,
-              help="Unseen test tasks (Table 1 test ranges).")
-@click.option("--episodes", type=Number(EPISODES), default=None,
-              help="Episodes per adaptation batch [default: the run's batch size].")
+@config_option("tasks", default=META_TEST_TASKS, help="Unseen test tasks (Table 1 test ranges).")
+@config_option("episodes", help="Episodes per adaptation batch [default: the run's batch size].")
 @click.option("--eval-episodes", type=Number(EPISODES), default=None,
               help="Separate evaluation episodes of each adapted policy, the same layouts at every step and for "
                    "every checkpoint [default: the run's batch size].")
@@ -368,8 +392,8 @@ def plot(run_dirs, out, x_axis, smooth, adapted, test_name):
 @click.argument("family", type=FAMILY)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Table 1 range the tasks are drawn from.")
-@click.option("--tasks", "n_tasks", type=Number(TASKS), default=3, show_default=True, help="Tasks sampled.")
-@click.option("--episodes", type=Number(EPISODES), default=1, show_default=True, help="Episodes per task.")
+@config_option("tasks", dest="n_tasks", default=3, help="Tasks sampled.")
+@config_option("episodes", default=1, show_default=True, help="Episodes per task.")
 @config_option("seed", help="Seed of the tasks and episodes.")
 def rollout(family, split, n_tasks, episodes, seed):
     """Run a uniformly random policy on sampled tasks of FAMILY and print return, cost and speed."""

@@ -60,7 +60,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from metacpo_ref.config import ALGOS, FAMILIES, META_ITERATIONS, Config  # noqa: E402
+from metacpo_ref.config import ALGOS, META_ITERATIONS, Config  # noqa: E402
+from metacpo_ref.envs.families import FAMILIES  # noqa: E402
 from metacpo_ref.run.training import config_from_dict  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from metacpo_ref.config import FAMILIES, Config
+from metacpo_ref.config import Config
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.run.training import load_checkpoint, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from cli import main
 from metacpo_ref.model.advantages import (authors_cost, center, constraint_value, episode_measures, measured_cost,
                                     step_weights, weight_cost_advantages)
 from metacpo_ref.algos.baselines import pooled_data
-from metacpo_ref.config import FAMILIES, Config
+from metacpo_ref.config import Config
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs import Task, make_env, parse_task, sample_tasks
 from metacpo_ref.checks.gradcheck import check_discounted_constraint_value, check_discounted_first_order, discounted_by_loop
 from metacpo_ref.algos.iteration import Trace

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from metacpo_ref.config import FAMILIES
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs import FAMILY_NAMES, Task, make_env, sample_tasks
 from metacpo_ref.envs.rollouts import collect
 from metacpo_ref.envs.rollouts import random_act
@@ -24,6 +24,21 @@ def test_sizes_and_episode_length(envs, family):
     assert env.action_space.shape == (2,) == (FAMILIES[family].act_dim,)   # the policy's act_dim (update.specs)
     b = collect(env, random_act, 1, seed=0)
     assert b.ep_len[0] == EP_LEN[family] and b.truncated[-1] and not b.terminated.any()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_one_definition_per_family(envs, family):
+    """A family's definition (envs/families.py) builds its env: its robot, its Safety-Gymnasium
+    task and episode length; its defaults (episodes, cost limits) are config.FAMILY_DEFAULTS'."""
+    from metacpo_ref.config import FAMILY_DEFAULTS, Config
+
+    fam = FAMILIES[family]
+    assert tuple(FAMILIES) == tuple(FAMILY_DEFAULTS) == FAMILY_NAMES
+    assert (fam.episodes, fam.cost_limit_train, fam.cost_limit_test) == (
+        Config(family=family).n_episodes, Config(family=family).train_cost_limit, FAMILY_DEFAULTS[family].cost_limit_test)
+    builder = envs[family].unwrapped
+    assert type(builder.task.agent).__name__ == fam.robot and builder.task.num_steps == fam.episode_len == EP_LEN[family]
+    assert fam.obs_dim == OBS[family] and set(fam.train) == set(fam.test)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.config import OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs import Task, make_env, parse_task, train_tasks
 from metacpo_ref.envs.rollouts import batch_seed, collect, fit_obs_norm, random_act
 from metacpo_ref.run.training import NORM_ITERATION, initial_state, load_checkpoint, read_metrics, train

@@ -343,7 +343,7 @@ def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, mo
     run; ``adapt(run, task, k)`` is meta_test's adaptation of that task (adapt_on with the run's
     normaliser, value functions, config, the family's test limit, seed 0), for a run directory,
     its checkpoint and its State alike, and differs from the bare theta's old default."""
-    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.envs.families import FAMILIES
     from metacpo_ref.envs import make_env
     from metacpo_ref.envs.rollouts import NormalizedEnv
     from metacpo_ref.run.training import adapt, adapt_on

@@ -76,7 +76,7 @@ def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path
     resumes when the command line spells the same values out (the family's episode count,
     the sizes as a list), and refuses another episode count."""
     from metacpo_ref.model.advantages import init_value
-    from metacpo_ref.config import FAMILIES
+    from metacpo_ref.envs.families import FAMILIES
     from metacpo_ref.model.policy import init_theta
     from metacpo_ref.envs.rollouts import ObsNorm
     from metacpo_ref.algos.update import specs
@@ -194,7 +194,9 @@ BAD = ["nan", "inf", "-inf", "-1", "0"]
 # (command, option, value) that are valid, documented meanings
 VALID = {("test", "--adapt-steps", "0"),   # meta-test k = 0 only
          ("train", "--cost-limit", "0"), ("test", "--cost-limit", "0"),   # no cost at all
-         ("train", "--seed", "0"), ("test", "--seed", "0"), ("rollout", "--seed", "0")}
+         ("train", "--seed", "0"), ("test", "--seed", "0"), ("rollout", "--seed", "0"),
+         ("train", "--gae-lambda", "0"),   # TD(0) advantages
+         ("train", "--cg-damping", "0")}   # undamped Fisher-vector products
 REQUIRED = {"train": ["point-circle"], "test": ["point-circle", "--checkpoint", "ckpt.npz"],
             "rollout": ["point-circle"], "plot": ["--out", "x.png"], "export-fixtures": ["d"],
             "verify-fixtures": ["d"]}
@@ -260,6 +262,33 @@ def test_every_option_has_help_and_config_defaults_come_from_config():
     assert "default=Config." not in (ROOT / "cli.py").read_text()
     helps = CliRunner().invoke(cli.main, ["train", "--help"]).output
     assert "--tasks INTEGER[1,1000]" in helps and "--cost-limit NUMBER[0,1e+06]" in helps and "--seed INTEGER>=0" in helps
+
+
+def test_every_config_field_is_a_train_option_declared_from_config():
+    """Each field but the family (the argument) is an option of its name (--task: the text parse_task
+    reads), with Config's default, help line, range or names; given nothing, the options make Config()."""
+    params = {p.name: p for p in cli.main.commands["train"].params}
+    for f in dataclasses.fields(Config):
+        p = params["task_text" if f.name == "task" else f.name]
+        if f.name == "family":
+            assert isinstance(p, click.Argument) and list(p.type.choices) == list(f.metadata["choices"])
+            continue
+        assert p.default == f.default, f.name
+        if f.name != "task":
+            assert p.help == field_doc(f.name) and "\n" not in p.help, f.name
+        if f.metadata["range"] is not None:
+            assert p.type.valid == f.metadata["range"], f.name
+        if f.metadata["choices"] is not None:
+            assert list(p.type.choices) == list(f.metadata["choices"]), f.name
+    ctx = cli.main.commands["train"].make_context("train", ["point-circle"])
+    settings = {k: v for k, v in ctx.params.items() if k in Config.__dataclass_fields__}
+    assert Config(**cli.config_values(settings, family="point-circle", task=None)) == Config(family="point-circle")
+    ctx = cli.main.commands["train"].make_context("train", ["point-circle", "--hidden", "64,32", "--gamma", "0.95",
+                                                            "--whole-meta-gradient"])
+    assert (ctx.params["hidden"], ctx.params["gamma"], ctx.params["split_meta_gradient"]) == ((64, 32), 0.95, False)
+    for bad in ("0,3", "a", "", "1.5"):
+        res = CliRunner().invoke(cli.main, ["train", "point-circle", "--hidden", bad])
+        assert res.exit_code == 2 and "Invalid value for '--hidden'" in res.output, bad
 
 
 # --- operating-system failures are one line ------------------------------------------------

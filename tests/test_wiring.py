@@ -11,7 +11,8 @@ import pytest
 import metacpo_ref.algos.meta
 from metacpo_ref.model.advantages import advantages, constraint_value, fit_value, init_value, weight_cost_advantages
 from metacpo_ref.algos.baselines import pooled_data
-from metacpo_ref.config import FAMILIES, OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.config import OBS_NORM_EPISODES, OBS_STD_FLOOR, Config
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.model.policy import act_fn, init_theta, mlp
 from metacpo_ref.envs.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,

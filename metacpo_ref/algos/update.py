@@ -14,7 +14,7 @@ from autograd import grad
 
 from metacpo_ref.model.advantages import (ValueSpec, advantages, constraint_value, measured_cost, surrogates,
                                     weight_cost_advantages)
-from metacpo_ref.config import FAMILIES
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.step.cpo import cg, solve_step
 from metacpo_ref.model.fisher_solve import fisher_solver
 from metacpo_ref.model.policy import PolicySpec, act_fn, fisher_product, gaussian_log_prob, gaussian_mean_kl, mean_and_log_std

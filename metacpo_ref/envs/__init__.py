@@ -1,5 +1,6 @@
-"""The three task families of the paper (Table 1) on Safety-Gymnasium; beside them in this
-folder, the simulator's adapters (compat, lean, lidar, observe), the rollouts of a policy
+"""The three task families of the paper (Table 1) on Safety-Gymnasium: their tasks, and
+the env that runs them. Beside them in this folder: the families' definitions (families),
+the simulator's adapters (compat, lean, lidar, observe), the rollouts of a policy
 (rollouts) and the worker pool that runs them (workers).
 
 Public API (later modules and users rely on it):
@@ -33,16 +34,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metacpo_ref.config import (BUTTON_HAZARD_KEEPOUT, CAR_HAZARD_EXTENT, CAR_HAZARD_KEEPOUT,
-                                FAMILIES, HAZARD_SIZE)
 from metacpo_ref.envs.compat import fast_skybox, import_safety_gymnasium
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs.lean import LeanStep
 
 FAMILY_NAMES = tuple(FAMILIES)
 
 
 def family_config(name):
-    """The :class:`config.Family` of ``name``; a clear error for unknown names."""
+    """The :class:`families.Family` of ``name``; a clear error for unknown names."""
     if name not in FAMILIES:
         raise ValueError(f"unknown task family {name!r}; valid names: {', '.join(FAMILY_NAMES)}")
     return FAMILIES[name]
@@ -161,43 +161,10 @@ def default_task(family, walls="paper"):
 
 # --- configuring a Safety-Gymnasium task object ----------------------------
 def _configure(task_obj, task, first):
-    """Set the knobs of ``task`` on a safety-gymnasium task object."""
-    sg = import_safety_gymnasium()
-    Hazards = sg.assets.geoms.Hazards
-    p = task.params
+    """Set the knobs of ``task`` on a safety-gymnasium task object: the family's set-up
+    (``Family.set_up``), the episode length, a new layout at the next reset."""
     fam = family_config(task.family)
-    if task.family in ("point-circle", "car-circle-hazard"):
-        task_obj.circle.radius = float(p["radius"])
-        if first:   # Safety-Gymnasium's own walls, restored for a task without wall_factor
-            task_obj._stock_walls = (task_obj.sigwalls.locate_factor, list(task_obj.sigwalls.locations))
-        if "wall_factor" in p:
-            # walls at x = +-s * r_c: locate_factor is read by the cost, locations by the
-            # placement. The circle task's sigwalls keep num = 2 (as in the stock task), so
-            # there are two walls and only |x| > s * r_c costs; |y| is free.
-            wall = float(p["radius"]) * float(p["wall_factor"])
-            assert task_obj.sigwalls.num == 2
-            task_obj.sigwalls.locate_factor = wall
-            task_obj.sigwalls.locations = [(wall, 0), (-wall, 0)]
-        else:       # a Car-Circle-Hazard task of the stock walls (Config.car_walls="stock")
-            task_obj.sigwalls.locate_factor, task_obj.sigwalls.locations = (
-                task_obj._stock_walls[0], list(task_obj._stock_walls[1]))
-        # spawn near the centre (else "World has starting cost!")
-        task_obj.agent.placements = [(-0.2, -0.2, 0.2, 0.2)]
-    if task.family == "car-circle-hazard":
-        e = CAR_HAZARD_EXTENT
-        if first:
-            task_obj._add_geoms(Hazards(num=int(p["num_hazards"]), size=HAZARD_SIZE,
-                                        keepout=CAR_HAZARD_KEEPOUT, placements=[(-e, -e, e, e)]))
-        task_obj.hazards.num = int(p["num_hazards"])
-    if task.family == "point-button":
-        task_obj.buttons.num = int(p["num_buttons"])
-        task_obj.buttons.is_constrained = True
-        r = float(p["extent"])
-        task_obj.placements_conf.extents = [-r, -r, r, r]
-        if first:
-            task_obj._add_geoms(Hazards(num=int(p["num_hazards"]), size=HAZARD_SIZE,
-                                        keepout=BUTTON_HAZARD_KEEPOUT))
-        task_obj.hazards.num = int(p["num_hazards"])
+    fam.set_up(task_obj, task.params, first)
     task_obj.num_steps = fam.episode_len
     task_obj.placements_conf.placements = None   # rebuild the layout at the next reset
     if first:
@@ -217,8 +184,7 @@ class SafeEnv:
         sg = import_safety_gymnasium()
         from safety_gymnasium.builder import Builder
         fam = family_config(family)
-        agent = "Car" if family.startswith("car") else "Point"
-        self._env = Builder(task_id=fam.base_id, config={"agent_name": agent})
+        self._env = Builder(task_id=fam.base_id, config={"agent_name": fam.robot})
         self.task = task
         _configure(self._env.task, task, first=True)
         self._sg = sg

@@ -25,9 +25,10 @@ import numpy as np
 
 from metacpo_ref.model.advantages import authors_cost, episode_measures, init_value
 from metacpo_ref.algos.baselines import baseline_iteration
-from metacpo_ref.config import (COST_LIMIT, FAMILIES, LOCAL_STEPS, META_TEST_TASKS, OBS_NORM_EPISODES, OBS_STD_FLOOR,
+from metacpo_ref.config import (COST_LIMIT, LOCAL_STEPS, META_TEST_TASKS, OBS_NORM_EPISODES, OBS_STD_FLOOR,
                                  Config)
 from metacpo_ref.envs import make_env, sample_tasks, train_tasks
+from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.algos.meta import meta_iteration
 from metacpo_ref.model.policy import act_fn, init_theta, n_params
 from metacpo_ref.envs.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
