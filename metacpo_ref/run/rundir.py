@@ -1,5 +1,5 @@
 """The run directory, its one owner: the paths of its files, the lock, ``config.json``,
-``checkpoint.npz``, ``metrics.jsonl`` (rows of :data:`ROW_KEYS`; damaged lines moved to
+``checkpoint.npz``, ``metrics.jsonl`` (rows of the keys :func:`row_keys` declares; damaged lines moved to
 ``metrics.jsonl.bad``) and the meta-test files (``test.json``, ``test-eval.json``, ...).
 
 ``checkpoint.npz`` holds everything needed to continue exactly (:data:`CHECKPOINT_KEYS`:
