@@ -197,7 +197,7 @@ def train(family, task_text, out_dir, resume, finished_ok, workers, backend, ray
 
     Every setting of the run is an option (config.Config's fields; their sources: docs/settings.md)."""
     from metacpo_ref.envs import parse_task
-    from metacpo_ref.run.training import CheckpointError, RunBusy, run_lock
+    from metacpo_ref.run.rundir import CheckpointError, RunBusy, run_lock
     from metacpo_ref.envs.workers import WorkerError
 
     try:
@@ -227,13 +227,14 @@ def train(family, task_text, out_dir, resume, finished_ok, workers, backend, ray
 
 def _train(values, given, out_dir, resume, workers, backend, ray_address, finished_ok=False):
     """The train command's work, in the locked run directory: open it, run, print."""
-    from metacpo_ref.run.training import load_checkpoint, prepare_run, resume_config, run_iterations
+    from metacpo_ref.run.rundir import checkpoint_path, load_checkpoint
+    from metacpo_ref.run.training import prepare_run, resume_config, run_iterations
     from metacpo_ref.envs.workers import WorkerError, check_ray_address
 
     warn = lambda m: click.echo(f"warning: {m}", err=True)
     config = resume_config(out_dir, given) if resume else Config(**values)
     if resume and finished_ok:
-        done = load_checkpoint(os.path.join(out_dir, "checkpoint.npz")).iteration
+        done = load_checkpoint(checkpoint_path(out_dir)).iteration
         if config.iterations <= done:
             click.echo(f"{out_dir} is finished ({done} iterations); continue it with `cli.py train "
                        f"{config.family} --resume --iterations N --out {out_dir}` (N > {done}), or meta-test it "
@@ -321,7 +322,8 @@ def _measure(row):
 def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy,
          seed, workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
-    from metacpo_ref.run.training import CheckpointError, meta_test, write_atomic
+    from metacpo_ref.run.evaluation import meta_test
+    from metacpo_ref.run.rundir import CheckpointError, write_test
     from metacpo_ref.envs.workers import WorkerError
 
     workers = capped_workers(workers, tasks, backend)
@@ -333,14 +335,14 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
     except KeyboardInterrupt:
         click.echo("\ninterrupted; nothing written", err=True)
         sys.exit(130)
-    text = json.dumps({"family": family, "checkpoint": checkpoint, "rows": rows}, indent=1)
+    doc = {"family": family, "checkpoint": checkpoint, "rows": rows}
     if out_file:
         try:
-            write_atomic(out_file, lambda f: f.write((text + "\n").encode()))
+            write_test(out_file, doc)
         except OSError as e:
             raise click.ClickException(os_error(e))
     if as_json:
-        click.echo(text)
+        click.echo(json.dumps(doc, indent=1))
         return
     click.echo(f"cost limit {rows[0]['cost_limit']:g} on the {MEASURE_NAMES[rows[0]['cost_measure']]}; "
                f"{rows[0]['eval_episodes']} evaluation episode{'s' if rows[0]['eval_episodes'] != 1 else ''} per task "

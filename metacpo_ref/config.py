@@ -285,6 +285,19 @@ class Config:
         return self.algo.startswith("meta-")
 
 
+def effective(config, name):
+    """Field ``name`` of ``config`` as the run uses it: ``episodes`` and ``cost_limit`` with
+    the family's value for ``None`` (:attr:`Config.n_episodes`, :attr:`Config.train_cost_limit`),
+    ``hidden`` as a tuple; the others as they are."""
+    if name == "episodes":
+        return config.n_episodes
+    if name == "cost_limit":
+        return config.train_cost_limit
+    if name == "hidden":
+        return tuple(config.hidden)
+    return getattr(config, name)
+
+
 def field_doc(name):
     """The documentation line of :class:`Config` field ``name``."""
     return Config.__dataclass_fields__[name].metadata["doc"]

@@ -62,7 +62,8 @@ sys.path.insert(0, str(REPO))
 
 from metacpo_ref.config import ALGOS, META_ITERATIONS, Config  # noqa: E402
 from metacpo_ref.envs.families import FAMILIES  # noqa: E402
-from metacpo_ref.run.training import config_from_dict  # noqa: E402
+from metacpo_ref.run import rundir  # noqa: E402
+from metacpo_ref.run.rundir import checkpoint_progress as progress, read_json, read_metrics  # noqa: E402
 
 FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 19: the headline first
 # The campaign's algorithms: its name for a run -> (algorithm, settings beside config.py's defaults).
@@ -195,42 +196,10 @@ def show(path):
         return str(path)
 
 
-def progress(path):
-    """``(iterations done, env steps)`` of a run directory's checkpoint; ``(0, 0)``
-    without one; ``None`` if it cannot be read."""
-    ckpt = Path(path) / "checkpoint.npz"
-    if not ckpt.is_file():
-        return 0, 0
-    try:
-        with np.load(ckpt) as z:
-            return int(z["iteration"]), int(z["env_steps"])
-    except Exception:   # noqa: BLE001 - any unreadable file: reported, `cli.py train --resume` says why
-        return None
-
-
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def tested(path, name, iteration):
     """Whether ``path/name`` is a meta-test of the checkpoint at ``iteration``."""
     doc = read_json(Path(path) / name)
     return isinstance(doc, dict) and doc.get("iteration") == iteration and bool(doc.get("rows"))
-
-
-def metrics_rows(path):
-    rows = []
-    p = Path(path) / "metrics.jsonl"
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-    return rows
 
 
 def needs_work(run):
@@ -310,13 +279,12 @@ def write_test(run, name, iteration, env_steps):
     tmp, dest = run.path / (name + ".tmp"), run.path / name
     doc = json.loads(tmp.read_text())
     doc.update(iteration=iteration, env_steps=env_steps)
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
     old = read_json(dest)
     if isinstance(old, dict) and old.get("iteration") != iteration:
         stem = dest.name[:-len(".json")]
         tag = f"{old['env_steps'] // 1000}k" if isinstance(old.get("env_steps"), int) else "old"
         os.replace(dest, run.path / f"{stem}_{tag}.json")
-    os.replace(tmp, dest)
+    rundir.write_test(dest, doc)   # through dest's own .tmp, the file the test wrote
 
 
 def steps(run, budget, python):
@@ -338,7 +306,7 @@ def run_dirs(family_dir):
     if not family_dir.is_dir():
         return []
     return [d for d in sorted(family_dir.iterdir())
-            if d.is_dir() and (d / "config.json").is_file() and metrics_rows(d)]
+            if d.is_dir() and (d / rundir.CONFIG).is_file() and read_metrics(d)]
 
 
 def figure_test(family):
@@ -594,7 +562,7 @@ def seconds_per_step(runs):
     iterations' ``time_total``)."""
     out = {}
     for run in runs:
-        rows = [r for r in metrics_rows(run.path)[-10:] if "time_total" in r and r.get("steps")]
+        rows = [r for r in read_metrics(run.path)[-10:] if "time_total" in r and r.get("steps")]
         if rows:
             out[run] = sum(r["time_total"] for r in rows) / sum(r["steps"] for r in rows)
     return out
@@ -617,15 +585,14 @@ def estimate(run, measured):
 def config_changes(run):
     """The settings in which ``run``'s ``config.json`` differs from what the campaign
     would start today (config.py's defaults), apart from the iteration count."""
-    raw = read_json(run.path / "config.json")
+    raw = read_json(run.path / rundir.CONFIG)
     if not isinstance(raw, dict):
         return []
-    try:   # what the run uses: a field it predates has the value it ran with (training.BEFORE_FIELD, or the default)
-        stored = json.loads(json.dumps(dataclasses.asdict(config_from_dict(raw))))
+    try:   # what the run uses: a field it predates has the value it ran with (rundir.BEFORE_FIELD, or the default)
+        stored = rundir.config_from_dict(raw)
     except (TypeError, ValueError) as e:
         return [f"unreadable ({e})"]
-    planned = json.loads(json.dumps(dataclasses.asdict(run.config)))
-    return [k for k in planned if k != "iterations" and stored.get(k, "missing") != planned[k]]
+    return rundir.config_differences(stored, run.config)
 
 
 def meta_test_mark(run, iteration, finished):

@@ -12,7 +12,6 @@ k = 0 and k = K, with a uniformly random policy's row from ``FAMILY/random.json`
 (``cli.py test FAMILY --random-policy --json``) when there is one;
 for the meta algorithms, what their local steps did to the batch cost in training.
 """
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metacpo_ref.run.training import scan_metrics  # noqa: E402
+from metacpo_ref.run import rundir  # noqa: E402
+from metacpo_ref.run.rundir import BEFORE_FIELD, read_config_json, read_test, scan_metrics  # noqa: E402
 
 
 def mean_se(values, se_one=None):
@@ -32,14 +32,16 @@ def mean_se(values, se_one=None):
     return f"{v.mean():.2f}" + (f" ± {se_one:.2f}*" if se_one is not None else "")
 
 
-def label(config):
-    """A run's row: its algorithm, and for Meta-CPO the metrics of its local (inner) and
-    meta (outer) steps (issue 15; runs from before ``inner_metric`` existed: the algorithm)
-    and whether it takes the exact eq. 9 step above the limit (the paper's Meta-CPO)."""
-    if config["algo"] != "meta-cpo" or "inner_metric" not in config:
-        return config["algo"]
-    exact = ", exact step above the limit" if config.get("recover_above_limit") is False else ""
-    return f"meta-cpo inner {config['inner_metric']}, outer {config.get('outer_metric', 'identity')}{exact}"
+def label(raw):
+    """A run's row from its ``config.json`` (``raw``): its algorithm, and for Meta-CPO the
+    metrics of its local (inner) and meta (outer) steps (issue 15; runs from before
+    ``inner_metric`` existed: the algorithm) and whether it takes the exact eq. 9 step above
+    the limit (the paper's Meta-CPO); a field the run predates has the value it ran with (:data:`BEFORE_FIELD`)."""
+    if raw["algo"] != "meta-cpo" or "inner_metric" not in raw:
+        return raw["algo"]
+    config = {**BEFORE_FIELD, **raw}
+    exact = "" if config["recover_above_limit"] else ", exact step above the limit"
+    return f"meta-cpo inner {config['inner_metric']}, outer {config['outer_metric']}{exact}"
 
 
 def local_step_changes(rows):
@@ -91,12 +93,12 @@ def main(root, *test_names):
     for d in sorted(Path(root).iterdir()):   # run directories with metrics rows (not logs, not fresh runs)
         if not d.is_dir():
             continue
-        if not (d / "config.json").exists():
+        if not (d / rundir.CONFIG).exists():
             warn(f"{d} has no config.json: not counted")
-        elif not (d / "metrics.jsonl").exists() or not (d / "metrics.jsonl").stat().st_size:
+        elif not (d / rundir.METRICS).exists() or not (d / rundir.METRICS).stat().st_size:
             warn(f"{d} has no metrics rows yet: not counted")
         else:
-            runs[label(json.loads((d / "config.json").read_text()))].append(d)
+            runs[label(read_config_json(d))].append(d)
     for dirs in runs.values():
         for d in dirs:
             for name in test_names:
@@ -131,7 +133,7 @@ def test_table(runs, test_name, heading=False):
     if heading:
         print(f"### {test_name}")
         print()
-    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
              for algo, dirs in runs.items()}
     if not any(tests.values()):
         print(f"(no run is meta-tested yet: no {test_name})")
@@ -166,7 +168,7 @@ def measures_table(runs, test_name, random_file=None):
     return and the three cost measures, mean ± s.e. over seeds; a uniformly random
     policy's row (``random_file``, one ``cli.py test --random-policy --json``: s.e. over
     test tasks) under them."""
-    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
              for algo, dirs in runs.items()}
     tested = {algo: t for algo, t in tests.items() if t and "cost_discounted" in t[0][0]}
     if not tested:
@@ -176,7 +178,7 @@ def measures_table(runs, test_name, random_file=None):
     print()
     rows = [[algo, len(t), k, *(step_cell(t, k, key) for key, _ in MEASURES)] for algo, t in tested.items()
             for k in (0, K)]
-    doc = json.loads(random_file.read_text()) if random_file is not None and random_file.exists() else None
+    doc = read_test(random_file.parent, random_file.name) if random_file is not None else None
     if doc:
         r = doc["rows"][0]
         rows.append(["uniformly random policy", "-", "-", *(f"{r[key]:.2f} ± {r[key + '_se']:.2f}*"
@@ -209,7 +211,7 @@ def welch_table(runs, test_name):
     seeds are the only independent replicates: the test tasks and evaluation episodes are
     shared by every run, so a test paired over tasks would overstate significance), for the
     return and each cost measure the meta-test has."""
-    tests = {algo: [json.loads((d / test_name).read_text())["rows"] for d in dirs if (d / test_name).exists()]
+    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
              for algo, dirs in runs.items()}
     ours = [a for a in tests if a.startswith("meta-cpo") and tests[a]]
     pairs = [(a, b) for a in ours for b in ("cpo", "meta-trpo") if tests.get(b)]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from metacpo_ref.config import Config
 from metacpo_ref.envs.families import FAMILIES
-from metacpo_ref.run.training import load_checkpoint, read_metrics
+from metacpo_ref.run.rundir import load_checkpoint, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "results" / "campaign.py"

@@ -17,7 +17,8 @@ from metacpo_ref.envs import Task, make_env, parse_task, sample_tasks
 from metacpo_ref.checks.gradcheck import check_discounted_constraint_value, check_discounted_first_order, discounted_by_loop
 from metacpo_ref.algos.iteration import Trace
 from metacpo_ref.envs.rollouts import Batch, batch_seed, collect, random_act
-from metacpo_ref.run.training import CheckpointError, config_from_dict, config_to_json, resume_config
+from metacpo_ref.run.rundir import CheckpointError, config_from_dict, config_to_json
+from metacpo_ref.run.training import resume_config
 from metacpo_ref.algos.update import StepData
 
 GAMMA = 0.9
@@ -142,7 +143,7 @@ def test_default_is_the_paper_and_old_configs_load_as_they_ran():
 def test_committed_first_campaign_checkpoint_loads_as_episode_with_stock_walls():
     from pathlib import Path
 
-    from metacpo_ref.run.training import load_checkpoint
+    from metacpo_ref.run.rundir import load_checkpoint
 
     ckpt = Path(__file__).resolve().parents[1] / "results/campaign/car-circle-hazard/meta-cpo-s0/checkpoint.npz"
     config = load_checkpoint(ckpt).config

@@ -20,7 +20,7 @@ from metacpo_ref.checks.gradcheck import (central_diff, check_meta_gradient_F_fi
 from metacpo_ref.algos.meta import meta_gradient, synthetic_traces
 from metacpo_ref.step.metric_layer import metric_cpo_layer, metric_step_vjp
 from metacpo_ref.model.policy import PolicySpec, mean_kl
-from metacpo_ref.run.training import config_from_dict
+from metacpo_ref.run.rundir import config_from_dict
 from metacpo_ref.algos.update import local_rule, policy_update, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
@@ -178,7 +178,7 @@ def test_committed_checkpoints_load_as_identity():
     """Checkpoints written before inner_metric existed (results/) load with the paper's rule."""
     from pathlib import Path
 
-    from metacpo_ref.run.training import load_checkpoint
+    from metacpo_ref.run.rundir import load_checkpoint
 
     path = Path(__file__).resolve().parents[1] / "results" / "point-circle" / "cpo-s0" / "checkpoint.npz"
     with np.load(path) as z:
@@ -204,7 +204,8 @@ def test_meta_testing_adapts_with_the_stored_rule():
 def test_training_with_fisher_local_steps_stores_the_rule(tmp_path):
     """One tiny Meta-CPO iteration with --inner-metric fisher (n = 1492: CG to 1e-10):
     the rule is in config.json and the checkpoint, and a local step was taken."""
-    from metacpo_ref.run.training import read_metrics, train
+    from metacpo_ref.run.rundir import read_metrics
+    from metacpo_ref.run.training import train
 
     cfg = Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, inner_metric="fisher")
     with warnings.catch_warnings():

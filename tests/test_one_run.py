@@ -16,10 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from metacpo_ref.run import evaluation
 from metacpo_ref.run import training as training_module
 from metacpo_ref.config import Config
-from metacpo_ref.run.training import (CheckpointError, RunBusy, load_checkpoint, prepare_run, read_metrics, run_lock,
-                                  save_checkpoint, scan_metrics)
+from metacpo_ref.run.rundir import (CheckpointError, RunBusy, load_checkpoint, read_metrics, run_lock, save_checkpoint,
+                                    scan_metrics)
+from metacpo_ref.run.training import prepare_run
 
 from tests.test_robust import SMALL, TINY, lines, one_line_error, run_copy, tiny_run  # noqa: F401 (fixtures)
 
@@ -56,7 +58,7 @@ def hold_lock(out, then):
     """A child process that takes ``out``'s lock, prints ready, then runs ``then``."""
     code = textwrap.dedent(f"""
         import os, sys
-        from metacpo_ref.run.training import run_lock
+        from metacpo_ref.run.rundir import run_lock
         with run_lock({str(out)!r}):
             print("ready", flush=True)
             {then}
@@ -244,7 +246,7 @@ def test_test_out_is_written_whole_or_not_at_all(tiny_run, tmp_path, monkeypatch
     def fails(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training_module, "meta_test", fails)
+    monkeypatch.setattr(evaluation, "meta_test", fails)
     again = tmp_path / "again.json"
     res = runner.invoke(cli.main, ["test", "point-circle", "--checkpoint", ckpt, *QUICK_TEST, "--out", str(again)])
     assert res.exit_code == 130 and lines(res.output) == ["interrupted; nothing written"]
@@ -346,7 +348,7 @@ def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, mo
     from metacpo_ref.envs.families import FAMILIES
     from metacpo_ref.envs import make_env
     from metacpo_ref.envs.rollouts import NormalizedEnv
-    from metacpo_ref.run.training import adapt, adapt_on
+    from metacpo_ref.run.evaluation import adapt, adapt_on
 
     code = readme_python_api()
     tiny = 'Config(family="point-circle", iterations=1, tasks=1, local_steps=1, episodes=1, hidden=(8,))'
@@ -373,7 +375,8 @@ def test_the_readme_snippet_runs_twice_and_adapts_as_meta_test_does(tmp_path, mo
 
 def test_python_train_on_a_run_with_a_checkpoint_names_resume_true_and_adapt_refuses_mixed_arguments(tmp_path):
     from metacpo_ref.envs import sample_tasks
-    from metacpo_ref.run.training import adapt, train
+    from metacpo_ref.run.evaluation import adapt
+    from metacpo_ref.run.training import train
 
     config = Config(**{**TINY, "tasks": 1, "iterations": 2})
     state = train(config, tmp_path / "run")

@@ -19,11 +19,12 @@ from click.testing import CliRunner
 
 import cli
 from metacpo_ref.run import plots
+from metacpo_ref.run import rundir
 from metacpo_ref.run import training as training_module
 from metacpo_ref.config import Config, field_doc, field_range
 from metacpo_ref.envs import make_env
-from metacpo_ref.run.training import (CheckpointError, State, load_checkpoint, prepare_run, read_metrics,
-                                  resume_config, save_checkpoint, train)
+from metacpo_ref.run.rundir import CheckpointError, State, load_checkpoint, read_metrics, save_checkpoint
+from metacpo_ref.run.training import prepare_run, resume_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--tasks", "2", "--local-steps", "1", "--episodes", "1", "--workers", "1"]
@@ -256,9 +257,9 @@ def test_every_option_has_help_and_config_defaults_come_from_config():
                 assert p.help and p.help.strip(), f"{name} {p.opts[0]} has no help line"
     for f in dataclasses.fields(Config):
         assert field_doc(f.name).strip().endswith("."), f.name
-    train = {p.name: p for p in cli.main.commands["train"].params}
+    options = {p.name: p for p in cli.main.commands["train"].params}
     for name in ("algo", "iterations", "tasks", "local_steps", "episodes", "cost_limit", "outer_metric", "seed"):
-        assert train[name].default == getattr(Config, name) and train[name].help == field_doc(name)
+        assert options[name].default == getattr(Config, name) and options[name].help == field_doc(name)
     assert "default=Config." not in (ROOT / "cli.py").read_text()
     helps = CliRunner().invoke(cli.main, ["train", "--help"]).output
     assert "--tasks INTEGER[1,1000]" in helps and "--cost-limit NUMBER[0,1e+06]" in helps and "--seed INTEGER>=0" in helps
@@ -341,7 +342,7 @@ def test_metrics_with_blank_lines_and_undecodable_bytes_keep_every_good_row(tmp_
     bytes that are not UTF-8 as damaged instead of failing on it."""
     (tmp_path / "metrics.jsonl").write_bytes(b'{"iteration": 0}\n\n\xff\xfe junk\n{"iteration": 1}\n   \n'
                                              b'{"iteration": 2}\n')
-    good, bad = training_module.scan_metrics(tmp_path)
+    good, bad = rundir.scan_metrics(tmp_path)
     assert [r["iteration"] for r in good] == [0, 1, 2]
     assert [n for n, _ in bad] == [3]
 
@@ -354,7 +355,7 @@ def test_read_only_directory(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(training_module, "open", read_only, raising=False)
+    monkeypatch.setattr(rundir, "open", read_only, raising=False)
     monkeypatch.setattr(plots, "open", read_only, raising=False)
     runner = CliRunner()
     res = runner.invoke(cli.main, ["train", "point-circle", *SMALL, "--iterations", "1",
@@ -465,7 +466,8 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
         pytest.skip(f"cannot pin OpenBLAS to Prescott here ({probe.stdout.strip() or probe.stderr[-200:]})")
     script = (
         "import json, sys, numpy as np\n"
-        "from metacpo_ref.run.training import load_checkpoint, TEST_ITERATION, _task_key\n"
+        "from metacpo_ref.run.rundir import load_checkpoint\n"
+        "from metacpo_ref.run.evaluation import TEST_ITERATION, _task_key\n"
         "from metacpo_ref.envs import make_env, sample_tasks\n"
         "from metacpo_ref.model.policy import act_fn\n"
         "from metacpo_ref.envs.rollouts import NormalizedEnv, batch_seed, collect\n"
@@ -502,7 +504,7 @@ def test_a_fresh_run_directory_holds_the_initial_state_and_is_not_reopened_by_de
     state = prepare_run(config, out)
     ref = training_module.initial_state(config)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl"]
-    assert (out / "config.json").read_text() == training_module.config_to_json(config)
+    assert (out / "config.json").read_text() == rundir.config_to_json(config)
     assert (out / "metrics.jsonl").read_bytes() == b""
     for got in (state, load_checkpoint(out / "checkpoint.npz")):
         assert got.config == config and (got.iteration, got.env_steps) == (0, 0)

@@ -15,8 +15,9 @@ from metacpo_ref.config import Config
 from metacpo_ref.envs import make_env, sample_tasks, train_tasks
 from metacpo_ref.algos.iteration import TaskJob, inner_loop
 from metacpo_ref.envs.rollouts import NormalizedEnv, task_seed
-from metacpo_ref.run.training import (CheckpointError, State, initial_state, load_checkpoint, load_policy, meta_test,
-                                  prepare_run, read_metrics, save_checkpoint, train)
+from metacpo_ref.run.evaluation import load_policy, meta_test
+from metacpo_ref.run.rundir import CheckpointError, State, load_checkpoint, read_metrics, save_checkpoint
+from metacpo_ref.run.training import initial_state, prepare_run, train
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 

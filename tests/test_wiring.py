@@ -17,9 +17,10 @@ from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.model.policy import act_fn, init_theta, mlp
 from metacpo_ref.envs.rollouts import (NormalizedEnv, ObsNorm, batch_seed, collect, concat_batches, fit_obs_norm,
                                   random_act, task_seed)
-from metacpo_ref.run.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on,
-                                  initial_state, load_checkpoint, load_policy, meta_test, read_metrics,
-                                  save_checkpoint, train)
+from metacpo_ref.run.evaluation import (EVAL_ITERATION, TEST_ITERATION, _task_key, adapt, adapt_on, load_policy,
+                                        meta_test)
+from metacpo_ref.run.rundir import State, load_checkpoint, read_metrics, save_checkpoint
+from metacpo_ref.run.training import NORM_ITERATION, initial_state, train
 from metacpo_ref.algos.update import StepData, collect_step_data, policy_update, specs
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from metacpo_ref.config import Config
-from metacpo_ref.run.training import load_checkpoint, read_metrics, train
+from metacpo_ref.run.rundir import load_checkpoint, read_metrics
+from metacpo_ref.run.training import train
 from metacpo_ref.envs.workers import WorkerError, Workers, check_ray_address
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -157,7 +158,7 @@ def test_split_meta_gradient_is_the_meta_algorithms_default_and_old_runs_keep_th
     """The meta algorithms split the meta-gradient unless told otherwise; the baselines have
     none to split; a run whose config.json predates the field resumes with the single
     reverse pass it ran with (training.BEFORE_FIELD)."""
-    from metacpo_ref.run.training import config_from_dict
+    from metacpo_ref.run.rundir import config_from_dict
     assert Config(algo="meta-cpo").split_meta_gradient is True and Config(algo="meta-trpo").split_meta_gradient is True
     assert Config(algo="cpo").split_meta_gradient is False and Config(algo="trpo").split_meta_gradient is False
     assert Config(algo="meta-cpo", split_meta_gradient=False).split_meta_gradient is False

@@ -255,7 +255,8 @@ def meta_iteration_row(family, tasks, local_steps, episodes, workers=1, iteratio
     import tempfile
 
     from metacpo_ref.config import Config
-    from metacpo_ref.run.training import read_metrics, train
+    from metacpo_ref.run.rundir import read_metrics
+    from metacpo_ref.run.training import train
 
     cfg = Config(family=family, tasks=tasks, local_steps=local_steps, episodes=episodes, iterations=iterations,
                  **fields)

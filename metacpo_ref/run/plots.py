@@ -43,8 +43,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from metacpo_ref.config import ALGOS  # noqa: E402
-from metacpo_ref.run.training import (BEFORE_FIELD, CheckpointError, config_from_dict, config_to_json,  # noqa: E402
-                                  load_checkpoint, scan_metrics)
+from metacpo_ref.run import rundir  # noqa: E402
+from metacpo_ref.run.rundir import BEFORE_FIELD, CheckpointError, config_from_dict, scan_metrics  # noqa: E402
 
 COLORS = {"meta-cpo": "tab:red", "meta-trpo": "tab:blue", "cpo": "tab:green", "trpo": "tab:orange"}
 OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -106,10 +106,10 @@ def colors(labels):
 
 def _checkpoint_config(d, path):
     """The config of run directory ``d`` from its checkpoint, in config.json's form."""
-    if not (d / "checkpoint.npz").is_file():
+    if not (d / rundir.CHECKPOINT).is_file():
         raise PlotError(f"{path} has neither config.json nor checkpoint.npz (not a run directory of `cli.py train`?)")
     try:
-        return json.loads(config_to_json(load_checkpoint(d / "checkpoint.npz").config))
+        return rundir.checkpoint_config_json(d)
     except CheckpointError as e:
         raise PlotError(f"{path} has no config.json, and {e}") from None
 
@@ -126,12 +126,12 @@ def load_run(path, test_name="test.json"):
     d = Path(path)
     if not d.is_dir():
         raise PlotError(f"{path} is not a directory")
-    if not (d / "metrics.jsonl").is_file():
+    if not (d / rundir.METRICS).is_file():
         raise PlotError(f"{path} has no metrics.jsonl (not a run directory of `cli.py train`?)")
     warnings, test = [], None
-    if (d / "config.json").is_file():
+    if (d / rundir.CONFIG).is_file():
         try:
-            config = json.loads((d / "config.json").read_text())
+            config = rundir.read_config_json(d)
         except json.JSONDecodeError as e:
             raise PlotError(f"{path}/config.json is not JSON ({e})") from None
     else:
@@ -148,7 +148,7 @@ def load_run(path, test_name="test.json"):
         warnings.append(f"{path}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row "
                         "(damaged, cut off, or a duplicated or out-of-order iteration); left out, the other "
                         f"{len(rows)} rows are plotted")
-    for key in ("iteration", "env_steps", "return", "cost", "cost_limit"):
+    for key in rundir.REQUIRED_KEYS:
         if key not in rows[0]:
             raise PlotError(f"{path}/metrics.jsonl: rows have no {key!r}")
     tpath = d / test_name
