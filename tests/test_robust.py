@@ -79,7 +79,7 @@ def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path
     from metacpo_ref.config import FAMILIES
     from metacpo_ref.model.policy import init_theta
     from metacpo_ref.envs.rollouts import ObsNorm
-    from metacpo_ref.algos.update import specs
+    from metacpo_ref.algos.step_data import specs
     config = Config(family="point-circle", hidden=(8,), tasks=1, local_steps=1, iterations=1)
     assert config.episodes is None
     spec, vspec = specs(config)

@@ -19,7 +19,8 @@ from metacpo_ref.envs.rollouts import (NormalizedEnv, ObsNorm, batch_seed, colle
 from metacpo_ref.run.training import (EVAL_ITERATION, NORM_ITERATION, TEST_ITERATION, State, _task_key, adapt, adapt_on,
                                   initial_state, load_checkpoint, load_policy, meta_test, read_metrics,
                                   save_checkpoint, train)
-from metacpo_ref.algos.update import StepData, collect_step_data, policy_update, specs
+from metacpo_ref.algos.step_data import StepData, collect_step_data, specs
+from metacpo_ref.algos.local_step import policy_update
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 

@@ -31,7 +31,8 @@ from metacpo_ref.envs import make_env, sample_tasks, train_tasks
 from metacpo_ref.algos.meta import meta_iteration
 from metacpo_ref.model.policy import act_fn, init_theta, n_params
 from metacpo_ref.envs.rollouts import NormalizedEnv, ObsNorm, batch_seed, collect, fit_obs_norm, random_act
-from metacpo_ref.algos.update import collect_step_data, policy_update, specs
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_data import collect_step_data, specs
 from metacpo_ref.envs.workers import Workers
 
 TEST_ITERATION = 2**31 - 2   # the seed key of meta-testing's adaptation batches (never a training iteration)
