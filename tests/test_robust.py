@@ -440,7 +440,7 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
         "from metacpo_ref.envs import make_env, sample_tasks\n"
         "from metacpo_ref.model.policy import act_fn\n"
         "from metacpo_ref.envs.rollouts import NormalizedEnv, batch_seed, collect\n"
-        "from metacpo_ref.algos.update import specs\n"
+        "from metacpo_ref.algos.step_data import specs\n"
         "s = load_checkpoint(sys.argv[1]); spec, _ = specs(s.config)\n"
         "tasks = sample_tasks('point-circle', 5, 'test', seed=0, walls=s.config.car_walls)\n"
         "env = NormalizedEnv(make_env('point-circle'), s.obs_norm); out = []\n"
