@@ -68,6 +68,8 @@ def cpo_step(phi, problem, metric, solve, config, values=None, beta=None, hvp=No
     Replaying (``beta``: the recorded fraction): shift 0.0 (the recorded one is in
     ``problem.b``), the closed-form dual, ``found`` None; with ``hvp(phi, v) = H(phi) v`` the
     metric depends on ``phi`` and is differentiated too (M7, M8)."""
+    if (values is None) == (beta is None):
+        raise ValueError("give exactly one of values (act: the line search chooses beta) and beta (replay)")
     acting = values is not None
     shift, found = 0.0, None
     if acting:
@@ -116,7 +118,7 @@ def local_step(spec, phi, data, metric, config, act=False):
                         hvp=metric.hvp(spec, data.obs))[0]
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b, R0, C0 = step_problem_values(spec, phi, data, config.constrained)
-    new, step, shift, found = cpo_step(phi, Problem(g, a, b, data.b_hat, R0, C0), metric,
+    new, step, shift, found = cpo_step(phi, Problem(g, a, b, b_hat=data.b_hat, R0=R0, C0=C0), metric,
                                        metric.solver(spec, phi, data.obs), config,
                                        values=line_search_values(spec, phi, data))
     if found is None:

@@ -148,7 +148,8 @@ def outer_step(theta, traces, config, parts=None):
     F, G, dF, dG = meta_gradient(theta, traces, config) if parts is None else gradient_from_parts(parts)
     obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
     metric = outer_metric(config)
-    problem = Problem(dF, dG, G, G, F, G) if config.constrained else Problem(dF, np.zeros_like(dF), -1.0, G, F, G)
+    a, b = (dG, G) if config.constrained else (np.zeros_like(dF), -1.0)     # Meta-TRPO: the cost never binds
+    problem = Problem(dF, a, b, b_hat=G, R0=F, C0=G)
 
     def values(cand):
         F1, G1 = meta_objective(cand, traces, config)
