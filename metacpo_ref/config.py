@@ -39,6 +39,9 @@ LINE_SEARCH_KL = 0.01    # safety-starter-agents' target KL again, as the mean-K
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
 CG_ITERS = 10            # derivations, section 7 (10-15 iterations)
 CG_DAMPING = 0.1         # derivations, section 7
+BASELINE_CG_TOL = 1e-10  # the CPO / TRPO baselines' CG stops at this relative residual ||r|| / ||v||:
+                         # the residual_tol default of rllab's and OpenAI baselines' cg (a bound on r'r
+                         # there); with CG_ITERS iterations it is the iteration count that stops it
 LINE_SEARCH_DECAY = 0.8  # derivations, section 7 (D18, D19)
 LINE_SEARCH_STEPS = 15   # derivations, section 7 (D18)
 

@@ -19,7 +19,7 @@ from metacpo_ref.algos.iteration import Trace
 from metacpo_ref.envs.rollouts import Batch, batch_seed, collect, random_act
 from metacpo_ref.run.rundir import CheckpointError, config_from_dict, config_to_json
 from metacpo_ref.run.training import resume_config
-from metacpo_ref.algos.update import StepData
+from metacpo_ref.algos.step_data import StepData
 
 GAMMA = 0.9
 

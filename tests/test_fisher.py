@@ -1,6 +1,6 @@
 """Fisher-metric local steps (inner_metric="fisher"): the layer with a parameter-dependent
-metric (metric_layer.py), its exact H^{-1} products (fisher_step.py), the K = 1
-cross-check of the chain, and the wiring (config, checkpoint, meta-testing)."""
+metric (dco.py), its exact H^{-1} products (fisher_solve.py), the K = 1 cross-check of the
+chain (local_step.py, replaying), and the wiring (config, checkpoint, meta-testing)."""
 import dataclasses
 import json
 import warnings
@@ -9,19 +9,21 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad, jacobian
+from autograd.tracer import getval
 
 from metacpo_ref.config import PAPER, Config
 from metacpo_ref.step.cpo import solve_step
-from metacpo_ref.step.dco import step_vjp
+from metacpo_ref.step.dco import cpo_layer, step_vjp
 from metacpo_ref.model.fisher_solve import InexactSolveWarning, fisher_matrix, fisher_solver
-from metacpo_ref.algos.fisher_step import fisher_local_step
+from metacpo_ref.model.metric import inner_metric, local_metric
+from metacpo_ref.algos.local_step import local_step, policy_update
+from metacpo_ref.algos.step_problem import step_problem
 from metacpo_ref.checks.gradcheck import (central_diff, check_meta_gradient_F_fisher, check_meta_gradient_G_fisher,
                                    cpo_instance, meta_problem_fisher, meta_step_report, rel_error, step_margin)
-from metacpo_ref.algos.meta import meta_gradient, synthetic_traces
-from metacpo_ref.step.metric_layer import metric_cpo_layer, metric_step_vjp
+from metacpo_ref.algos.meta import meta_gradient
+from metacpo_ref.checks.problems import synthetic_traces
 from metacpo_ref.model.policy import PolicySpec, mean_kl
 from metacpo_ref.run.rundir import config_from_dict
-from metacpo_ref.algos.update import local_rule, policy_update, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 CFG = Config(hidden=(4,), inner_metric="fisher")
@@ -31,15 +33,15 @@ CFG = Config(hidden=(4,), inner_metric="fisher")
 
 @pytest.mark.parametrize("case", ["trust", "both", "recovery"])
 def test_low_rank_metric_cotangent_is_the_dense_one(case):
-    """metric_step_vjp's (p, q) is dco.step_vjp's dense Hbar: sym(p q') (M5), same other bars."""
+    """step_vjp's bilinear (p, q) is its dense Hbar: sym(p q') (M5), same other bars."""
     p = cpo_instance(case, dense=True)
     H = p["H"]
     solve = lambda v: np.linalg.solve(H, v)
     step = solve_step(p["g"], p["a"], p["b"], p["delta"], H=H, method="closed_form")
     assert step.case == case
     xbar = np.random.default_rng(1).standard_normal(H.shape[0])
-    dense = step_vjp(step, xbar, p["a"], p["b"], p["delta"], solve, with_H=True)
-    low = metric_step_vjp(step, xbar, p["a"], p["b"], p["delta"], solve)
+    dense = step_vjp(step, xbar, p["a"], p["b"], p["delta"], solve, "dense")
+    low = step_vjp(step, xbar, p["a"], p["b"], p["delta"], solve, "bilinear")
     for i in range(4):
         np.testing.assert_allclose(low[i], dense[i], rtol=1e-12, atol=1e-14)
     P, Q = low[4]
@@ -69,7 +71,7 @@ def test_metric_layer_jacobian_in_phi(case):
     b = p["b"] * np.sqrt(s_H / s_I)
     if case == "both":
         b = p["b"] * np.sqrt(s_H / s_I) * 0.2
-    f = lambda phi: metric_cpo_layer(p["g"], p["a"], b, p["delta"], phi, hvp, make_solve)
+    f = lambda phi: cpo_layer(p["g"], p["a"], b, p["delta"], hinv=make_solve(getval(phi)), phi=phi, hvp=hvp)
     assert solve_step(p["g"], p["a"], b, p["delta"], H=Hof(phi0)).case == case
     assert step_margin(p["g"], p["a"], b, p["delta"], make_solve(phi0)) > 1e-2
     ref = central_diff(lambda phi: solve_step(p["g"], p["a"], b, p["delta"], H=Hof(phi)).x, phi0)
@@ -133,6 +135,14 @@ def _whole_step(theta, d):
     return theta + d.beta * solve_step(g, a, b, CFG.inner_delta, H=H, method="scipy").x
 
 
+def _frozen_metric_step(theta, d):
+    """The replayed local step with H treated as a constant (M7 dropped): only for showing
+    that this gives a wrong derivative."""
+    g, a, b = step_problem(SPEC, theta, d)
+    solve = fisher_solver(SPEC, getval(theta), d.obs, CFG.cg_damping)
+    return theta + d.beta * cpo_layer(g, a, b, CFG.inner_delta, hinv=solve)
+
+
 @pytest.mark.parametrize("frac,case", [(-3.0, "trust"), (0.6, "both"), (1.5, "recovery")])
 def test_k1_cross_check_and_frozen_metric_fails_it(frac, case):
     """d phi_1 / d theta by central differences of the whole local step against the
@@ -145,8 +155,8 @@ def test_k1_cross_check_and_frozen_metric_fails_it(frac, case):
     assert solve_step(g, a, b, CFG.inner_delta, hinv=solve).case == case
     assert step_margin(g, a, b, CFG.inner_delta, solve) > 1e-2
     J_fd = central_diff(lambda t: _whole_step(t, d), theta)
-    J = jacobian(lambda t: fisher_local_step(SPEC, t, d, CFG))(theta)
-    J_frozen = jacobian(lambda t: fisher_local_step(SPEC, t, d, CFG, frozen_metric=True))(theta)
+    J = jacobian(lambda t: local_step(SPEC, t, d, inner_metric(CFG), CFG))(theta)
+    J_frozen = jacobian(lambda t: _frozen_metric_step(t, d))(theta)
     err, err_frozen = rel_error(J, J_fd), rel_error(J_frozen, J_fd)
     # the step part only (phi_1 - theta): what the metric terms are a part of
     eye = np.eye(len(theta))
@@ -192,12 +202,13 @@ def test_meta_testing_adapts_with_the_stored_rule():
     step of the differentiated chain."""
     config, spec, theta, traces = meta_problem_fisher()
     d = traces[1].steps[0]
-    assert local_rule(config) == ("fisher", config.inner_delta)
+    metric = local_metric(config)
+    assert metric.fisher and metric.exact and metric.delta == metric.kl_bound == config.inner_delta
     fisher = policy_update(spec, theta, d, config)
     euclid = policy_update(spec, theta, d, Config(hidden=(4,), inner_metric="identity"))
     assert fisher.beta > 0 and rel_error(fisher.phi - theta, euclid.phi - theta) > 1e-2
     assert mean_kl(spec, theta, fisher.phi, d.obs) <= config.inner_delta
-    chain = fisher_local_step(spec, theta, dataclasses.replace(d, beta=fisher.beta, b_shift=fisher.b_shift), config)
+    chain = local_step(spec, theta, dataclasses.replace(d, beta=fisher.beta, b_shift=fisher.b_shift), metric, config)
     np.testing.assert_allclose(fisher.phi, chain, rtol=1e-12, atol=1e-14)
 
 

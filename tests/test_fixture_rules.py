@@ -11,15 +11,15 @@ import pytest
 
 from metacpo_ref.checks import fixtures as fx
 from metacpo_ref.checks import fixture_files as ff
-from metacpo_ref.algos import meta
-from metacpo_ref.algos import update
+from metacpo_ref.algos import line_search, local_step, meta, step_problem
+from metacpo_ref.model import metric
 from metacpo_ref.step.cpo import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "tests" / "fixtures"
 MANIFEST = json.loads((COMMITTED / ff.MANIFEST).read_text())
 COMPUTE = {name: compute for name, _, compute in fx.BLOCKS}
-ACCEPTANCE, RECOVERY_SHIFT = update.Acceptance, update.recovery_shift      # the reference rules
+ACCEPTANCE, RECOVERY_SHIFT = line_search.Acceptance, step_problem.recovery_shift      # the reference rules
 
 
 def stored(name):
@@ -99,7 +99,7 @@ def test_outer_step_recover_pins_the_rule_and_its_factor_2():
         c = RECOVERY_SHIFT(b_hat, a, solve, delta, config)
         return c if c == 0.0 else c - float(np.sqrt(2.0 * delta * float(a @ a)))
 
-    with patched(meta, "recovery_shift", half_shift), patched(fx, "recovery_shift", half_shift):
+    with patched(local_step, "recovery_shift", half_shift), patched(fx, "recovery_shift", half_shift):
         miss, bad = assert_pins(name, COMPUTE[name](inp), "D34 shift without its factor 2")
     assert "b_shift" in bad
 
@@ -202,7 +202,7 @@ def test_local_recover_rule_is_pinned(name):
         c = RECOVERY_SHIFT(b_hat, a, solve, delta, config)
         return c if c == 0.0 else c - float(np.sqrt(2.0 * delta * float(a @ a)))
 
-    with patched(update, "recovery_shift", half_shift):
+    with patched(local_step, "recovery_shift", half_shift):
         miss, bad = assert_pins(name, COMPUTE[name](inp), "D34 shift without its factor 2")
     assert "b_shift" in bad
 
@@ -212,8 +212,8 @@ def test_outer_line_search_blocks_record_their_decision(name):
     assert_records_its_decision(name)
 
 
-# The rules the local (update.py) and outer (meta.py) line searches share, planted in each.
-RULE_BLOCKS = [(update, "line_search_local"), (meta, "line_search_outer")]
+# The rules the local and outer line searches share (both run local_step.cpo_step), planted in each.
+RULE_BLOCKS = [(local_step, "line_search_local"), (local_step, "line_search_outer")]
 
 
 @pytest.mark.parametrize("module,prefix", RULE_BLOCKS)
@@ -234,7 +234,7 @@ def test_reward_rule_is_pinned(module, prefix):
     assert "beta" in bad and "rejected_reward" in bad
 
 
-@pytest.mark.parametrize("module,name", [(update, n) for n in LOCAL] + [(meta, n) for n in OUTER])
+@pytest.mark.parametrize("module,name", [(local_step, n) for n in LOCAL + OUTER])
 def test_fractions_off_by_one_are_pinned(module, name):
     with patched(module, "backtrack", off_by_one):
         miss, bad = assert_pins(name, COMPUTE[name](inputs(name)), "fractions decay^(j+1)")
@@ -312,16 +312,16 @@ def test_policy_update_fisher_both_binds_and_pins_its_cg():
     assert int(inp["cg_iters"]) < len(inp["phi"])              # truncated: the recurrence matters
     spec = fx._spec(inp)
 
-    def exact(spec, theta, obs, config):
-        H = fisher_matrix(spec, theta, obs, config.cg_damping)
+    def exact(spec, theta, obs, damping, iters):
+        H = fisher_matrix(spec, theta, obs, damping)
         return lambda v: np.linalg.solve(H, v)
 
-    def one_fewer(spec, theta, obs, config):
-        product = fisher_product(spec, np.asarray(theta, dtype=np.float64), obs, config.cg_damping)
-        return lambda v: cg(product, v, config.cg_iters - 1, 1e-10)
+    def one_fewer(spec, theta, obs, damping, iters):
+        product = fisher_product(spec, np.asarray(theta, dtype=np.float64), obs, damping)
+        return lambda v: cg(product, v, iters - 1, 1e-10)
 
     for hinv, bug in ((exact, "exact H^-1 instead of CG"), (one_fewer, "CG with cg_iters - 1 iterations")):
-        with patched(update, "fisher_hinv", hinv):
+        with patched(metric, "fisher_cg_solver", hinv):
             miss, bad = assert_pins(name, COMPUTE[name](inp), bug)
         assert "phi_new" in bad and "hinv_a" in bad
     for wrong in ("inner_delta", "outer_delta", "ls_kl"):

@@ -14,7 +14,8 @@ from metacpo_ref.envs import make_env, sample_tasks
 from metacpo_ref.algos.iteration import Refit, TaskJob, inner_loop, json_float, refit_values
 from metacpo_ref.envs.rollouts import batch_seed
 from metacpo_ref.model.policy import init_theta
-from metacpo_ref.algos.update import collect_step_data, policy_update, specs
+from metacpo_ref.algos.step_data import collect_step_data, specs
+from metacpo_ref.algos.local_step import policy_update
 
 
 def spied_inner_loop(monkeypatch, job):

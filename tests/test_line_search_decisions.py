@@ -7,7 +7,9 @@ from metacpo_ref.model.advantages import center, standardize, surrogates
 from metacpo_ref.config import PAPER, Config
 from metacpo_ref.step.cpo import solve_step
 from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.algos.update import StepData, policy_update, step_problem
+from metacpo_ref.algos.step_data import StepData
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_problem import step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 

@@ -11,9 +11,13 @@ from metacpo_ref.step.cpo import solve_step
 from metacpo_ref.model.fisher_solve import fisher_solver
 from metacpo_ref.checks.gradcheck import (central_diff, check_meta_gradient_F, check_meta_gradient_G,
                                    meta_problem, meta_problem_fisher, meta_step_report, rel_error, step_margin)
-from metacpo_ref.algos.meta import (Trace, gradient_from_parts, inner_step, meta_gradient, meta_objective, outer_step,
-                              synthetic_traces, task_gradient)
-from metacpo_ref.algos.update import fisher_hinv, step_problem
+from metacpo_ref.algos.meta import gradient_from_parts, meta_gradient, meta_objective, outer_step, task_gradient
+from metacpo_ref.algos.iteration import Trace
+from metacpo_ref.algos.local_step import local_step
+from metacpo_ref.model.metric import inner_metric
+from metacpo_ref.checks.problems import synthetic_traces
+from metacpo_ref.model.fisher_solve import fisher_cg_solver
+from metacpo_ref.algos.step_problem import step_problem
 from metacpo_ref.model.policy import PolicySpec
 
 SPEC = PolicySpec(3, 2, (4,))
@@ -165,7 +169,8 @@ def test_outer_step_fisher_metric_stays_in_kl_trust_region():
     obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
     assert mean_kl(SPEC, theta, res.theta, obs0) <= cfg.outer_delta
     # the step of eq. 12 in the Fisher metric of the pre-adaptation batches (CG solve)
-    ref = solve_step(res.dF, res.dG, res.G, cfg.outer_delta, hinv=fisher_hinv(SPEC, theta, obs0, cfg))
+    ref = solve_step(res.dF, res.dG, res.G, cfg.outer_delta,
+                     hinv=fisher_cg_solver(SPEC, theta, obs0, cfg.cg_damping, cfg.cg_iters))
     assert res.case == ref.case == "trust"
     np.testing.assert_allclose(res.theta, theta + res.beta * ref.x, rtol=1e-9, atol=1e-12)
 
@@ -195,7 +200,8 @@ def test_meta_trpo_fisher_outer_step_is_the_natural_gradient_step():
     theta, traces = _outer_instance("recovery")
     cfg = dataclasses.replace(CFG, algo="meta-trpo", outer_metric="fisher")
     res = outer_step(theta, traces, cfg)
-    hinv = fisher_hinv(SPEC, theta, np.concatenate([tr.steps[0].obs for tr in traces]), cfg)
+    hinv = fisher_cg_solver(SPEC, theta, np.concatenate([tr.steps[0].obs for tr in traces]), cfg.cg_damping,
+                            cfg.cg_iters)
     x = hinv(res.dF)
     assert res.case == "trust" and res.beta > 0
     np.testing.assert_allclose(res.theta, theta + res.beta * np.sqrt(2 * cfg.outer_delta / (res.dF @ x)) * x,
@@ -236,9 +242,9 @@ def test_meta_trpo_local_step_is_the_trust_region_step_on_the_reward_alone():
     L_R, _ = surrogates(SPEC, d, d.adv_r, d.adv_c, d.logp_beh)
     g = grad(L_R)(theta)
     ref = theta + 0.8 * np.sqrt(2 * cfg.inner_delta / (g @ g)) * g
-    np.testing.assert_allclose(inner_step(SPEC, theta, d, cfg), ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(local_step(SPEC, theta, d, inner_metric(cfg), cfg), ref, rtol=1e-9, atol=1e-12)
     assert solve_step(*step_problem(SPEC, theta, d), CFG.inner_delta).case == "recovery"
-    assert np.abs(inner_step(SPEC, theta, d, CFG) - ref).max() > 1e-3
+    assert np.abs(local_step(SPEC, theta, d, inner_metric(CFG), CFG) - ref).max() > 1e-3
 
 
 def test_synthetic_traces_default_constraint_values_are_feasible_of_both_signs():
@@ -264,7 +270,7 @@ the tasks' meta-gradient parts (config.split_meta_gradient)."""
     from metacpo_ref.algos.iteration import json_float
     from metacpo_ref.algos.meta import meta_iteration
     from metacpo_ref.model.policy import init_theta
-    from metacpo_ref.algos.update import specs
+    from metacpo_ref.algos.step_data import specs
     from metacpo_ref.envs.workers import Workers
 
     config = Config(family="point-circle", tasks=2, local_steps=2, episodes=1, hidden=(8,))
@@ -325,6 +331,6 @@ def test_meta_trpo_fisher_local_step_ignores_the_cost():
     L_R, _ = surrogates(SPEC, d, d.adv_r, d.adv_c, d.logp_beh)
     x = fisher_solver(SPEC, theta, d.obs, cfg.cg_damping)(grad(L_R)(theta))
     ref = theta + 0.8 * np.sqrt(2 * cfg.inner_delta / (grad(L_R)(theta) @ x)) * x
-    np.testing.assert_allclose(inner_step(SPEC, theta, d, cfg), ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(local_step(SPEC, theta, d, inner_metric(cfg), cfg), ref, rtol=1e-9, atol=1e-12)
     meta_cpo = dataclasses.replace(cfg, algo="meta-cpo")
-    assert np.abs(inner_step(SPEC, theta, d, meta_cpo) - ref).max() > 1e-3
+    assert np.abs(local_step(SPEC, theta, d, inner_metric(meta_cpo), meta_cpo) - ref).max() > 1e-3

@@ -14,9 +14,13 @@ from metacpo_ref.model.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
 from metacpo_ref.step.cpo import solve_step
 from metacpo_ref.checks.gradcheck import central_diff, rel_error
-from metacpo_ref.algos.meta import adapted_params, meta_gradient, meta_objective, outer_step, synthetic_traces
+from metacpo_ref.algos.meta import adapted_params, meta_gradient, meta_objective, outer_step
+from metacpo_ref.checks.problems import synthetic_traces
 from metacpo_ref.model.policy import PolicySpec
-from metacpo_ref.algos.update import fisher_hinv, local_rule, policy_update, recovery_shift, step_problem
+from metacpo_ref.model.fisher_solve import fisher_cg_solver
+from metacpo_ref.model.metric import local_metric
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_problem import recovery_shift, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 ON = dict(hidden=(4,), inner_delta=0.05, recover_above_limit=True, **PAPER)
@@ -46,9 +50,11 @@ def test_feasible_batch_above_the_limit_recovers(algo):
     config = Config(**ON, algo=algo)
     data = _one_batch(0.3)
     assert data.b_hat > 0
-    metric, delta = local_rule(config)
+    rule = local_metric(config)
+    delta = rule.delta
     g, a, b = step_problem(SPEC, data.phi, data)
-    hinv = fisher_hinv(SPEC, data.phi, data.obs, config) if metric == "fisher" else (lambda v: v)
+    hinv = (fisher_cg_solver(SPEC, data.phi, data.obs, config.cg_damping, config.cg_iters) if rule.fisher
+            else (lambda v: v))
     s = float(a @ hinv(a))
     assert b**2 / s < 2 * delta                                    # eq. 9 itself is feasible here
     old = policy_update(SPEC, data.phi, data, dataclasses.replace(config, recover_above_limit=False))
@@ -118,7 +124,7 @@ def test_outer_step_with_the_fisher_metric_shifts_by_its_fisher_threshold():
     res = outer_step(theta, traces, config)
     assert res.G > 0 and res.case == "recovery" and res.beta > 0
     obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
-    hinv = fisher_hinv(SPEC, theta, obs0, config)
+    hinv = fisher_cg_solver(SPEC, theta, obs0, config.cg_damping, config.cg_iters)
     s = res.dG @ hinv(res.dG)
     assert abs(s - res.dG @ res.dG) > 0.1 * s   # the two metrics' thresholds differ here
     shift = max(0.0, 2 * np.sqrt(2 * config.outer_delta * s) - res.G)
@@ -136,7 +142,7 @@ def test_outer_fisher_shift_makes_a_recovery_step_where_the_identity_metrics_wou
     theta, traces = synthetic_traces(SPEC, 2, 1, 1, config, b_fracs=[[-0.5, 0.3], [-0.5, 0.2]], log_std=2.0)
     res = outer_step(theta, traces, config)
     obs0 = np.concatenate([tr.steps[0].obs for tr in traces])
-    hinv = fisher_hinv(SPEC, theta, obs0, config)
+    hinv = fisher_cg_solver(SPEC, theta, obs0, config.cg_damping, config.cg_iters)
     s_f, s_i = res.dG @ hinv(res.dG), res.dG @ res.dG
     threshold = np.sqrt(2 * config.outer_delta * s_f)
     assert s_f > 4 * s_i and 0 < res.G < threshold   # the instance the metrics disagree on

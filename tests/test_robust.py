@@ -80,7 +80,7 @@ def test_resume_accepts_a_default_spelled_out_and_refuses_another_value(tmp_path
     from metacpo_ref.envs.families import FAMILIES
     from metacpo_ref.model.policy import init_theta
     from metacpo_ref.envs.rollouts import ObsNorm
-    from metacpo_ref.algos.update import specs
+    from metacpo_ref.algos.step_data import specs
     config = Config(family="point-circle", hidden=(8,), tasks=1, local_steps=1, iterations=1)
     assert config.episodes is None
     spec, vspec = specs(config)
@@ -471,7 +471,7 @@ def test_committed_meta_test_reproduces_bit_for_bit_with_the_kernel_pinned(tmp_p
         "from metacpo_ref.envs import make_env, sample_tasks\n"
         "from metacpo_ref.model.policy import act_fn\n"
         "from metacpo_ref.envs.rollouts import NormalizedEnv, batch_seed, collect\n"
-        "from metacpo_ref.algos.update import specs\n"
+        "from metacpo_ref.algos.step_data import specs\n"
         "s = load_checkpoint(sys.argv[1]); spec, _ = specs(s.config)\n"
         "tasks = sample_tasks('point-circle', 5, 'test', seed=0, walls=s.config.car_walls)\n"
         "env = NormalizedEnv(make_env('point-circle'), s.obs_norm); out = []\n"

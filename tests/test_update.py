@@ -8,11 +8,14 @@ import pytest
 from metacpo_ref.model.advantages import surrogates
 from metacpo_ref.config import PAPER, Config
 from metacpo_ref.step.cpo import solve_step
-from metacpo_ref.algos.meta import synthetic_traces
+from metacpo_ref.checks.problems import synthetic_traces
 from metacpo_ref.model.policy import PolicySpec, mean_kl
 from metacpo_ref.model.fisher_solve import fisher_solver
-from metacpo_ref.algos.update import (Acceptance, Candidate, backtrack, fisher_hinv, local_rule, policy_update,
-                                recovery_shift, solve_once, step_problem)
+from metacpo_ref.algos.line_search import Acceptance, Candidate, backtrack
+from metacpo_ref.model.fisher_solve import fisher_cg_solver
+from metacpo_ref.model.metric import local_metric
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_problem import recovery_shift, solve_once, step_problem
 
 SPEC = PolicySpec(3, 2, (4,))
 
@@ -49,13 +52,15 @@ def test_backtrack_returns_what_it_accepted():
 @pytest.mark.parametrize("algo, metric", [("meta-cpo", "identity"), ("cpo", "fisher")])
 def test_policy_update_reports_its_step(algo, metric):
     config = Config(hidden=(4,), algo=algo, inner_delta=0.05, recover_above_limit=False, **PAPER)   # eq. 9 as it is
-    assert local_rule(config) == ((metric, 0.05) if metric == "identity" else (metric, config.baseline_delta))
+    rule = local_metric(config)
+    assert (rule.fisher, rule.delta) == ((False, 0.05) if metric == "identity" else (True, config.baseline_delta))
     _, traces = synthetic_traces(SPEC, 1, 1, 1, config, b_fracs=[[0.3, 0.0]])   # both constraints active
     data = traces[0].steps[0]
     upd = policy_update(SPEC, data.phi, data, config)
     g, a, b = step_problem(SPEC, data.phi, data)
-    hinv = fisher_hinv(SPEC, data.phi, data.obs, config) if metric == "fisher" else None
-    step = solve_step(g, a, b, local_rule(config)[1], hinv=hinv)
+    hinv = None if metric == "identity" else fisher_cg_solver(SPEC, data.phi, data.obs, config.cg_damping,
+                                                              config.cg_iters)
+    step = solve_step(g, a, b, rule.delta, hinv=hinv)
     assert (upd.case, upd.lam, upd.nu) == (step.case, step.lam, step.nu) and upd.case == "both"
     assert upd.beta > 0
     np.testing.assert_array_equal(upd.phi, data.phi + upd.beta * step.x)
@@ -101,16 +106,16 @@ def test_policy_update_above_the_limit_equals_its_pieces(algo, metric):
     data = dataclasses.replace(traces[0].steps[0], b_hat=0.02)              # above the limit
     upd = policy_update(SPEC, data.phi, data, config)
     g, a, b = step_problem(SPEC, data.phi, data)
-    metric_, delta = local_rule(config)
-    hinv = None
-    if metric_ == "fisher":
+    rule = local_metric(config)
+    delta, hinv = rule.delta, None
+    if rule.fisher:
         hinv = (fisher_solver(SPEC, data.phi, data.obs, config.cg_damping) if config.meta
-                else fisher_hinv(SPEC, data.phi, data.obs, config))
+                else fisher_cg_solver(SPEC, data.phi, data.obs, config.cg_damping, config.cg_iters))
     shift = recovery_shift(data.b_hat, a, hinv, delta, config)
     step = solve_step(g, a, b + shift, delta, hinv=hinv)
     assert shift > 0 and upd.case == step.case == "recovery" and upd.b_shift == shift
     L_R, L_C = surrogates(SPEC, data, data.adv_r, data.adv_c, data.logp_beh)
-    bound = config.ls_kl if metric_ == "identity" else delta
+    bound = config.ls_kl if not rule.fisher else delta
     beta = next(0.8 ** j for j in range(15)
                 if mean_kl(SPEC, data.phi, data.phi + 0.8 ** j * step.x, data.obs) <= bound
                 and L_C(data.phi + 0.8 ** j * step.x) - L_C(data.phi) <= 0.0)

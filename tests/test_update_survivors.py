@@ -14,8 +14,11 @@ from metacpo_ref.step.cpo import solve_step
 from metacpo_ref.envs import make_env
 from metacpo_ref.model.fisher_solve import fisher_solver
 from metacpo_ref.model.policy import PolicySpec, mean_kl
-from metacpo_ref.algos.update import (Acceptance, Candidate, collect_step_data, fisher_hinv, policy_update,
-                                recovery_shift, specs, step_problem)
+from metacpo_ref.algos.line_search import Acceptance, Candidate
+from metacpo_ref.algos.step_data import collect_step_data, specs
+from metacpo_ref.model.fisher_solve import fisher_cg_solver
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_problem import recovery_shift, step_problem
 from tests.test_line_search_decisions import instance
 
 SPEC = PolicySpec(3, 2, (4,))
@@ -50,11 +53,11 @@ def test_policy_update_records_the_shift_of_its_own_metric(algo, ls_kl):
     meta algorithms, the CG Fisher solve for the baselines), taken or rejected."""
     config, data = recovering(algo, ls_kl=ls_kl)
     _, a, _ = step_problem(SPEC, data.phi, data)
-    hinv = None if config.meta else fisher_hinv(SPEC, data.phi, data.obs, config)
+    hinv = None if config.meta else fisher_cg_solver(SPEC, data.phi, data.obs, config.cg_damping, config.cg_iters)
     delta = config.inner_delta if config.meta else config.baseline_delta
     want = recovery_shift(data.b_hat, a, hinv, delta, config)
-    assert want > 0 and want != recovery_shift(data.b_hat, a, None if hinv else fisher_hinv(
-        SPEC, data.phi, data.obs, config), delta, config)
+    assert want > 0 and want != recovery_shift(data.b_hat, a, None if hinv else fisher_cg_solver(
+        SPEC, data.phi, data.obs, config.cg_damping, config.cg_iters), delta, config)
     upd = policy_update(SPEC, data.phi, data, config)
     assert upd.b_shift == pytest.approx(want, rel=1e-12) and upd.case == "recovery"
     assert (upd.beta == 0.0) == (ls_kl < 1e-6)
@@ -78,7 +81,8 @@ def test_meta_fisher_local_update_uses_the_exact_fisher_solve_and_its_kl_radius(
     data = instance(2, -0.5, 0.01)
     g, a, b = step_problem(SPEC, data.phi, data)
     exact = solve_step(g, a, b, 0.01, hinv=fisher_solver(SPEC, data.phi, data.obs, config.cg_damping))
-    cg = solve_step(g, a, b, 0.01, hinv=fisher_hinv(SPEC, data.phi, data.obs, config))
+    cg = solve_step(g, a, b, 0.01, hinv=fisher_cg_solver(SPEC, data.phi, data.obs, config.cg_damping,
+                                                          config.cg_iters))
     assert np.abs(exact.x - cg.x).max() > 1e-9   # the two solves differ here
     upd = policy_update(SPEC, data.phi, data, config)
     assert upd.beta > 0

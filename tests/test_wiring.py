@@ -21,7 +21,8 @@ from metacpo_ref.run.evaluation import (EVAL_ITERATION, TEST_ITERATION, _task_ke
                                         meta_test)
 from metacpo_ref.run.rundir import State, load_checkpoint, read_metrics, save_checkpoint
 from metacpo_ref.run.training import NORM_ITERATION, initial_state, train
-from metacpo_ref.algos.update import StepData, collect_step_data, policy_update, specs
+from metacpo_ref.algos.step_data import StepData, collect_step_data, specs
+from metacpo_ref.algos.local_step import policy_update
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
 

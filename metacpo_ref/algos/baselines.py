@@ -7,14 +7,15 @@ pooled batch with the Fisher metric (conjugate gradient on Fisher-vector
 products) and a KL trust region of ``config.baseline_delta``. CPO keeps the
 cost constraint; TRPO drops it. Both reuse the iteration frame
 (:func:`metacpo_ref.algos.iteration.run_iteration`, with no local steps) and
-:func:`metacpo_ref.algos.update.policy_update`.
+:func:`metacpo_ref.algos.local_step.policy_update`.
 """
 import numpy as np
 
 from metacpo_ref.model.advantages import constraint_value, step_weights
 from metacpo_ref.algos.iteration import json_float, run_iteration
 from metacpo_ref.envs.rollouts import concat_batches
-from metacpo_ref.algos.update import StepData, policy_update, specs
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_data import StepData, specs
 
 
 def pooled_data(runs, theta, cost_limit, config):

@@ -18,7 +18,8 @@ import numpy as np
 from metacpo_ref.model.advantages import fit_value
 from metacpo_ref.envs import train_tasks
 from metacpo_ref.envs.rollouts import batch_seed, task_seed
-from metacpo_ref.algos.update import StepData, batch_cost, collect_step_data, policy_update, specs
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_data import StepData, batch_cost, collect_step_data, specs
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +80,7 @@ class TaskRun:
 
 def inner_loop(env, job):
     """Algorithm 1, lines 6-10 for one task: ``job.local_steps`` local updates of
-    eq. 9 by the algorithm's own rule (:func:`metacpo_ref.algos.update.policy_update`),
+    eq. 9 by the algorithm's own rule (:func:`metacpo_ref.algos.local_step.policy_update`),
     each on a fresh batch collected with ``phi_k``, then the evaluation batch of
     ``phi_K``. With K = 0 (the baselines) it is the one batch of ``theta``. Value
     functions start from ``job.vf`` and are refitted on each batch in turn."""

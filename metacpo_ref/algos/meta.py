@@ -24,11 +24,11 @@ differentiated) and :func:`metacpo_ref.step.dco.cpo_layer`'s hand-written KKT VJ
 through each step. That is eq. 11's product of step Jacobians with "all of
 the partial derivatives" (through ``g``, ``a`` and ``b``), exactly.
 
-With ``config.inner_metric == "fisher"`` (beyond the paper) the local step is
-``phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))`` with the Fisher matrix of batch k
-at ``phi_k``, and the derivative adds the terms through ``H(phi_k)``
-(:mod:`metacpo_ref.algos.fisher_step`, :mod:`metacpo_ref.step.metric_layer`,
-docs/fisher-metric.md).
+The local steps are the inner loop's own (:func:`metacpo_ref.algos.local_step.local_step`,
+replaying). With the Fisher metric (``inner_metric``, beyond the paper) the local step is
+``phi_k + beta_k x(g_k, a_k, b_k, H(phi_k))`` with the Fisher matrix of batch k at ``phi_k``
+(M0), and the derivative adds the terms through ``H(phi_k)`` (M7, M8 of
+docs/fisher-metric.md; :func:`metacpo_ref.step.dco.cpo_layer`).
 
 Not included: the derivative of the sampling distribution of the batches
 (the DiCE/ProMP terms). Eq. 11 does not have them, and neither do we; the
@@ -41,16 +41,11 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import make_vjp
 
-from metacpo_ref.config import INIT_LOG_STD
-from metacpo_ref.model.advantages import center, standardize, surrogates
-from metacpo_ref.step.cpo import solve_step
-from metacpo_ref.step.dco import cpo_layer
-from metacpo_ref.algos.iteration import Trace, json_float, run_iteration
-from metacpo_ref.model.policy import PolicySpec, init_theta, log_prob, mean_kl, n_params
-from metacpo_ref.algos.fisher_step import fisher_local_step
-from metacpo_ref.model.fisher_solve import fisher_solver
-from metacpo_ref.algos.update import (Acceptance, Candidate, StepData, backtrack, fisher_hinv, recovery_shift,
-                                solve_once, step_problem)
+from metacpo_ref.algos.iteration import json_float, run_iteration
+from metacpo_ref.algos.local_step import Problem, cpo_step, local_step
+from metacpo_ref.model.advantages import surrogates
+from metacpo_ref.model.metric import inner_metric, outer_metric
+from metacpo_ref.model.policy import PolicySpec, mean_kl
 
 
 def policy_spec(traces, config):
@@ -59,25 +54,12 @@ def policy_spec(traces, config):
     return PolicySpec(d.obs.shape[1], d.act.shape[1], tuple(config.hidden))
 
 
-def local_step(spec, phi, data, delta, constrained=True):
-    """``phi_{k+1} = phi_k + beta_k x(g_k, a_k, b_k)``: eq. 9 with the Euclidean metric."""
-    g, a, b = step_problem(spec, phi, data, constrained)
-    return phi + data.beta * cpo_layer(g, a, b, delta)
-
-
-def inner_step(spec, phi, data, config):
-    """One local step of eq. 9 with ``config.inner_metric``: Euclidean (:func:`local_step`)
-    or Fisher (:func:`metacpo_ref.algos.fisher_step.fisher_local_step`); differentiable in ``phi``."""
-    if config.inner_metric == "fisher":
-        return fisher_local_step(spec, phi, data, config, config.constrained)
-    return local_step(spec, phi, data, config.inner_delta, config.constrained)
-
-
 def adapted_params(theta, trace, spec, config):
-    """``phi_K`` of one task: the K recorded local steps replayed from ``theta``."""
-    phi = theta
+    """``phi_K`` of one task: the K recorded local steps replayed from ``theta`` (eq. 9 in
+    :func:`~metacpo_ref.model.metric.inner_metric`, differentiable in ``theta``)."""
+    phi, metric = theta, inner_metric(config)
     for data in trace.steps:
-        phi = inner_step(spec, phi, data, config)
+        phi = local_step(spec, phi, data, metric, config)
     return phi
 
 
@@ -152,37 +134,30 @@ class OuterResult:
 def outer_step(theta, traces, config, parts=None):
     """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
-    ``config.recover_above_limit``, whenever ``G > 0``: D34), then the
-    backtracking line search of :func:`metacpo_ref.algos.update.backtrack` (D18, D19) that
-    re-evaluates :func:`meta_objective` on the same traces (and keeps the mean KL
-    from ``theta`` on the pre-adaptation batches within ``config.ls_kl``, or
-    ``outer_delta`` with the Fisher metric).
-    Metric: "identity" (the paper) or "fisher" (CG on Fisher-vector products of
-    the pre-adaptation batches). Meta-TRPO (``config.constrained``
-    False) takes the trust-region step on ``dF`` alone. ``parts``: the tasks'
-    :func:`task_gradient` parts, computed already (``config.split_meta_gradient``)."""
+    ``config.recover_above_limit``, whenever ``G > 0``: D34), then the backtracking line
+    search (D18, D19) that re-evaluates :func:`meta_objective` on the same traces and keeps
+    the mean KL from ``theta`` on the pre-adaptation batches within the metric's bound:
+    the acting sequence of :func:`metacpo_ref.algos.local_step.cpo_step`. Metric
+    (:func:`~metacpo_ref.model.metric.outer_metric`): the paper's ``H = I`` (KL bound
+    ``config.ls_kl``) or the Fisher matrix of the pre-adaptation batches at ``theta`` (CG;
+    KL bound ``outer_delta``). Meta-TRPO (``config.constrained`` False) takes the
+    trust-region step on ``dF`` alone. ``parts``: the tasks' :func:`task_gradient` parts,
+    computed already (``config.split_meta_gradient``)."""
     theta = np.asarray(theta, dtype=np.float64)
     spec = policy_spec(traces, config)
     F, G, dF, dG = meta_gradient(theta, traces, config) if parts is None else gradient_from_parts(parts)
     obs0 = np.concatenate([tr.steps[0].obs if tr.steps else tr.eval.obs for tr in traces])
-    hinv, kl_bound = None, config.ls_kl
-    if config.outer_metric == "fisher":
-        hinv, kl_bound = solve_once(fisher_hinv(spec, theta, obs0, config)), config.outer_delta
-    if config.constrained:
-        shift = recovery_shift(G, dG, hinv, config.outer_delta, config)
-        step = solve_step(dF, dG, G + shift, config.outer_delta, hinv=hinv)
-    else:
-        step = solve_step(dF, np.zeros_like(dF), -1.0, config.outer_delta, hinv=hinv)
+    metric = outer_metric(config)
+    a, b = (dG, G) if config.constrained else (np.zeros_like(dF), -1.0)     # Meta-TRPO: the cost never binds
+    problem = Problem(dF, a, b, b_hat=G, R0=F, C0=G)
 
-    def evaluate(beta):
-        cand = theta + beta * step.x
+    def values(cand):
         F1, G1 = meta_objective(cand, traces, config)
-        return Candidate(beta, mean_kl(spec, theta, cand, obs0), F1, G1)
+        return mean_kl(spec, theta, cand, obs0), F1, G1
 
-    accepts = Acceptance(F, G, G, kl_bound, step.case == "recovery", config.constrained)
-    found = backtrack(evaluate, accepts, config.ls_decay, config.ls_steps)
+    theta_new, step, _, found = cpo_step(theta, problem, metric, metric.solver(spec, theta, obs0), config, values)
     beta, F1, G1 = (0.0, F, G) if found is None else (found.beta, found.R, found.C)
-    return OuterResult(theta + beta * step.x, step.case, beta, F, G, F1, G1, dF, dG, step.lam, step.nu)
+    return OuterResult(theta_new, step.case, beta, F, G, F1, G1, dF, dG, step.lam, step.nu)
 
 
 # --- Algorithm 1: one meta-iteration on the simulator ---------------------------
@@ -210,50 +185,3 @@ def meta_iteration(theta, vf, config, iteration, workers):
 
     return run_iteration(theta, vf, config, iteration, workers, config.local_steps, learn,
                          task_gradient if config.split_meta_gradient else None)
-
-
-# --- synthetic traces (for gradcheck, tests, fixtures and bench) ---------------
-
-def synthetic_traces(spec, n_tasks, K, seed, config, T=64, b_fracs=None, betas=None, log_std=INIT_LOG_STD,
-                     record_shifts=False):
-    """Seeded synthetic traces, recorded along the nominal chain from ``init_theta``.
-
-    Observations and actions are Gaussian; reward advantages standardised and
-    cost advantages centred, as in training. ``b_fracs[i][k]`` (k = 0..K, the
-    last for the evaluation batch) sets ``b_hat = frac * sqrt(2 delta s)``
-    (``s = a'H^{-1}a`` in ``config.inner_metric``):
-    ``|frac| < 1`` is feasible, ``> 1`` infeasible (recovery), strongly negative
-    makes the cost constraint inactive. ``log_std`` (default: the policy's) sets the
-    initial log-std before the perturbation. ``record_shifts``: record each local step's
-    :func:`~metacpo_ref.algos.update.recovery_shift` (D34, by ``config.recover_above_limit``) as
-    its ``b_shift`` and take the shifted step, as training does; otherwise ``b_shift = 0``.
-    Returns ``(theta, traces)``.
-    """
-    rng = np.random.default_rng(seed)
-    theta = init_theta(spec, seed, log_std) + 0.3 * rng.standard_normal(n_params(spec))
-    b_fracs = rng.uniform(-0.8, 0.8, (n_tasks, K + 1)) if b_fracs is None else np.asarray(b_fracs, float)
-    betas = np.ones((n_tasks, K)) if betas is None else np.asarray(betas, float)
-    traces = []
-    for i in range(n_tasks):
-        phi, steps = theta, []
-        for k in range(K + 1):
-            obs = rng.standard_normal((T, spec.obs_dim))
-            act = rng.standard_normal((T, spec.act_dim))
-            logp = log_prob(spec, phi, obs, act)
-            adv_r = standardize(rng.standard_normal(T))[0]
-            adv_c = center(rng.standard_normal(T) + 0.5 * obs[:, 0])[0]
-            beta = betas[i, k] if k < K else 1.0
-            data = StepData(obs, act, logp, adv_r, adv_c, 0.0, phi, beta)
-            _, a, _ = step_problem(spec, phi, data)
-            solve = fisher_solver(spec, phi, obs, config.cg_damping) if config.inner_metric == "fisher" else None
-            s = a @ (a if solve is None else solve(a))
-            b_hat = float(b_fracs[i, k] * np.sqrt(2 * config.inner_delta * s))
-            shift = recovery_shift(b_hat, a, solve, config.inner_delta, config) if record_shifts and k < K else 0.0
-            data = StepData(obs, act, logp, adv_r, adv_c, b_hat, phi, beta, shift)
-            if k < K:
-                steps.append(data)
-                phi = inner_step(spec, phi, data, config)
-            else:
-                traces.append(Trace(tuple(steps), data))
-    return theta, traces
-

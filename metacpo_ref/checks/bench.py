@@ -235,11 +235,12 @@ def meta_gradient_cost_ratio(obs_dim, hidden, T=1000, tasks=2, K=3, repeats=2, i
     """One ``meta_gradient`` (eq. 11: forward and two reverse passes) over one
     ``meta_objective`` on seeded synthetic traces: reverse mode keeps it a small
     constant whatever the policy size. With ``inner_metric="fisher"`` both sides
-    solve with the Fisher matrix (CG to 1e-10 at these sizes, fisher_step.py); the
+    solve with the Fisher matrix (CG to 1e-10 at these sizes, model/fisher_solve.py); the
     gradient adds one ``H^{-1}`` product and one reverse pass over a Fisher-vector
     product per local step and reverse pass."""
     from metacpo_ref.config import Config
-    from metacpo_ref.algos.meta import meta_gradient, meta_objective, synthetic_traces
+    from metacpo_ref.algos.meta import meta_gradient, meta_objective
+    from metacpo_ref.checks.problems import synthetic_traces
 
     cfg = Config(hidden=hidden, inner_metric=inner_metric)
     spec = PolicySpec(obs_dim, 2, hidden)

@@ -44,7 +44,7 @@ from functools import partial
 import numpy as np
 
 from metacpo_ref.checks import fixture_files as files
-from metacpo_ref.algos import update
+from metacpo_ref.algos import local_step
 from metacpo_ref.model.advantages import (ValueSpec, authors_cost, center, constraint_value, gae, init_value,
                                     measured_cost, standardize, step_weights, surrogates, value_loss_and_grad,
                                     weight_cost_advantages)
@@ -53,11 +53,15 @@ from metacpo_ref.step.cpo import CASES, cg, solve_step
 from metacpo_ref.step.dco import cpo_layer, cpo_step_vjp
 from metacpo_ref.model.fisher_solve import fisher_matrix
 from metacpo_ref.checks.gradcheck import cpo_instance, meta_problem, meta_problem_fisher, qp_instance, step_margin
-from metacpo_ref.algos.meta import Trace, meta_gradient, meta_objective, outer_step
+from metacpo_ref.algos.iteration import Trace
+from metacpo_ref.algos.meta import meta_gradient, meta_objective, outer_step
 from metacpo_ref.model.policy import PolicySpec, act_fn, fvp, init_theta, log_prob, mean_kl, n_params
 from metacpo_ref.step.qp_layer import qp_vjp, solve_qp
 from metacpo_ref.envs.rollouts import Batch, ObsNorm, fit_obs_norm
-from metacpo_ref.algos.update import StepData, policy_update, recovery_shift, step_problem
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_data import StepData
+from metacpo_ref.algos.step_problem import recovery_shift, step_problem
+from metacpo_ref.model.metric import local_metric
 
 
 # Tolerances (rtol, atol, reason). Measured here: perturbing every float input of a
@@ -374,7 +378,7 @@ def make_obs_norm():
          "normalized": "clip((obs - mean) / std, -clip, clip) (M, d)"})
 
 
-# --- surrogates and one policy update (advantages.py, update.py) -----------------
+# --- surrogates and one policy update (advantages.py, step_problem.py, local_step.py) ---
 
 def _step_data(inp, prefix=""):
     return StepData(inp[prefix + "obs"], inp[prefix + "act"], inp[prefix + "logp_beh"], inp[prefix + "adv_r"],
@@ -426,7 +430,7 @@ def make_surrogates():
     return inp, compute_surrogates(inp), _meta(
         "the importance-weighted surrogates of eq. 10 and the data (g, a, b) of eq. 9 at theta, "
         "on a batch collected by phi (theta != phi, so the ratios are not 1)",
-        "metacpo_ref.model.advantages.surrogates, metacpo_ref.algos.update.step_problem", EXACT,
+        "metacpo_ref.model.advantages.surrogates, metacpo_ref.algos.step_problem.step_problem", EXACT,
         {**{k: v for k, v in BATCH_MEANINGS.items() if k != "beta"}, "sizes": SIZES_MEANING,
          "theta": "parameters at which everything is evaluated",
          "L_R": "mean_t exp(log pi_theta(a|s) - logp_beh) adv_r", "L_C": "same with adv_c",
@@ -447,7 +451,7 @@ POLICY_UPDATE_MEANINGS = {
 
 def compute_policy_update(inp, metric):
     # identity: the meta algorithms' local rule (radius inner_delta); fisher: the CPO baseline's
-    # (KL radius baseline_delta); see metacpo_ref.algos.update.local_rule
+    # (KL radius baseline_delta); see metacpo_ref.model.metric.local_metric
     radius = {"inner_delta": float(inp["delta"])} if metric == "identity" else \
         {"algo": "cpo", "baseline_delta": float(inp["delta"]), "cg_iters": int(inp["cg_iters"]),
          "cg_damping": float(inp["cg_damping"])}
@@ -479,7 +483,7 @@ def make_policy_update(metric, recover=False):
     return inp, compute_policy_update(inp, metric), _meta(
         f"one constrained update of eq. 9 on a batch ({metric} metric), then the backtracking line search "
         f"(mean KL, cost change <= max(-b, 0), reward improves unless recovering); {rule}",
-        f"metacpo_ref.algos.update.policy_update(metric={metric!r}, recover_above_limit={recover})",
+        f"metacpo_ref.algos.local_step.policy_update(metric={metric!r}, recover_above_limit={recover})",
         (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks)"
          + (" and conjugate gradient on Fisher-vector products (see the cg block)" if metric == "fisher" else "")
          + "; the accepted fraction is discrete and must be equal (far from a tie here); dL_R and dL_C are "
@@ -815,7 +819,7 @@ def _recover_problem(metric):
     limit (two where eq. 9 is feasible, so the rule changes the step) and so is the
     evaluation cost (G > 0 with eq. 12 feasible: the rule changes the outer step too)."""
     def problem():
-        from metacpo_ref.algos.meta import synthetic_traces
+        from metacpo_ref.checks.problems import synthetic_traces
 
         spec = PolicySpec(3, 2, (4,))
         config = Config(hidden=(4,), **RADII, inner_metric=metric, outer_metric="identity",
@@ -894,7 +898,7 @@ def make_meta_gradient_fisher_recover():
 @contextlib.contextmanager
 def _recorded_line_search(module):
     """Every fraction ``module``'s line search tries, with the rule that judged it: the
-    module's :func:`~metacpo_ref.algos.update.backtrack` wrapped for the duration."""
+    module's :func:`~metacpo_ref.algos.line_search.backtrack` wrapped for the duration."""
     tried, original = [], module.backtrack
 
     def recording(evaluate, accepts, decay, max_steps):
@@ -949,7 +953,7 @@ def compute_outer_step_recover(inp):
                     outer_delta=float(inp["outer_delta"]), ls_kl=float(inp["ls_kl"]),
                     baseline_delta=float(inp["baseline_delta"]), **PAPER, ls_decay=float(inp["ls_decay"]),
                     ls_steps=int(inp["ls_steps"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
-    with _recorded_line_search(meta) as tried:
+    with _recorded_line_search(local_step) as tried:
         res = meta.outer_step(inp["theta"], traces, config)
     return {"theta_new": _f(res.theta), "case_index": _i(CASES.index(res.case)), "beta": _f(res.beta),
             "F": _f(res.F), "G": _f(res.G), "F_new": _f(res.F_new), "G_new": _f(res.G_new),
@@ -970,8 +974,8 @@ OUTER_MEANINGS = {
                 "task{i}_step0_obs concatenated), for each tried fraction (J,)",
     "tried_dR": "F(cand) - F(theta) of each tried fraction (J,)",
     "tried_dC": "G(cand) - G(theta) of each tried fraction (J,)",
-    "cost_allowance": "max(-G, 0): the outer line search's cost allowance uses G itself, not G + b_shift "
-                      "(the same here: G > 0)",
+    "cost_allowance": "max(-(G + b_shift), 0), which is max(-G, 0): the shift is nonzero only when G > 0, "
+                      "where both are 0",
 }
 
 
@@ -1000,8 +1004,8 @@ def compute_line_search_local(inp):
     config = Config(hidden=tuple(int(v) for v in inp["sizes"][1:-1]), **_radii(inp), **PAPER,
                     ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]),
                     recover_above_limit=bool(int(inp["recover_above_limit"])))
-    with _recorded_line_search(update) as tried:
-        upd = update.policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
+    with _recorded_line_search(local_step) as tried:
+        upd = policy_update(_spec(inp), inp["phi"], _step_data(inp), config)
     return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
             "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "b_shift": _f(upd.b_shift), **_tried_arrays(tried)}
 
@@ -1057,7 +1061,8 @@ def make_line_search_local(case):
         "KL bound ls_kl; D18, D19) with every tried fraction recorded: its mean KL, dR = dL_R, dC = dL_C "
         "and which of the three rules rejects it (KL <= ls_kl; dR > 0 unless recovering; dC <= max(-b, 0), "
         "b including the recover shift); " + RULE_ON + ". Decision: " + what,
-        "metacpo_ref.algos.update.policy_update, backtrack, Acceptance (algo='meta-cpo', inner_metric='identity')",
+        "metacpo_ref.algos.local_step.policy_update, metacpo_ref.algos.line_search.backtrack, Acceptance "
+        "(algo='meta-cpo', inner_metric='identity')",
         (1e-6, 1e-9, "the step comes from the scipy dual (iterative root find, see the solve_step blocks); the "
          "accepted fraction, the tried fractions and the rejections are discrete and must be equal (every "
          "decision is >= 8% from its threshold here); dR and dC are differences of nearby surrogate values "
@@ -1094,7 +1099,7 @@ LINE_SEARCH_OUTER = {
 
 
 def make_line_search_outer(case):
-    from metacpo_ref.algos.meta import synthetic_traces
+    from metacpo_ref.checks.problems import synthetic_traces
 
     seed, eval_frac, outer_delta, ls_kl, what = LINE_SEARCH_OUTER[case]
     radii = {"inner_delta": RADII["inner_delta"], "outer_delta": outer_delta, "ls_kl": ls_kl,
@@ -1126,7 +1131,8 @@ def make_line_search_outer(case):
         "pre-adaptation batches; D18, D19 with dR = dF, dC = dG, b = G) with every tried fraction recorded, "
         "on seeded synthetic traces (K = 2, two tasks, local steps recorded with their shifts); " + RULE_ON
         + ". Decision: " + what,
-        "metacpo_ref.algos.meta.outer_step, metacpo_ref.algos.update.backtrack, Acceptance (outer_metric='identity')",
+        "metacpo_ref.algos.meta.outer_step, metacpo_ref.algos.line_search.backtrack, Acceptance "
+        "(outer_metric='identity')",
         (OUTER[0], OUTER[1], OUTER[2] + "; the tried fractions and the rejections are discrete and must be "
          "equal (every decision is >= 10% from its threshold here)"), meanings)
 
@@ -1195,10 +1201,10 @@ def compute_policy_update_fisher_both(inp):
                     ls_decay=float(inp["ls_decay"]), ls_steps=int(inp["ls_steps"]), cg_iters=int(inp["cg_iters"]),
                     cg_damping=float(inp["cg_damping"]), recover_above_limit=bool(int(inp["recover_above_limit"])))
     spec, data = _spec(inp), _step_data(inp)
-    with _recorded_line_search(update) as tried:
-        upd = update.policy_update(spec, inp["phi"], data, config)
+    with _recorded_line_search(local_step) as tried:
+        upd = policy_update(spec, inp["phi"], data, config)
     g, a, _ = step_problem(spec, inp["phi"], data)
-    hinv = update.fisher_hinv(spec, inp["phi"], data.obs, config)
+    hinv = local_metric(config).solver(spec, inp["phi"], data.obs)
     return {"phi_new": _f(upd.phi), "case_index": _i(CASES.index(upd.case)), "beta": _f(upd.beta),
             "dL_R": _f(upd.dL_R), "dL_C": _f(upd.dL_C), "lam": _f(upd.lam), "nu": _f(upd.nu),
             "b_shift": _f(upd.b_shift), "hinv_g": _f(hinv(g)), "hinv_a": _f(hinv(a)), **_tried_arrays(tried)}
@@ -1222,7 +1228,8 @@ def make_policy_update_fisher_both():
         "one update of the CPO baseline (algo='cpo': Fisher metric by conjugate gradient, KL radius and "
         "line-search KL bound baseline_delta) with the cost constraint binding (case both, nu > 0; b_hat < 0, "
         + RULE_ON + " but inactive below the limit). " + CG_RECURRENCE,
-        "metacpo_ref.algos.update.policy_update (algo='cpo'), fisher_hinv, metacpo_ref.step.cpo.cg",
+        "metacpo_ref.algos.local_step.policy_update (algo='cpo'), metacpo_ref.model.fisher_solve.fisher_cg_solver, "
+        "metacpo_ref.step.cpo.cg",
         (1e-6, 1e-9, "the step comes from the scipy dual and conjugate gradient (the same truncated recurrence "
          "reproduces the stored iterates to ~1e-13); the accepted fraction and the rejections are discrete; dL_R, "
          "dL_C are differences of nearby surrogate values"),

@@ -288,7 +288,7 @@ def meta_problem(seed=3):
     (3 -> 4 -> 2), K = 2 local steps, two tasks; its four local steps are
     "trust", "recovery", "both", "both"."""
     from metacpo_ref.config import PAPER, Config
-    from metacpo_ref.algos.meta import synthetic_traces
+    from metacpo_ref.checks.problems import synthetic_traces
     from metacpo_ref.model.policy import PolicySpec
 
     config = Config(hidden=(4,), **PAPER)
@@ -304,7 +304,7 @@ def meta_problem_fisher(seed=3):
     KL radius ``inner_delta``, damping ``cg_damping``; n = 28, so exact dense solves):
     its four local steps are "trust", "recovery", "both", "both"."""
     from metacpo_ref.config import Config
-    from metacpo_ref.algos.meta import synthetic_traces
+    from metacpo_ref.checks.problems import synthetic_traces
     from metacpo_ref.model.policy import PolicySpec
 
     config = Config(hidden=(4,), inner_metric="fisher")
@@ -319,18 +319,16 @@ def meta_step_report(config, spec, theta, traces):
     """The case and the case-boundary margin of every local step along the chain
     (in the chain's metric, ``config.inner_metric``)."""
     from metacpo_ref.step.cpo import solve_step
-    from metacpo_ref.model.fisher_solve import fisher_solver
-    from metacpo_ref.algos.update import step_problem
+    from metacpo_ref.model.metric import inner_metric
+    from metacpo_ref.algos.step_problem import step_problem
 
-    report = []
+    report, metric = [], inner_metric(config)
     for trace in traces:
         for data in trace.steps:
             g, a, b = step_problem(spec, data.phi, data)
-            solve = None
-            if config.inner_metric == "fisher":
-                solve = fisher_solver(spec, data.phi, data.obs, config.cg_damping)
-            report.append((solve_step(g, a, b, config.inner_delta, hinv=solve).case,
-                           step_margin(g, a, b, config.inner_delta, solve)))
+            solve = metric.solver(spec, data.phi, data.obs)
+            report.append((solve_step(g, a, b, metric.delta, hinv=solve).case,
+                           step_margin(g, a, b, metric.delta, solve)))
     return report
 
 

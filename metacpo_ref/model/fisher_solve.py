@@ -1,6 +1,9 @@
-"""Exact ``H^{-1}`` products for the Fisher matrix (Meta-CPO's Fisher-metric local
-steps, ``inner_metric="fisher"``; docs/fisher-metric.md, M9: an inexact solve makes an
-inexact derivative).
+"""``H^{-1}`` products for the Fisher matrix ``H`` (plus damping); which one a step uses is
+its :class:`~metacpo_ref.model.metric.Metric`'s choice.
+
+Exact (:func:`fisher_solver`), for Meta-CPO's Fisher-metric local steps
+(``inner_metric="fisher"``; docs/fisher-metric.md, M9: an inexact solve makes an inexact
+derivative):
 
 - ``n <= FISHER_DIRECT_MAX``: the dense ``H`` from ``n`` Fisher-vector products and a
   Cholesky factor: exact to rounding (the gradient checks use this);
@@ -9,22 +12,22 @@ inexact derivative).
   tolerance is not reached). Measured (docs/fisher-metric.md): 61 iterations at
   n = 1492, 95 at n = 6052; a dense build would take n products instead.
 
-The CPO / TRPO baselines keep CPO's usual few CG iterations
-(:func:`metacpo_ref.algos.update.fisher_hinv`); their step is not differentiated.
+CPO's usual few CG iterations (:func:`fisher_cg_solver`), for the CPO / TRPO baselines and
+the Fisher-metric outer step: their steps are not differentiated.
 """
 import warnings
 
 import numpy as np
 import scipy.linalg
 
-from metacpo_ref.config import FISHER_CG_MAX_ITERS, FISHER_CG_TOL, FISHER_DIRECT_MAX
+from metacpo_ref.config import BASELINE_CG_TOL, FISHER_CG_MAX_ITERS, FISHER_CG_TOL, FISHER_DIRECT_MAX
 from metacpo_ref.step.cpo import cg
 from metacpo_ref.model.policy import fisher_product, fvp
 
 
 class InexactSolveWarning(RuntimeWarning):
     """CG stopped at its iteration cap above its residual tolerance: the step and its
-    derivative are only as exact as that residual (metric_layer, M9)."""
+    derivative are only as exact as that residual (M9)."""
 
 
 def fisher_hvp(spec, obs, damping):
@@ -61,3 +64,10 @@ def fisher_solver(spec, phi, obs, damping, direct_max=FISHER_DIRECT_MAX, tol=FIS
         return y
 
     return solve
+
+
+def fisher_cg_solver(spec, phi, obs, damping, iters, tol=BASELINE_CG_TOL):
+    """``v -> (H(phi) + damping I)^{-1} v`` by ``iters`` conjugate-gradient iterations
+    on Fisher-vector products (CPO's usual truncated solve; derivations, section 7)."""
+    product = fisher_product(spec, np.asarray(phi, dtype=np.float64), obs, damping)
+    return lambda v: cg(product, v, iters, tol)

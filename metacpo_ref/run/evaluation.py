@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from metacpo_ref.algos.update import collect_step_data, policy_update, specs
+from metacpo_ref.algos.local_step import policy_update
+from metacpo_ref.algos.step_data import collect_step_data, specs
 from metacpo_ref.config import COST_LIMIT, LOCAL_STEPS, META_TEST_TASKS, Config
 from metacpo_ref.envs.families import FAMILIES
 from metacpo_ref.envs import make_env, sample_tasks

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metacpo_ref.algos.update import specs
+from metacpo_ref.algos.step_data import specs
 from metacpo_ref.config import Config, effective
 from metacpo_ref.envs.rollouts import ObsNorm
 from metacpo_ref.model.policy import n_params

@@ -15,7 +15,7 @@ import numpy as np
 
 from metacpo_ref.algos.baselines import baseline_iteration
 from metacpo_ref.algos.meta import meta_iteration
-from metacpo_ref.algos.update import specs
+from metacpo_ref.algos.step_data import specs
 from metacpo_ref.config import OBS_NORM_EPISODES, OBS_STD_FLOOR, effective
 from metacpo_ref.envs import make_env, train_tasks
 from metacpo_ref.envs.rollouts import batch_seed, collect, fit_obs_norm, random_act

@@ -18,10 +18,18 @@ Shapes: ``g, a, x, xbar`` and their cotangents (n,); ``b``, ``delta`` scalars;
 ``H`` (n, n) symmetric positive definite, or ``None`` (identity), or
 ``hinv: v -> H^{-1} v``; ``Hbar`` (n, n), symmetric.
 
+A metric that depends on parameters ``phi`` (Meta-CPO's Fisher-metric local steps) gets
+its cotangent as a bilinear form ``p'H(phi)q`` pulled back to ``phi`` by one reverse pass
+over the metric-vector product: equations M0-M9 of docs/fisher-metric.md (the same KKT
+system with ``H = H(phi)``: M1-M4 are D20-D23; M5, M6 the bilinear ``Hbar``; M7, M8 the
+pull-back; M9 the exactness the solve needs).
+
 :func:`cpo_layer` is the step as an ``autograd`` primitive with this VJP. The
 generic QP layer of eq. 5 is :mod:`metacpo_ref.step.qp_layer`.
 """
+import autograd.numpy as anp
 import numpy as np
+from autograd import grad
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
@@ -68,53 +76,74 @@ def _metric_bar(lam, u, x, w2):
     return -_sym(lam * np.outer(u, x) + 0.5 * w2 * np.outer(x, x))
 
 
-def step_vjp(step, xbar, a, b, delta, solve, with_H=False):
+def step_vjp(step, xbar, a, b, delta, solve, metric_bar=None):
     """VJP of :class:`~metacpo_ref.step.cpo.Step` ``step.x`` on checked inputs, with
-    ``solve: v -> H^{-1} v``; returns ``(gbar, abar, bbar, deltabar, Hbar)`` (D24-D26)."""
+    ``solve: v -> H^{-1} v``; returns ``(gbar, abar, bbar, deltabar, Hbar)`` (D24-D26), one
+    ``H^{-1}`` product. The metric's cotangent ``Hbar`` by ``metric_bar``: None (not wanted),
+    "dense" (the (n, n) matrix, D27) or "bilinear" (``(p, q)`` with ``<Hbar, E> = p'E q`` for
+    symmetric ``E``: M5, M6 of docs/fisher-metric.md; no n x n matrix)."""
     xbar = np.asarray(xbar, dtype=np.float64)
     if step.case == "degenerate":
-        return _degenerate_vjp(step, xbar, a, b, solve, with_H)
+        return _degenerate_vjp(step, xbar, a, b, solve, metric_bar)
     x, lam = step.x, step.lam
     gbar, abar, bbar, w2, u = case_vjp(step, xbar, a, b, delta, solve(xbar))
-    Hbar = _metric_bar(lam, u, x, w2) if with_H else None
+    Hbar = None
+    if metric_bar == "dense":
+        Hbar = _metric_bar(lam, u, x, w2)                                  # D27
+    elif metric_bar == "bilinear":
+        Hbar = (x, -(lam * u + 0.5 * w2 * x))                              # M5
     return gbar, abar, float(bbar), float(w2), Hbar
 
 
-def _degenerate_vjp(step, xbar, a, b, solve, with_H):
+def _degenerate_vjp(step, xbar, a, b, solve, metric_bar):
     """Derivative of the minimum-norm point ``x = -(b/s) H^{-1}a`` (or ``x = 0``) along
-    the degenerate set (D28): ``gbar = deltabar = 0``. A one-sided choice: the step is not
-    differentiable in ``g`` there."""
+    the degenerate set (D28; the metric's cotangent M6): ``gbar = deltabar = 0``. A
+    one-sided choice: the step is not differentiable in ``g`` there."""
     zero = np.zeros_like(step.x)
     if not np.any(step.x):
-        return zero, zero, 0.0, 0.0, (np.zeros((zero.size, zero.size)) if with_H else None)
+        Hbar = {None: None, "dense": np.zeros((zero.size, zero.size)), "bilinear": (zero, zero)}[metric_bar]
+        return zero, zero, 0.0, 0.0, Hbar
     y = step.hinv_a
     s = a @ y
     v = solve(xbar)
     av = a @ v
     abar = -(b / s) * v + (2 * b * av / s**2) * y
-    Hbar = _sym((b / s) * np.outer(v, y) - (b * av / s**2) * np.outer(y, y)) if with_H else None
+    if metric_bar == "dense":
+        Hbar = _sym((b / s) * np.outer(v, y) - (b * av / s**2) * np.outer(y, y))
+    else:
+        Hbar = (y, (b / s) * v - (b * av / s**2) * y) if metric_bar == "bilinear" else None     # M6
     return zero, abar, float(-av / s), 0.0, Hbar
+
+
+def metric_pullback(hvp, phi, p, q):
+    """``d/dphi [p' H(phi) q]`` (M7): one reverse pass over ``hvp(phi, q) = H(phi) q``."""
+    if not (np.any(p) and np.any(q)):
+        return np.zeros_like(phi)
+    return grad(lambda t: anp.dot(p, hvp(t, q)))(phi)
 
 
 def cpo_step_vjp(step, xbar, g, a, b, delta, H=None, hinv=None):
     """VJP of the step of eq. 9 (eqs. 5-7): ``(gbar, abar, bbar, deltabar, Hbar)`` for
     the cotangent ``xbar`` of ``step.x``; ``Hbar`` is ``None`` unless ``H`` is dense."""
     g, a, b, delta, H = check_inputs(g, a, b, delta, H, hinv)
-    return step_vjp(step, xbar, a, b, delta, metric_solver(H, hinv), with_H=H is not None)
+    return step_vjp(step, xbar, a, b, delta, metric_solver(H, hinv), "dense" if H is not None else None)
 
 
 @primitive
-def _layer(g, a, b, delta, H, step=None, solve=None):
+def _layer(g, a, b, delta, H, phi, step=None, solve=None, hvp=None):
     """The step ``x`` of eq. 9; ``step`` was solved from the same arguments."""
     return step.x
 
 
 def _layer_vjpmaker(argnums, x, args, kwargs):
-    g, a, b, delta, H = args
+    _, a, b, delta, _, phi = args
     a_val, delta_val = np.asarray(a, dtype=np.float64), float(delta)
+    metric_bar = "dense" if 4 in argnums else "bilinear" if 5 in argnums else None
 
     def vjp(xbar):
-        bars = step_vjp(kwargs["step"], xbar, a_val, float(b), delta_val, kwargs["solve"], with_H=4 in argnums)
+        bars = step_vjp(kwargs["step"], xbar, a_val, float(b), delta_val, kwargs["solve"], metric_bar)
+        if 5 in argnums:      # the metric H(phi): its bilinear cotangent pulled back to phi (M7)
+            bars = bars[:4] + (None, metric_pullback(kwargs["hvp"], np.asarray(phi, dtype=np.float64), *bars[4]))
         return tuple(bars[i] for i in argnums)
 
     return vjp
@@ -123,11 +152,23 @@ def _layer_vjpmaker(argnums, x, args, kwargs):
 defvjp_argnums(_layer, _layer_vjpmaker)
 
 
-def cpo_layer(g, a, b, delta, H=None, hinv=None):
-    """The step ``x`` (n,) of eq. 9 (eq. 4 when infeasible) as a differentiable layer (DCO,
-    eqs. 5-7; D20-D28): autograd can differentiate ``x`` in ``g`` (n,), ``a`` (n,), the
-    scalars ``b`` and ``delta``, and a dense ``H`` (n, n); or give ``hinv: v -> H^{-1} v``."""
+def cpo_layer_step(g, a, b, delta, H=None, hinv=None, phi=None, hvp=None, method="closed_form"):
+    """``(x, step)``: the step ``x`` (n,) of eq. 9 (eq. 4 when infeasible) as a differentiable
+    layer (DCO, eqs. 5-7; D20-D28), and its :class:`~metacpo_ref.step.cpo.Step` (case,
+    multipliers; plain values). Autograd can differentiate ``x`` in ``g`` (n,), ``a`` (n,),
+    the scalars ``b`` and ``delta``, and the metric: a dense ``H`` (n, n), or ``H(phi)``
+    given as ``hvp(phi, v) = H(phi) v`` (written with ``autograd.numpy``, differentiated in
+    ``phi``: M7, M8 of docs/fisher-metric.md) with ``hinv: v -> H(phi)^{-1} v`` at the value
+    of ``phi`` (as exact as the derivative must be: M9). ``hinv`` alone is a constant metric.
+    ``method``: the dual's solve (:func:`metacpo_ref.step.cpo.solve_step`)."""
+    if phi is not None and (hvp is None or hinv is None or H is not None):
+        raise ValueError("a metric H(phi) needs hvp and hinv (its solve at phi), and no dense H")
     gv, av, bv, dv, Hv = check_inputs(getval(g), getval(a), getval(b), getval(delta), getval(H), hinv)
     solve = metric_solver(Hv, hinv)
-    step = step_from_solver(gv, av, bv, dv, solve, method="closed_form")
-    return _layer(g, a, b, delta, H, step=step, solve=solve)
+    step = step_from_solver(gv, av, bv, dv, solve, method=method)
+    return _layer(g, a, b, delta, H, phi, step=step, solve=solve, hvp=hvp), step
+
+
+def cpo_layer(g, a, b, delta, H=None, hinv=None, phi=None, hvp=None):
+    """The step ``x`` (n,) of eq. 9 of :func:`cpo_layer_step`, with the closed-form dual (D8-D10)."""
+    return cpo_layer_step(g, a, b, delta, H, hinv, phi, hvp)[0]
