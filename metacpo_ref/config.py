@@ -3,7 +3,7 @@
 Sources: "paper" is Meta-CPO (arXiv 2312.10230, Table 1, Section 5, Fig. 5);
 "authors' code" is the paper's public repository (its settings as we read
 them); "derivations" is docs/derivations.md in this repository (the CPO step,
-its line search and its derivative, the cost measures, with numbered equations D1-D39);
+its line search and its derivative, the cost measures, with numbered equations D1-D44);
 "measured" means chosen here from a measurement, described in docs/settings.md
 (one section per setting: its source and the measurements).
 Cost limits are on the run's cost measure (``Config.cost_measure``): the paper's

@@ -1,6 +1,7 @@
 """Meta-CPO, paper Algorithm 1: K local CPO steps per task (eq. 9), the meta
 objective and constraint (eq. 10), their exact gradient through the local
 steps (eq. 11, by DCO), and the outer CPO step on the meta-parameters (eq. 12).
+Derivation with numbered equations: docs/derivations.md, section 13 (D40-D44).
 
 The differentiated function. For task i the inner loop records a
 :class:`Trace`: for k = 0..K-1 the batch collected with ``phi_k`` (its
@@ -16,12 +17,12 @@ trace, these are plain functions of ``theta``:
     b_k = b_hat_k + L_C,k(phi_k) - L_C,k(phi_k^collected)     (so db_k/dphi_k = a_k)
     phi_0 = theta,  phi_{k+1} = phi_k + beta_k cpo_layer(g_k, a_k, b_k, delta)   (eq. 9)
     F = mean_i L_R,eval(phi_K)
-    G = mean_i b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_K^collected)         (eq. 10)
+    G = mean_i b_hat_eval + L_C,eval(phi_K) - L_C,eval(phi_K^collected)         (eq. 10; D40, D41)
 
 ``meta_gradient`` differentiates (F, G) in reverse mode: autograd through the
 surrogates (second-order terms kept: ``g_k``, ``a_k`` are themselves
 differentiated) and :func:`metacpo_ref.step.dco.cpo_layer`'s hand-written KKT VJP
-through each step. That is eq. 11's product of step Jacobians with "all of
+through each step (D42, D43). That is eq. 11's product of step Jacobians with "all of
 the partial derivatives" (through ``g``, ``a`` and ``b``), exactly.
 
 The local steps are the inner loop's own (:func:`metacpo_ref.algos.local_step.local_step`,
@@ -64,7 +65,7 @@ def adapted_params(theta, trace, spec, config):
 
 
 def task_objective(theta, trace, spec, config):
-    """``(F_i, G_i)`` of eq. 10 for one task (differentiable in ``theta``)."""
+    """``(F_i, G_i)`` of eq. 10 (D41) for one task (differentiable in ``theta``)."""
     phi = adapted_params(theta, trace, spec, config)
     ev = trace.eval
     L_R, L_C = surrogates(spec, ev, ev.adv_r, ev.adv_c, ev.logp_beh)
@@ -86,7 +87,7 @@ def meta_objective(theta, traces, config):
 
 
 def meta_gradient(theta, traces, config):
-    """``(F, G, dF/dtheta, dG/dtheta)``: eq. 11, one forward and two reverse passes."""
+    """``(F, G, dF/dtheta, dG/dtheta)``: eq. 11 (D43), one forward and two reverse passes."""
     vjp, FG = make_vjp(lambda t: _objective(t, traces, config))(np.asarray(theta, dtype=np.float64))
     return float(FG[0]), float(FG[1]), vjp(np.array([1.0, 0.0])), vjp(np.array([0.0, 1.0]))
 
@@ -132,7 +133,7 @@ class OuterResult:
 
 
 def outer_step(theta, traces, config, parts=None):
-    """Eq. 12: a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
+    """Eq. 12 (D44): a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
     ``config.recover_above_limit``, whenever ``G > 0``: D34), then the backtracking line
     search (D18, D19) that re-evaluates :func:`meta_objective` on the same traces and keeps

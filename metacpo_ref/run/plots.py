@@ -218,7 +218,7 @@ def load_runs(paths, test_name="test.json"):
 
 # What may differ between the runs of one curve: the seed, the iterations (see aggregate) and
 # split_meta_gradient, where the meta-gradient is computed (the same gradient up to rounding:
-# config.py), as in the first campaign's car runs made before issue 18 changed its default.
+# config.py), as in the first campaign's car runs made before its default changed.
 POOLED_OVER = ("seed", "iterations", "split_meta_gradient")
 
 
