@@ -77,6 +77,21 @@ def test_manifest_describes_every_array():
         assert {"gbar", "abar", "bbar", "deltabar", "Hbar"} <= set(outputs)
 
 
+def test_manifest_names_functions_that_exist():
+    """Each ``metacpo_ref.module.function`` a block's ``function`` or ``description`` names
+    imports (a port follows these names into the code; a moved module left them stale once)."""
+    import importlib
+
+    manifest, named = read_manifest(COMMITTED), set()
+    for entry in manifest["blocks"].values():
+        for text in (entry["function"], entry["description"]):
+            named |= set(re.findall(r"metacpo_ref(?:\.\w+)+", text))
+    assert len(named) >= 20
+    for name in sorted(named):
+        module, _, attr = name.rpartition(".")
+        assert hasattr(importlib.import_module(module), attr), name
+
+
 def test_fixture_cases_are_the_named_ones():
     for case in ("trust", "both", "recovery"):
         for metric in ("identity", "dense", "hinv"):
