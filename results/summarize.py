@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metacpo_ref.run import rundir  # noqa: E402
+from metacpo_ref.run.plots import variant_name  # noqa: E402
 from metacpo_ref.run.rundir import BEFORE_FIELD, read_config_json, read_test, scan_metrics  # noqa: E402
 
 
@@ -36,10 +37,13 @@ def label(raw):
     """A run's row from its ``config.json`` (``raw``): its algorithm, and for Meta-CPO the
     metrics of its local (inner) and meta (outer) steps (issue 15; runs from before
     ``inner_metric`` existed: the algorithm) and whether it takes the exact eq. 9 step above
-    the limit (the paper's Meta-CPO); a field the run predates has the value it ran with (:data:`BEFORE_FIELD`)."""
+    the limit, by name for the paper's setting and ours (:func:`metacpo_ref.run.plots.variant_name`);
+    a field the run predates has the value it ran with (:data:`BEFORE_FIELD`)."""
     if raw["algo"] != "meta-cpo" or "inner_metric" not in raw:
         return raw["algo"]
     config = {**BEFORE_FIELD, **raw}
+    if variant_name("meta-cpo", config):
+        return variant_name("meta-cpo", config)
     exact = "" if config["recover_above_limit"] else ", exact step above the limit"
     return f"meta-cpo inner {config['inner_metric']}, outer {config['outer_metric']}{exact}"
 

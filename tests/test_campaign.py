@@ -448,7 +448,7 @@ def test_the_papers_meta_cpo_is_a_campaign_algorithm(tmp_path):
     spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.label(stored) == "meta-cpo inner identity, outer identity, exact step above the limit"
+    assert mod.label(stored) == "meta-cpo, paper's setting (H = I, exact eq. 9)"
 
 
 def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(tmp_path, capsys):

@@ -334,3 +334,35 @@ def test_where_the_meta_gradient_is_computed_does_not_split_a_curve():
     pair = [run(0, split_meta_gradient=False), run(1, split_meta_gradient=True)]
     assert [len(rs) for rs in group(pair).values()] == [2]
     assert len(group([run(0, inner_metric="fisher"), run(1, inner_metric="identity")])) == 2
+
+
+def test_meta_cpo_variants_are_named_and_meta_test_labels_stay_out_of_the_figure_legend(tmp_path):
+    """The paper's Meta-CPO and ours are drawn under their names when they differ only in a
+    variant's settings; other differences keep the settings in the label; the figure legend
+    holds the training curves and the limit lines, not the meta-testing error bars (whose
+    labels contain recover_above_limit and were once taken for limit lines)."""
+    from metacpo_ref.run.plots import VARIANTS, _label, variant_name
+
+    paper, ours = (dict(fields) for _, fields in VARIANTS)
+    assert variant_name("meta-cpo", paper) == "meta-cpo, paper's setting (H = I, exact eq. 9)"
+    assert variant_name("meta-cpo", ours).startswith("meta-cpo, ours")
+    assert variant_name("cpo", paper) is None and variant_name("meta-cpo", {**ours, "outer_metric": "identity"}) is None
+    assert _label("meta-cpo", paper, [paper, ours]) == variant_name("meta-cpo", paper)
+    assert _label("meta-cpo", ours, [ours]) == "meta-cpo"   # one curve: the algorithm's name
+    other = {**paper, "local_steps": 3}
+    assert _label("meta-cpo", other, [other, ours]).startswith("meta-cpo (")
+
+    dirs = []
+    for name, fields in VARIANTS:
+        d = make_run(tmp_path / name[:12].replace(",", "").replace(" ", "-"), "meta-cpo", 0, [1.0, 2.0], [5.0, 6.0],
+                     test=TEST["meta-cpo", 0])
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**config, **fields}))
+        dirs.append(d)
+    fig = figure(load_runs(dirs)[0])
+    try:
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert [t for t in legend if "(n=" in t] == [f"{name} (n=1)" for name, _ in VARIANTS]
+        assert legend[-1] == "cost limit 10" and not any("seed" in t for t in legend)
+    finally:
+        _close(fig)

@@ -272,9 +272,32 @@ def group(runs):
     return out
 
 
+# Meta-CPO's two variants, named on figures and tables: Algorithm 1 as the paper writes it
+# (Euclidean local and meta steps, eq. 9's exact step whenever feasible) and ours (the
+# Fisher metric for both, the recover rule above the limit, D34: the defaults of config.py).
+VARIANTS = (("meta-cpo, paper's setting (H = I, exact eq. 9)",
+             {"inner_metric": "identity", "outer_metric": "identity", "recover_above_limit": False}),
+            ("meta-cpo, ours (Fisher metric, recover rule)",
+             {"inner_metric": "fisher", "outer_metric": "fisher", "recover_above_limit": True}))
+
+
+def variant_name(algo, config):
+    """The name of Meta-CPO's variant (:data:`VARIANTS`) whose settings ``config`` (a dict)
+    has; None for another algorithm or other settings."""
+    if algo == "meta-cpo":
+        for name, fields in VARIANTS:
+            if all(config.get(k) == v for k, v in fields.items()):
+                return name
+    return None
+
+
 def _label(algo, key, keys):
-    """``algo`` and the settings of ``key`` that differ among ``keys`` (the algorithm's curves)."""
+    """``algo`` and the settings of ``key`` that differ among ``keys`` (the algorithm's curves);
+    the variant's name when they differ only in a variant's settings."""
     differ = sorted({name for k in keys for name in set(k) | set(key) if k.get(name) != key.get(name)})
+    named = variant_name(algo, key)
+    if differ and named and set(differ) <= set(VARIANTS[0][1]):
+        return named
     return algo + (f" ({', '.join(f'{name}={key.get(name)}' for name in differ)})" if differ else "")
 
 
@@ -500,7 +523,7 @@ def caption(runs, test_name="test.json", x="env-steps", resolution=None):
              + f", limit {_values({row['cost_limit'] for row in rows})}.")
     if meta:
         ms = [r for rs in meta.values() for r in rs]
-        train += (f" {', '.join(meta)}: one point per meta-iteration "
+        train += (f" {'; '.join(meta)}: one point per meta-iteration "
                   f"({_values({r.config.get('tasks') for r in ms})} tasks, "
                   f"K = {_values({r.config.get('local_steps') for r in ms})} local steps; solid: the policy "
                   "before adaptation, dashed: after the K local steps).")
@@ -508,10 +531,10 @@ def caption(runs, test_name="test.json", x="env-steps", resolution=None):
         os_ = [r for rs in other.values() for r in rs]
         if x == "env-steps" and resolution is not None and any(bin_factor(r, resolution) > 1 for r in os_):
             blocks = _values({bin_factor(r, resolution) for r in os_})
-            train += (f" {', '.join(other)}: mean of each block of {blocks} iterations, the same "
+            train += (f" {'; '.join(other)}: mean of each block of {blocks} iterations, the same "
                       f"{resolution:,.0f} env steps per point as the meta algorithms.")
         else:
-            train += f" {', '.join(other)}: one point per iteration."
+            train += f" {'; '.join(other)}: one point per iteration."
     lines.append(train)
     tested = [r.test for r in runs if r.test]
     if tested:
@@ -527,7 +550,9 @@ def caption(runs, test_name="test.json", x="env-steps", resolution=None):
             test += f" (the evaluation episodes are not recorded in {test_name})"
         test += ("; cost = " + " / ".join(MEASURE_TEXT[m] for m in _measures(first))
                  + f", limit {_values({row['cost_limit'] for row in first})}; error bars ± 1 s.e. across seeds,"
-                   " thin lines the single seeds.")
+                   " thin lines the single seeds")
+        single = [a for a, rs in groups.items() if sum(r.test is not None for r in rs) == 1]
+        test += (f" ({'; '.join(single)}: one seed, error bars ± 1 s.e. over its test tasks)." if single else ".")
         lines.append(test)
     lines.append("Right column: the cost panel again on a symmetric-log axis, linear from 0 to the largest limit and "
                  "logarithmic above it, to read whether the constrained algorithms meet the limit while every "
@@ -624,15 +649,13 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True, test_name="test.json")
             ax.set_xlabel("adaptation step k")
             ax.set_ylabel("episode return" if col == 0 else cost_label)
             ax.set_xticks(range(kmax + 1))
-        axes[1, 0].legend(*axes[1, 0].get_legend_handles_labels(), fontsize=8, loc="best",
-                          title="error bar: s.e. across seeds", title_fontsize=8)
 
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
-    handles = {}   # one entry per algorithm (its training label), adapted curve, limit
-    for ax in [*axes[0], *axes[1:, 1].flat]:   # (the meta-testing curves have their own legend, not its limits)
+    handles = {}   # one entry per algorithm (its training label; its colour in row 2 too), adapted curve, limit
+    for ax in [*axes[0], *axes[1:, 1].flat]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if ax in axes[0] or "limit" in lab:
+            if ax in axes[0] or lab.startswith(("cost limit", "meta-testing cost limit")):
                 handles.setdefault(lab.split(" (n=")[0], (h, lab))
     ncol = min(4 if max(map(len, handles)) < 40 else 3, len(handles))
     height = fig.get_figheight()
