@@ -483,3 +483,15 @@ def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| meta-cpo vs cpo")]
     assert len(lines) == 2 and all(f"-4.00 (p = {p:.2g})" in ln for ln in lines)
     assert "-0.40" in lines[0]
+
+
+def test_the_results_page_carries_the_second_campaigns_tables_as_summarize_prints_them():
+    """docs/results.md's tables of a finished second-campaign family are summarize.py's output
+    on the committed run directories, row for row (no number typed by hand)."""
+    out = subprocess.run([sys.executable, "results/summarize.py", "results/campaign2/car-circle-hazard",
+                          "test-eval.json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    page = (REPO / "docs" / "results.md").read_text()
+    section = page[page.index("### Car-Circle-Hazard, the paper's walls"):page.index("**Verdict (car, the paper's")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) >= 30
+    assert [r for r in rows if r not in out.splitlines()] == []
