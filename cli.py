@@ -449,9 +449,15 @@ def bench(as_json, quick):
     if as_json:
         click.echo(json.dumps(figures, indent=1))
     else:
-        for name, value in figures.items():
-            for sub, v in (value.items() if isinstance(value, dict) else [("", value)]):
-                click.echo(f"{(name + ' ' + sub).strip():48s} {v:12.3f}")
+        for name, v in _flat(figures):
+            click.echo(f"{name:64s} {v:12.3f}")
+
+
+def _flat(figures, prefix=""):
+    """``(name, number)`` of the bench's nested figures, the keys joined by spaces."""
+    for key, value in figures.items():
+        name = f"{prefix} {key}".strip()
+        yield from _flat(value, name) if isinstance(value, dict) else [(name, value)]
 
 
 def cvxpy_cpo_oracle(g, a, b, delta, xbar):

@@ -25,6 +25,21 @@ def test_quick_bench_reports_every_figure():
     assert all(v < 1 for v in out["meta_iteration_learner_share"].values())
     for key in ("meta_iteration_serial_fraction", "meta_iteration_serial_fraction_whole_meta_gradient"):
         assert 0 < out[key] < 1, (key, out[key])
+    for family, products in out["meta_iteration_fisher_products"].items():
+        # Meta-CPO's default metric is the Fisher matrix: every site makes products, counted where made
+        assert set(products["by_site"]) == {"local steps taken", "meta-gradient replay", "outer line search",
+                                            "outer step"}, (family, products)
+        assert sum(products["by_site"].values()) == products["per_iteration"] > 0
+        assert 0 < products["share_of_learner"] < 1
+        seconds = out["meta_iteration_seconds"][family]
+        assert 0 < seconds["env_2_cores"] < seconds["env_1_core"] < seconds["workers_1"]
+
+
+def test_bench_table_prints_every_nested_figure():
+    from cli import _flat
+
+    rows = list(_flat({"a": 1.0, "b": {"x": 2.0, "y": {"z": 3}}}))
+    assert rows == [("a", 1.0), ("b x", 2.0), ("b y z", 3)]
 
 
 def test_bench_does_not_import_cvxpy():

@@ -34,6 +34,13 @@ Keys of :func:`run_bench` (``quick=True`` uses fewer repeats, for tests):
   5 tasks x 5 local steps; quick: a tiny Point-Circle one) with one worker over two
   (pool start-up excluded); ``meta_iteration_serial_fraction``: the share of the
   one-worker iteration outside the tasks' parallel inner loops (Amdahl's serial fraction).
+- ``meta_iteration_fisher_products``: per family, the Fisher-vector products of that same
+  one-worker iteration: how many (``per_iteration``), by where they are made (``by_site``:
+  the local steps taken, the replay of the meta-gradient, the outer line search's replays,
+  the outer step; :data:`SITES`), and their time's share of the learner's (``share_of_learner``).
+- ``meta_iteration_seconds``: per family, that iteration's wall time (``workers_1``) beside
+  its physical limit, the simulation alone: the summed per-task env time (``env_1_core``)
+  and half of it (``env_2_cores``, the best two workers can do).
 - ``workers_2_speedup_whole_meta_gradient``, ``meta_iteration_serial_fraction_whole_meta_gradient``:
   the same with ``split_meta_gradient=False`` (the whole meta-gradient in the main process; the
   default splits it into the tasks' parts, computed in the workers).
@@ -221,7 +228,15 @@ def run_bench(cvxpy_oracle, quick=False):
         f"n={n_params(PolicySpec(d, 2, h))}": meta_gradient_cost_ratio(d, h, inner_metric="fisher", **fisher)
         for d, h in ((28, (32, 16)), (60, (64, 32)))}
     size = dict(tasks=2, local_steps=1, episodes=1) if quick else dict(tasks=5, local_steps=5, episodes=None)
-    out["meta_iteration_learner_share"] = {family: meta_iteration_split(family, **size)[1] for family in FAMILY_NAMES}
+    out["meta_iteration_learner_share"], out["meta_iteration_fisher_products"] = {}, {}
+    out["meta_iteration_seconds"] = {}
+    for family in FAMILY_NAMES:
+        with counting_fisher_products() as products:
+            row, _ = meta_iteration_row(family, **size)
+        out["meta_iteration_learner_share"][family] = row["time_learner"] / (row["time_env"] + row["time_learner"])
+        out["meta_iteration_fisher_products"][family] = products.figures(row["time_learner"])
+        out["meta_iteration_seconds"][family] = {"workers_1": row["time_total"], "env_1_core": row["time_env"],
+                                                 "env_2_cores": row["time_env"] / 2}
     size = dict(family="point-circle", tasks=2, local_steps=1, episodes=1) if quick else {}
     out["workers_2_speedup"], out["meta_iteration_serial_fraction"] = scaling_figures(*scaling(**size))
     out["workers_2_speedup_whole_meta_gradient"], out["meta_iteration_serial_fraction_whole_meta_gradient"] = \
@@ -268,14 +283,68 @@ def meta_iteration_row(family, tasks, local_steps, episodes, workers=1, iteratio
         return read_metrics(d)[-1], wall
 
 
-def meta_iteration_split(family, tasks, local_steps, episodes, workers=1, iterations=1, **fields):
-    """The last of ``iterations`` Meta-CPO iterations of ``family``: ``(seconds, learner
-    share, wall time of the whole run)``, the share of the summed per-task env and
-    learner time. With a pool the first iteration also starts the worker processes
-    (spawn, imports, an env each): time the second to leave that out."""
-    row, wall = meta_iteration_row(family, tasks, local_steps, episodes, workers, iterations, **fields)
-    busy = row["time_env"] + row["time_learner"]
-    return row["time_total"], row["time_learner"] / busy, wall
+# Where a Fisher-vector product is made: the innermost of these functions on its call stack.
+SITES = {"policy_update": "local steps taken", "task_gradient": "meta-gradient replay",
+         "meta_gradient": "meta-gradient replay", "meta_objective": "outer line search",
+         "outer_step": "outer step"}
+
+
+class FisherProducts:
+    """Counts and times the Fisher-vector products made while it is installed
+    (:func:`counting_fisher_products`), by :data:`SITES`."""
+
+    def __init__(self):
+        self.count, self.seconds, self.by_site = 0, 0.0, {}
+
+    def record(self, seconds):
+        import sys
+
+        frame, site = sys._getframe(2), "other"
+        while frame is not None:
+            if frame.f_code.co_name in SITES:
+                site = SITES[frame.f_code.co_name]
+                break
+            frame = frame.f_back
+        self.count += 1
+        self.seconds += seconds
+        self.by_site[site] = self.by_site.get(site, 0) + 1
+
+    def figures(self, learner_seconds):
+        return {"per_iteration": self.count, "by_site": dict(sorted(self.by_site.items())),
+                "share_of_learner": self.seconds / learner_seconds if learner_seconds > 0 else float("nan")}
+
+
+class counting_fisher_products:
+    """``with counting_fisher_products() as products:`` every Fisher-vector product this
+    process makes meanwhile (:func:`metacpo_ref.model.policy.fisher_product`, also through
+    ``fvp`` and the Fisher solves) is counted and timed in ``products`` (one worker: all of
+    an iteration's products are made here)."""
+
+    def __enter__(self):
+        from metacpo_ref.model import fisher_solve, policy
+
+        self.products, self._modules, original = FisherProducts(), (policy, fisher_solve), policy.fisher_product
+        self._original = original
+
+        def fisher_product(*args, **kwargs):
+            product = original(*args, **kwargs)
+
+            def counted(v):
+                t0 = time.perf_counter()
+                out = product(v)
+                self.products.record(time.perf_counter() - t0)
+                return out
+
+            return counted
+
+        for module in self._modules:
+            module.fisher_product = fisher_product
+        return self.products
+
+    def __exit__(self, *exc):
+        for module in self._modules:
+            module.fisher_product = self._original
+        return False
 
 
 def scaling(family="point-button", tasks=5, local_steps=5, episodes=None, **fields):
