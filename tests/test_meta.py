@@ -334,3 +334,23 @@ def test_meta_trpo_fisher_local_step_ignores_the_cost():
     np.testing.assert_allclose(local_step(SPEC, theta, d, inner_metric(cfg), cfg), ref, rtol=1e-9, atol=1e-12)
     meta_cpo = dataclasses.replace(cfg, algo="meta-cpo")
     assert np.abs(local_step(SPEC, theta, d, inner_metric(meta_cpo), meta_cpo) - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_line_search_objective_on_workers_is_the_same_floats(n_workers):
+    """meta_objective_on (the outer line search's eq. 10, task by task on the workers) gives
+    meta_objective's floats exactly, with the Fisher-metric local steps, in-process and on a
+    two-process pool; and outer_step with it takes the same step."""
+    from metacpo_ref.algos.meta import meta_objective_on
+    from metacpo_ref.envs.workers import Workers
+
+    cfg = dataclasses.replace(CFG, inner_metric="fisher")
+    theta, traces = synthetic_traces(SPEC, 3, 2, 4, cfg)
+    cand = theta + 0.01 * np.random.default_rng(0).normal(size=theta.shape)
+    with Workers("point-circle", None, n_workers) as workers:
+        for t in (theta, cand):
+            assert meta_objective_on(workers, t, traces, cfg) == meta_objective(t, traces, cfg)
+        here = outer_step(theta, traces, cfg)
+        there = outer_step(theta, traces, cfg, objective=lambda c: meta_objective_on(workers, c, traces, cfg))
+    assert (here.beta, here.F_new, here.G_new) == (there.beta, there.F_new, there.G_new)
+    np.testing.assert_array_equal(here.theta, there.theta)

@@ -86,6 +86,23 @@ def meta_objective(theta, traces, config):
     return float(F), float(G)
 
 
+def task_objective_job(env, theta, trace, config):
+    """One task's ``(F_i, G_i)`` of eq. 10 at a plain ``theta``, as a job for the workers
+    (``env`` unused)."""
+    F, G = task_objective(np.asarray(theta, dtype=np.float64), trace, policy_spec([trace], config), config)
+    return float(F), float(G)
+
+
+def meta_objective_on(workers, theta, traces, config):
+    """:func:`meta_objective` with the tasks' parts computed on ``workers`` (a
+    :class:`~metacpo_ref.envs.workers.Workers`), each where the pool puts it: the same
+    floats (the tasks' values are summed here, in task order, as :func:`_objective` sums them)."""
+    FG = workers.map(task_objective_job, [(theta, tr, config) for tr in traces],
+                     [f"task {i}: the outer line search's F, G" for i in range(len(traces))])
+    m = len(FG)
+    return float(sum(f for f, _ in FG) / m), float(sum(g for _, g in FG) / m)
+
+
 def meta_gradient(theta, traces, config):
     """``(F, G, dF/dtheta, dG/dtheta)``: eq. 11 (D43), one forward and two reverse passes."""
     vjp, FG = make_vjp(lambda t: _objective(t, traces, config))(np.asarray(theta, dtype=np.float64))
@@ -132,7 +149,7 @@ class OuterResult:
     nu: float
 
 
-def outer_step(theta, traces, config, parts=None):
+def outer_step(theta, traces, config, parts=None, objective=None):
     """Eq. 12 (D44): a CPO step on ``theta`` with ``g = dF``, ``a = dG``, ``b = G`` and radius
     ``config.outer_delta`` (the recovery step of eq. 4 when infeasible, or, with
     ``config.recover_above_limit``, whenever ``G > 0``: D34), then the backtracking line
@@ -143,7 +160,9 @@ def outer_step(theta, traces, config, parts=None):
     ``config.ls_kl``) or the Fisher matrix of the pre-adaptation batches at ``theta`` (CG;
     KL bound ``outer_delta``). Meta-TRPO (``config.constrained`` False) takes the
     trust-region step on ``dF`` alone. ``parts``: the tasks' :func:`task_gradient` parts,
-    computed already (``config.split_meta_gradient``)."""
+    computed already (``config.split_meta_gradient``). ``objective(cand) -> (F, G)``: how the
+    line search evaluates eq. 10 (default :func:`meta_objective`; the iteration passes
+    :func:`meta_objective_on` its workers)."""
     theta = np.asarray(theta, dtype=np.float64)
     spec = policy_spec(traces, config)
     F, G, dF, dG = meta_gradient(theta, traces, config) if parts is None else gradient_from_parts(parts)
@@ -152,8 +171,10 @@ def outer_step(theta, traces, config, parts=None):
     a, b = (dG, G) if config.constrained else (np.zeros_like(dF), -1.0)     # Meta-TRPO: the cost never binds
     problem = Problem(dF, a, b, b_hat=G, R0=F, C0=G)
 
+    objective = objective or (lambda cand: meta_objective(cand, traces, config))
+
     def values(cand):
-        F1, G1 = meta_objective(cand, traces, config)
+        F1, G1 = objective(cand)
         return mean_kl(spec, theta, cand, obs0), F1, G1
 
     theta_new, step, _, found = cpo_step(theta, problem, metric, metric.solver(spec, theta, obs0), config, values)
@@ -169,11 +190,15 @@ def meta_iteration(theta, vf, config, iteration, workers):
     CPO steps of eq. 9, value functions refitted on the pre-adaptation batches) with
     the outer step of eq. 12 on the recorded traces as the algorithm's own step
     (with ``config.split_meta_gradient``, each task's part of eq. 11 is computed at the
-    end of its inner loop, on the worker that holds its data). Returns ``(theta_new, vf_new, metrics)``."""
+    end of its inner loop, on the worker that holds its data; the line search's
+    evaluations of eq. 10 are shared out to the workers task by task). Returns
+    ``(theta_new, vf_new, metrics)``."""
 
     def learn(theta, runs):
         parts = [r.part for r in runs] if config.split_meta_gradient else None
-        outer = outer_step(theta, [r.trace for r in runs], config, parts)
+        traces = [r.trace for r in runs]
+        outer = outer_step(theta, traces, config, parts,
+                           objective=lambda cand: meta_objective_on(workers, cand, traces, config))
         cases = [c for r in runs for c in r.cases]
         return outer.theta, {
             "return_adapted": float(np.mean([r.returns[-1] for r in runs])),

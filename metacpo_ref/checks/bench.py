@@ -286,7 +286,7 @@ def meta_iteration_row(family, tasks, local_steps, episodes, workers=1, iteratio
 # Where a Fisher-vector product is made: the innermost of these functions on its call stack.
 SITES = {"policy_update": "local steps taken", "task_gradient": "meta-gradient replay",
          "meta_gradient": "meta-gradient replay", "meta_objective": "outer line search",
-         "outer_step": "outer step"}
+         "task_objective_job": "outer line search", "outer_step": "outer step"}
 
 
 class FisherProducts:
