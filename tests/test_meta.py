@@ -277,8 +277,8 @@ the tasks' meta-gradient parts (config.split_meta_gradient)."""
     spec, vspec = specs(config)
     taken = []
 
-    def spy(theta, traces, config, parts=None):
-        taken.append((outer_step(theta, traces, config, parts), parts))
+    def spy(theta, traces, config, parts=None, objective=None):
+        taken.append((outer_step(theta, traces, config, parts, objective), parts))
         return taken[-1][0]
 
     monkeypatch.setattr(metacpo_ref.algos.meta, "outer_step", spy)
@@ -354,3 +354,48 @@ def test_line_search_objective_on_workers_is_the_same_floats(n_workers):
         there = outer_step(theta, traces, cfg, objective=lambda c: meta_objective_on(workers, c, traces, cfg))
     assert (here.beta, here.F_new, here.G_new) == (there.beta, there.F_new, there.G_new)
     np.testing.assert_array_equal(here.theta, there.theta)
+
+
+@pytest.mark.parametrize("b_hat, case", [(-5.0, "trust"), (-0.01, "both"), (0.05, "recovery")])
+def test_a_replay_at_the_acting_phi_reuses_its_solves_and_gives_the_same_floats(monkeypatch, b_hat, case):
+    """The step taken records its Fisher solves (H^{-1} g, H^{-1} a); a replay from the same
+    phi answers those right-hand sides from the record instead of solving, and its step, its
+    meta-objective and its meta-gradient are the floats of a replay that solves afresh (the
+    step taken itself, to the bit, except after a "both" step, whose dual the two solve
+    differently: brentq and the closed form); a replay from another phi (the line search's
+    candidates) solves."""
+    from metacpo_ref.model import metric as metric_module
+
+    cfg = dataclasses.replace(CFG, inner_metric="fisher")
+    theta, traces = synthetic_traces(SPEC, 1, 1, 3, cfg)
+    d0, metric = traces[0].steps[0], inner_metric(cfg)
+    noise = np.random.default_rng(0).normal(size=d0.adv_r.shape)
+    data = dataclasses.replace(d0, phi=theta, adv_c=d0.adv_r + 0.3 * noise, b_hat=b_hat)   # cost tied to reward
+    upd = local_step(SPEC, theta, data, metric, cfg, act=True)
+    assert upd.case == case and len(upd.solved) == (1 if case == "recovery" else 2)
+    taken = dataclasses.replace(data, beta=upd.beta, b_shift=upd.b_shift, solved=upd.solved)
+    fresh = dataclasses.replace(taken, solved=())
+    calls = []
+    original = metric_module.fisher_solver
+
+    def counting(*args, **kwargs):
+        solve = original(*args, **kwargs)
+        return lambda v: calls.append(1) or solve(v)
+
+    monkeypatch.setattr(metric_module, "fisher_solver", counting)
+    with_record = local_step(SPEC, theta, taken, metric, cfg)
+    n_reused = len(calls)
+    without = local_step(SPEC, theta, fresh, metric, cfg)
+    assert n_reused == 0 < len(calls)            # every forward solve of the replay came from the record
+    np.testing.assert_array_equal(with_record, without)
+    if case == "both":
+        np.testing.assert_allclose(with_record, upd.phi, rtol=0, atol=1e-14)
+    else:
+        np.testing.assert_array_equal(with_record, upd.phi)
+    trace, fresh_trace = Trace((taken,), traces[0].eval), Trace((fresh,), traces[0].eval)
+    assert meta_objective(theta, [trace], cfg) == meta_objective(theta, [fresh_trace], cfg)
+    for x, y in zip(meta_gradient(theta, [trace], cfg), meta_gradient(theta, [fresh_trace], cfg)):
+        np.testing.assert_array_equal(x, y)
+    calls.clear()
+    local_step(SPEC, theta + 1e-3, taken, metric, cfg)   # another phi: solved afresh
+    assert len(calls) > 0
