@@ -308,6 +308,9 @@ def _measure(row):
                    "every checkpoint [default: the run's batch size].")
 @config_option("cost_limit", help="Cost limit per episode, in the run's cost measure [default: the family's test "
                                   "limit]; 0 means no cost at all.")
+@config_option("cost_measure", default=None, show_default=False,
+               help="The cost measure the limit is on, which a constrained algorithm's adaptation aims at and the "
+                    "rows' `cost` is in [default: the run's own]; every measure is reported either way.")
 @click.option("--eval-deterministic", "--deterministic", "deterministic", is_flag=True,
               help="Evaluate the mean actions (adaptation always uses stochastic batches).")
 @click.option("--random-policy", is_flag=True,
@@ -319,8 +322,8 @@ def _measure(row):
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the JSON object to this file (e.g. RUN/test.json), atomically: a temporary file "
                    "renamed once complete; nothing is written when the test fails.")
-def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, deterministic, random_policy,
-         seed, workers, backend, ray_address, as_json, out_file):
+def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_limit, cost_measure, deterministic,
+         random_policy, seed, workers, backend, ray_address, as_json, out_file):
     """Meta-test a checkpoint: adapt on unseen tasks of FAMILY, report each step."""
     from metacpo_ref.run.evaluation import meta_test
     from metacpo_ref.run.rundir import CheckpointError, write_test
@@ -329,7 +332,7 @@ def test(family, checkpoint, local_steps, tasks, episodes, eval_episodes, cost_l
     workers = capped_workers(workers, tasks, backend)
     try:
         rows = meta_test(checkpoint, family, tasks, local_steps, episodes, cost_limit, deterministic, seed, workers,
-                         backend, ray_address, eval_episodes, random_policy)
+                         backend, ray_address, eval_episodes, random_policy, cost_measure)
     except (CheckpointError, WorkerError) as e:
         raise click.ClickException(str(e))
     except KeyboardInterrupt:

@@ -488,3 +488,33 @@ def test_train_ends_with_the_next_steps_and_the_readme_states_them_and_make_trai
     assert "At the end it prints `done:`" in quickstart
     assert "meta-test the run on unseen tasks (`cli.py test`" in quickstart
     assert "`make test` runs the whole suite: about" in quickstart
+
+
+def test_test_cost_measure_sets_what_the_limit_and_the_rows_cost_are_on(tiny_run, tmp_path):  # noqa: F811
+    """--cost-measure: the rows' limit and ``cost`` are in the given measure (the run trained in
+    the default, discounted); every measure is still reported. For an algorithm that never reads
+    the cost (trpo) the adaptation, and so every reported number, is the same in both."""
+    def rows(extra, ckpt):
+        res = CliRunner().invoke(cli.main, ["test", "point-circle", "--checkpoint", str(ckpt), "--tasks", "1",
+                                            "--adapt-steps", "1", "--episodes", "1", "--eval-episodes", "1",
+                                            "--workers", "1", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["rows"]
+
+    own, episode = rows([], tiny_run / "checkpoint.npz"), rows(["--cost-measure", "episode"], tiny_run / "checkpoint.npz")
+    assert {r["cost_measure"] for r in own} == {"discounted"} and {r["cost_measure"] for r in episode} == {"episode"}
+    assert all(r["cost"] == r["cost_episode"] for r in episode) and all(r["cost"] == r["cost_discounted"] for r in own)
+    trpo = tmp_path / "trpo"
+    res = CliRunner().invoke(cli.main, ["train", "point-circle", "--algo", "trpo", "--iterations", "1", *SMALL,
+                                        "--out", str(trpo)])
+    assert res.exit_code == 0, res.output
+    a, b = rows([], trpo / "checkpoint.npz"), rows(["--cost-measure", "episode"], trpo / "checkpoint.npz")
+    def measures(r):   # every number but the one named by the measure
+        drop = ("cost", "cost_se", "cost_measure", "tasks")
+        return {**{k: v for k, v in r.items() if k not in drop},
+                "tasks": [{k: v for k, v in t.items() if k != "cost"} for t in r["tasks"]]}
+
+    assert [measures(r) for r in a] == [measures(r) for r in b]
+    bad = CliRunner().invoke(cli.main, ["test", "point-circle", "--checkpoint", str(trpo / "checkpoint.npz"),
+                                        "--cost-measure", "per-step"])
+    assert bad.exit_code == 2 and "per-step" in bad.output

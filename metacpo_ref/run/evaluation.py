@@ -126,14 +126,16 @@ def meta_test_rows(tasks, per_task, config, limit, protocol):
 
 def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCAL_STEPS, episodes=None,
               cost_limit=None, deterministic=False, seed=0, workers=1, backend="process", ray_address=None,
-              eval_episodes=None, random_policy=False):
+              eval_episodes=None, random_policy=False, cost_measure=None):
     """Adapt the checkpoint's policy on ``n_tasks`` unseen (test-split) tasks for
     ``adapt_steps`` steps (tasks in parallel on ``workers`` processes) and measure each
     ``phi_k`` on separate evaluation episodes (:func:`adapt_on`): one row per step
     k = 0..K (:func:`meta_test_rows`). Adaptation batches have the run's size unless
     ``episodes`` is given; ``eval_episodes`` defaults to the same number.
     ``deterministic`` evaluates mean actions. ``cost_limit`` defaults to the family's
-    test limit, in the run's cost measure. ``random_policy``: instead, one row k = 0 of a
+    test limit, in the run's cost measure, or in ``cost_measure`` when given (a
+    constrained algorithm's adaptation then aims at that measure's limit; every row
+    reports all measures either way). ``random_policy``: instead, one row k = 0 of a
     uniformly random policy on the same tasks and evaluation episodes (the checkpoint
     gives the family, the walls, the normaliser and the numbers of episodes)."""
     state = load_checkpoint(checkpoint, family)
@@ -142,6 +144,8 @@ def meta_test(checkpoint, family=None, n_tasks=META_TEST_TASKS, adapt_steps=LOCA
         COST_LIMIT.check("cost_limit", cost_limit)
     if episodes is not None:
         config = dataclasses.replace(config, episodes=episodes)
+    if cost_measure is not None:
+        config = dataclasses.replace(config, cost_measure=cost_measure)
     n_eval = config.n_episodes if eval_episodes is None else int(eval_episodes)
     tasks = sample_tasks(config.family, n_tasks, "test", seed=seed, walls=config.car_walls)
     limit = FAMILIES[config.family].cost_limit_test if cost_limit is None else float(cost_limit)
