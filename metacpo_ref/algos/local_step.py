@@ -25,13 +25,8 @@ What differs between acting and replaying, and why (nothing else does):
   fixtures do not change;
 - ``beta``: chosen by the line search when acting, the recorded one in replay;
 - the metric: the same ``H^{-1}`` (:meth:`~metacpo_ref.model.metric.Metric.solver`); acting
-  remembers ``H^{-1} a`` between the shift and the step (one solve, not two) and records its
-  solves (``Update.solved``, kept in the batch's ``StepData.solved``); a replay at the very
-  ``phi`` the step was taken from reuses the recorded ``H^{-1} v`` of each right-hand side
-  ``v`` equal to a recorded one (the same floats a new solve would give: the same ``H`` and
-  ``v``, a deterministic solve). The replay's ``phi_k`` is the acting one, to the bit, up to
-  the first step whose dual differs in the last bits (a "both" step). The replay also
-  differentiates through ``H(phi)`` (M7, M8 of docs/fisher-metric.md).
+  remembers ``H^{-1} a`` between the shift and the step (one solve, not two); the replay
+  also differentiates through ``H(phi)`` (M7, M8 of docs/fisher-metric.md).
 """
 from dataclasses import dataclass
 
@@ -95,9 +90,8 @@ def cpo_step(phi, problem, metric, solve, config, values=None, beta=None, hvp=No
 class Update:
     """A local step taken: new parameters, the step's ``case``, its multipliers ``lam``
     and ``nu`` (eq. 9; ``nu`` NaN in recovery), the accepted fraction ``beta`` (0:
-    rejected), the surrogate changes it achieved, the constant ``b_shift``
-    (:func:`~metacpo_ref.algos.step_problem.recovery_shift`) that was added to ``b``, and
-    the metric's solves ``(v, H^{-1} v)`` (:func:`recorded`)."""
+    rejected), the surrogate changes it achieved, and the constant ``b_shift``
+    (:func:`~metacpo_ref.algos.step_problem.recovery_shift`) that was added to ``b``."""
 
     phi: np.ndarray
     case: str
@@ -107,34 +101,6 @@ class Update:
     lam: float
     nu: float
     b_shift: float = 0.0
-    solved: tuple = ()
-
-
-def recorded(solve):
-    """``(solve', pairs)``: ``solve`` (``v -> H^{-1} v``; None for ``H = I``) that appends
-    each ``(v, H^{-1} v)`` it computes to the list ``pairs``."""
-    pairs = []
-    if solve is None:
-        return None, pairs
-
-    def solve_recorded(v):
-        y = solve(v)
-        pairs.append((np.array(v, dtype=np.float64), y))
-        return y
-
-    return solve_recorded, pairs
-
-
-def reusing(solve, pairs):
-    """``solve`` that answers a right-hand side equal (to the bit) to one of ``pairs``'
-    ``v`` with its recorded ``H^{-1} v`` instead of solving again."""
-    def solve_reusing(v):
-        for w, y in pairs:
-            if np.array_equal(w, v):
-                return y
-        return solve(v)
-
-    return solve_reusing
 
 
 def local_step(spec, phi, data, metric, config, act=False):
@@ -148,18 +114,16 @@ def local_step(spec, phi, data, metric, config, act=False):
     if not act:
         g, a, b = step_problem(spec, phi, data, config.constrained)
         solve = metric.solver(spec, getval(phi), data.obs)
-        if solve is not None and data.solved and np.array_equal(getval(phi), data.phi):
-            solve = reusing(solve, data.solved)
         return cpo_step(phi, Problem(g, a, b), metric, solve, config, beta=data.beta,
                         hvp=metric.hvp(spec, data.obs))[0]
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b, R0, C0 = step_problem_values(spec, phi, data, config.constrained)
-    solve, solved = recorded(metric.solver(spec, phi, data.obs))
-    new, step, shift, found = cpo_step(phi, Problem(g, a, b, b_hat=data.b_hat, R0=R0, C0=C0), metric, solve,
-                                       config, values=line_search_values(spec, phi, data))
-    dR, dC = (0.0, 0.0) if found is None else (float(found.R - R0), float(found.C - C0))
-    return Update(new, step.case, 0.0 if found is None else found.beta, dR, dC, step.lam, step.nu, shift,
-                  tuple(solved))
+    new, step, shift, found = cpo_step(phi, Problem(g, a, b, b_hat=data.b_hat, R0=R0, C0=C0), metric,
+                                       metric.solver(spec, phi, data.obs), config,
+                                       values=line_search_values(spec, phi, data))
+    if found is None:
+        return Update(new, step.case, 0.0, 0.0, 0.0, step.lam, step.nu, shift)
+    return Update(new, step.case, found.beta, float(found.R - R0), float(found.C - C0), step.lam, step.nu, shift)
 
 
 def policy_update(spec, phi, data, config):

@@ -23,10 +23,7 @@ class StepData:
     measure, D38), ``b_hat`` the per-step constraint value (D37); ``beta`` is the accepted line-search fraction of the
     step taken from ``phi`` (1.0 until the line search has run) and ``b_shift``
     the constant :func:`~metacpo_ref.algos.step_problem.recovery_shift` added to ``b`` (0.0 until
-    the update has run). ``solved``: the pairs ``(v, H(phi)^{-1} v)`` the step taken solved
-    (its metric's ``H^{-1} g`` and ``H^{-1} a``; empty for ``H = I`` or until the update has
-    run), which a replay at the same ``phi`` reuses
-    (:func:`~metacpo_ref.algos.local_step.local_step`).
+    the update has run).
     """
 
     obs: np.ndarray
@@ -38,7 +35,6 @@ class StepData:
     phi: np.ndarray
     beta: float = 1.0
     b_shift: float = 0.0
-    solved: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)
