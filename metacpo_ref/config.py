@@ -39,6 +39,9 @@ LINE_SEARCH_KL = 0.01    # safety-starter-agents' target KL again, as the mean-K
 OUTER_DELTA = 0.01       # authors' code: radius of the meta step (eq. 12)
 CG_ITERS = 10            # derivations, section 7 (10-15 iterations)
 CG_DAMPING = 0.1         # derivations, section 7
+FISHER_SUBSAMPLE = 1     # every observation. OpenAI Baselines' TRPO makes its Fisher-vector products on every
+                         # 5th (trpo_mpi: fvpargs = [arr[::5] for arr in args]), ~5x cheaper; not the default
+                         # until measured for learning (docs/performance.md)
 BASELINE_CG_TOL = 1e-10  # the CPO / TRPO baselines' CG stops at this relative residual ||r|| / ||v||:
                          # the residual_tol default of rllab's and OpenAI baselines' cg (a bound on r'r
                          # there); with CG_ITERS iterations it is the iteration count that stops it
@@ -234,6 +237,9 @@ class Config:
                             "section 7).", COUNT)
     cg_damping: float = setting(CG_DAMPING, "Damping added to Fisher-vector products (derivations, "
                                 "section 7).", Range(0))
+    fisher_subsample: int = setting(FISHER_SUBSAMPLE, "A step's Fisher matrix from every s-th observation of "
+                                    "its batch (OpenAI Baselines' TRPO: 5); 1: all of them.",
+                                    Range(1, 1000, integer=True))
     recover_above_limit: bool = setting(RECOVER_ABOVE_LIMIT, "Above the cost limit, CPO's recovery step (eq. 4; "
                                         "derivations D34); False: eq. 9 as it is (measured: docs/settings.md).")
     task: dict = setting(None, "Train on this one task (its parameters, checked against Table 1's ranges) "

@@ -16,7 +16,8 @@ from metacpo_ref.model.fisher_solve import fisher_cg_solver, fisher_hvp, fisher_
 class Metric:
     """A step's metric: ``fisher`` (else ``H = I``), the trust radius ``delta`` of eq. 9,
     the line search's mean-KL bound ``kl_bound`` (D19), and for the Fisher matrix its
-    damping and which ``H^{-1}``: ``exact`` (M9) or ``cg_iters`` CG iterations."""
+    damping, which ``H^{-1}``: ``exact`` (M9) or ``cg_iters`` CG iterations, and the
+    observations it is averaged over: every ``subsample``-th of the step's batch."""
 
     fisher: bool
     delta: float
@@ -24,26 +25,31 @@ class Metric:
     exact: bool = False
     damping: float = 0.0
     cg_iters: int = 0
+    subsample: int = 1
+
+    def _obs(self, obs):
+        return obs if self.subsample == 1 else obs[::self.subsample]
 
     def solver(self, spec, phi, obs):
         """``v -> H(phi)^{-1} v`` on the observations ``obs``; None for ``H = I``."""
         if not self.fisher:
             return None
         if self.exact:
-            return fisher_solver(spec, phi, obs, self.damping)
-        return fisher_cg_solver(spec, phi, obs, self.damping, self.cg_iters)
+            return fisher_solver(spec, phi, self._obs(obs), self.damping)
+        return fisher_cg_solver(spec, phi, self._obs(obs), self.damping, self.cg_iters)
 
     def hvp(self, spec, obs):
         """``(phi, v) -> H(phi) v``, differentiable in ``phi`` (for the cotangent of
         ``H(phi)``, M7); None for ``H = I``, which does not depend on ``phi``."""
-        return fisher_hvp(spec, obs, self.damping) if self.fisher else None
+        return fisher_hvp(spec, self._obs(obs), self.damping) if self.fisher else None
 
 
 def _metric(name, delta, ls_kl, config, exact):
     """``name``'s metric of radius ``delta``: with the Fisher matrix ``delta`` is a KL radius
     and also the line search's KL bound; with ``H = I`` the bound is ``ls_kl``."""
     fisher = name == "fisher"
-    return Metric(fisher, delta, delta if fisher else ls_kl, exact, config.cg_damping, config.cg_iters)
+    return Metric(fisher, delta, delta if fisher else ls_kl, exact, config.cg_damping, config.cg_iters,
+                  config.fisher_subsample)
 
 
 def inner_metric(config):
