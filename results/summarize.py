@@ -33,6 +33,9 @@ def mean_se(values, se_one=None):
     return f"{v.mean():.2f}" + (f" ± {se_one:.2f}*" if se_one is not None else "")
 
 
+MEASURE_NAMES = {"discounted": "discounted J_C", "episode": "undiscounted cost"}
+
+
 def label(raw):
     """A run's row from its ``config.json`` (``raw``): its algorithm, and for Meta-CPO the
     metrics of its local (inner) and meta (outer) steps (issue 15; runs from before
@@ -118,9 +121,16 @@ def main(root, *test_names):
                 warn(f"{d}/metrics.jsonl: line {', '.join(str(n) for n, _ in bad)} not a metrics row; left out")
             rows.append(good)
         metrics[algo] = rows
+    measures = {algo: sorted({r.get("cost_measure", "episode") for rs in rows for r in rs})
+                for algo, rows in metrics.items()}
+    usual = max(sorted(map(tuple, measures.values())), key=lambda m: sum(tuple(v) == m for v in measures.values()))
+    for algo, rows in metrics.items():
         steps = sorted({rs[-1]["env_steps"] for rs in rows})
-        table.append([algo, len(dirs), f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else ""),
-                      *(mean_se([np.mean([r[key] for r in rs[-10:]]) for rs in rows]) for key in ("return", "cost"))])
+        ret, cost = (mean_se([np.mean([r[key] for r in rs[-10:]]) for rs in rows]) for key in ("return", "cost"))
+        if tuple(measures[algo]) != usual:   # e.g. the first campaign's runs beside the second's
+            cost += f" ({' / '.join(MEASURE_NAMES[m] for m in measures[algo])})"
+        table.append([algo, len(runs[algo]), f"{steps[0]:,}" + (f" - {steps[-1]:,}" if len(steps) > 1 else ""),
+                      ret, cost])
     print_table(["algorithm", "seeds", "env steps", "train return (last 10 its)", "train cost (last 10 its)"], table)
     for line in local_step_table(metrics):
         print(line)
@@ -146,7 +156,7 @@ def test_table(runs, test_name, heading=False):
     K = min(len(t[0]) for t in tests.values() if t) - 1
     first = next(t[0] for t in tests.values() if t)
     limit, n_tasks = first[0]["cost_limit"], len(first[0]["tasks"])
-    measure = {"discounted": "discounted J_C", "episode": "undiscounted cost"}[first[0].get("cost_measure", "episode")]
+    measure = MEASURE_NAMES[first[0].get("cost_measure", "episode")]
     print(f"Meta-testing on {n_tasks} unseen test tasks, cost limit {limit:g} per episode ({measure}): "
           "return / cost after k adaptation steps (mean ± s.e. over seeds; * one seed: s.e. over test tasks)")
     print()

@@ -495,3 +495,22 @@ def test_the_results_page_carries_the_second_campaigns_tables_as_summarize_print
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) >= 30
     assert [r for r in rows if r not in out.splitlines()] == []
+
+
+def test_summarize_names_the_measure_of_runs_trained_under_another(tmp_path, capsys):
+    """The training table's cost of an algorithm whose runs were trained under another cost
+    measure than most (the first campaign's TRPO beside the second's runs) says which."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for algo, measure in (("meta-cpo", "discounted"), ("cpo", "discounted"), ("trpo", None)):
+        d = tmp_path / f"{algo}-s0"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"family": "point-circle", "algo": algo, "seed": 0}))
+        row = {"iteration": 0, "env_steps": 100, "return": 1.0, "cost": 2.0, "cost_limit": 10.0, "steps": 100}
+        (d / "metrics.jsonl").write_text(json.dumps({**row, **({"cost_measure": measure} if measure else {})}) + "\n")
+    mod.main(str(tmp_path), "none.json")
+    out = capsys.readouterr().out.splitlines()
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in out if ln.startswith("| ") and "env steps" not in ln}
+    assert rows["trpo"].rstrip(" |").endswith("2.00 (undiscounted cost)")
+    assert rows["cpo"].rstrip(" |").endswith("2.00") and rows["meta-cpo"].rstrip(" |").endswith("2.00")

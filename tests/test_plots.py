@@ -366,3 +366,30 @@ def test_meta_cpo_variants_are_named_and_meta_test_labels_stay_out_of_the_figure
         assert legend[-1] == "cost limit 10" and not any("seed" in t for t in legend)
     finally:
         _close(fig)
+
+
+def test_runs_trained_under_another_cost_measure_get_no_training_cost_curve(tmp_path):
+    """The first campaign's TRPO (rows without cost_measure: per episode) beside a second-campaign
+    Meta-CPO (discounted): the training cost panels are in the measure of most runs, TRPO's
+    return is drawn but not its training cost, the axis label is not mixed, and the caption
+    says why; its meta-testing is drawn."""
+    new = make_run(tmp_path, "meta-cpo", 0, [1.0, 2.0], [5.0, 6.0], test=TEST["meta-cpo", 0])
+    rows = [json.loads(line) for line in (new / "metrics.jsonl").read_text().splitlines()]
+    (new / "metrics.jsonl").write_text("".join(json.dumps({**r, "cost_measure": "discounted"}) + "\n" for r in rows))
+    new2 = make_run(tmp_path / "b", "meta-cpo", 1, [1.0, 2.0], [5.0, 6.0], test=TEST["meta-cpo", 1])
+    rows = [json.loads(line) for line in (new2 / "metrics.jsonl").read_text().splitlines()]
+    (new2 / "metrics.jsonl").write_text("".join(json.dumps({**r, "cost_measure": "discounted"}) + "\n" for r in rows))
+    old = make_run(tmp_path, "trpo", 0, [3.0, 4.0, 5.0], [50.0, 60.0, 70.0], test=TEST["cpo", 0])
+    runs, _ = load_runs([new, new2, old])
+    text = " ".join(caption(runs, "test.json"))
+    assert "trpo: trained under the undiscounted cost per episode, its training cost not drawn" in text
+    fig = figure(runs)
+    try:
+        axes = fig.get_axes()
+        labels = [[line.get_label() for line in ax.get_lines()] for ax in axes]
+        assert any(lab.startswith("trpo") for lab in labels[0])                  # its return
+        assert not any(lab.startswith("trpo") for lab in labels[1] + labels[2])  # not its training cost
+        assert axes[1].get_ylabel() == "discounted cost J_C"
+        assert any(c.get_label().startswith("trpo") for c in axes[4].containers)   # its meta-testing cost
+    finally:
+        _close(fig)

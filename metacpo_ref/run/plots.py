@@ -33,6 +33,7 @@ import dataclasses
 import io
 import json
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -464,6 +465,14 @@ def _measures(rows):
     return sorted({row.get("cost_measure", "episode") for row in rows})
 
 
+def training_measure(runs):
+    """The cost measures (a tuple) of most runs' metrics rows (ties: by name): what a figure's
+    training cost panels show. A run trained under others (the first campaign's TRPO beside
+    the second campaign's runs) gets no training cost curve there; the caption says so."""
+    counts = Counter(tuple(_measures(r.rows)) for r in runs)
+    return max(sorted(counts), key=counts.get)
+
+
 def _cost_label(rows):
     """The y label of a cost panel from its rows' ``cost_measure`` (rows from before the
     setting: the undiscounted episode cost); several measures are named together."""
@@ -513,7 +522,8 @@ def caption(runs, test_name="test.json", x="env-steps", resolution=None):
     iterations are averaged into one point (``resolution``, see :func:`steps_per_point`).
     Meta-testing: the test file, its tasks, adaptation and evaluation episodes, cost
     measure and limit(s), as recorded in its rows (an old file without them says so)."""
-    rows = [row for r in runs for row in r.rows]
+    measure = training_measure(runs)
+    rows = [row for r in runs if tuple(_measures(r.rows)) == measure for row in r.rows]
     groups = group(runs)
     meta = {a: rs for a, rs in groups.items() if any("return_adapted" in row for r in rs for row in r.rows)}
     other = {a: rs for a, rs in groups.items() if a not in meta}
@@ -535,6 +545,11 @@ def caption(runs, test_name="test.json", x="env-steps", resolution=None):
                       f"{resolution:,.0f} env steps per point as the meta algorithms.")
         else:
             train += f" {'; '.join(other)}: one point per iteration."
+    apart = {a: sorted({m for r in rs for m in _measures(r.rows)}) for a, rs in groups.items()
+             if any(tuple(_measures(r.rows)) != measure for r in rs)}
+    for a, ms in apart.items():
+        train += (f" {a}: trained under {' / '.join(MEASURE_TEXT[m] for m in ms)}, its training cost not drawn "
+                  "(its meta-testing is in every measure).")
     lines.append(train)
     tested = [r.test for r in runs if r.test]
     if tested:
@@ -596,12 +611,17 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True, test_name="test.json")
     fig, axes = plt.subplots(nrows, 3, figsize=(16, 4.6 * nrows + 0.9 + 0.16 * text_lines), squeeze=False)
     xlabel = X_AXES[x][1]
 
-    for algo, rs in groups.items():
+    measure = training_measure(runs)
+    for algo, group_runs in groups.items():
         c = palette[algo]
         for col, key in enumerate(("return", "cost", "cost")):
+            rs = group_runs if key == "return" else [r for r in group_runs if tuple(_measures(r.rows)) == measure]
+            if not rs:
+                continue
             ax = axes[0, col]
             _seeds(ax, run_curves(rs, key, x, n_smooth, resolution), c)
-            _band(ax, training_curve(rs, key, x, n_smooth, resolution), c, f"{algo} (n={len(rs)})", linewidth=1.8)
+            _band(ax, training_curve(rs, key, x, n_smooth, resolution), c, f"{algo} (n={len(group_runs)})",
+                  linewidth=1.8)
             seeds = run_curves(rs, f"{key}_adapted", x, n_smooth, resolution) if adapted else None
             if seeds is not None:
                 ks = sorted({r.config.get("local_steps") for r in rs}, key=str)
@@ -609,12 +629,13 @@ def figure(runs, x="env-steps", n_smooth=1, adapted=True, test_name="test.json")
                 _seeds(ax, seeds, c, linestyle=(0, (4, 2)))
                 _band(ax, aggregate(seeds), c, f"{algo} after K={ktext} local steps", band_alpha=0.1,
                       linestyle=(0, (4, 2)), linewidth=1.1, alpha=0.85)
-    train_limits = {row["cost_limit"] for r in runs for row in r.rows}
+    drawn = [row for r in runs if tuple(_measures(r.rows)) == measure for row in r.rows]
+    train_limits = {row["cost_limit"] for row in drawn}
     for ax in axes[0, 1:]:
         _limits(ax, train_limits)
     lim = _zoom(axes[0, 2], train_limits)
     smoothing = f", moving average of {n_smooth}" if n_smooth > 1 else ""
-    cost_label = _cost_label([row for r in runs for row in r.rows])
+    cost_label = _cost_label(drawn)
     for col, title in enumerate(("training: return", "training: cost", f"training: cost, symlog (linear below {lim:g})")):
         ax = axes[0, col]
         ax.set_title(title + smoothing)
