@@ -71,9 +71,13 @@ FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 1
 # (Limitations section) and the exact eq. 9 step above the limit (no recover rule, D34).
 VARIANTS = {**{algo: (algo, {}) for algo in ALGOS},
             "meta-cpo-paper": ("meta-cpo", {"inner_metric": "identity", "outer_metric": "identity",
-                                            "recover_above_limit": False})}
+                                            "recover_above_limit": False}),
+            # ours with every step's Fisher matrix from every 5th observation (OpenAI Baselines'
+            # TRPO; issue 34: measured for learning against meta-cpo before it may become a default)
+            "meta-cpo-fs5": ("meta-cpo", {"fisher_subsample": 5})}
 VARIANT_FLAGS = {"inner_metric": lambda v: ["--inner-metric", v], "outer_metric": lambda v: ["--outer-metric", v],
-                 "recover_above_limit": lambda v: ["--recover-above-limit" if v else "--exact-cpo-above-limit"]}
+                 "recover_above_limit": lambda v: ["--recover-above-limit" if v else "--exact-cpo-above-limit"],
+                 "fisher_subsample": lambda v: ["--fisher-subsample", str(v)]}
 SEEDS = (0, 1, 2)            # paper: 3 seeds
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
@@ -709,7 +713,8 @@ def selection(fn):
     fn = click.option("--algos", default=",".join(ALGOS), show_default=True,
                       callback=names("algorithms", tuple(VARIANTS)),
                       help="Comma-separated algorithms; meta-cpo-paper: the paper's own Meta-CPO (Euclidean "
-                           "steps, the exact eq. 9 step above the limit).")(fn)
+                           "steps, the exact eq. 9 step above the limit); meta-cpo-fs5: ours with a subsampled Fisher matrix "
+                           "(--fisher-subsample 5).")(fn)
     return click.option("--families", default=",".join(FAMILY_ORDER), show_default=True,
                         callback=names("families", FAMILY_ORDER), help="Comma-separated families.")(fn)
 

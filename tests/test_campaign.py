@@ -416,6 +416,21 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
     assert capsys.readouterr().out == ""
 
 
+def test_the_subsampled_fisher_variant_differs_from_ours_in_that_setting_alone(tmp_path):
+    """Issue 34's learning comparison: ``meta-cpo-fs5`` is ``meta-cpo`` with
+    ``--fisher-subsample 5`` and nothing else, so its runs compare with the campaign's."""
+    ours, fs5 = campaign.plan(("point-circle",), ("meta-cpo", "meta-cpo-fs5"), (2,), root=tmp_path)
+    assert fs5.path == tmp_path / "point-circle" / "meta-cpo-fs5-s2"
+    assert dataclasses.replace(fs5.config, fisher_subsample=1) == ours.config
+    assert fs5.config.fisher_subsample == 5
+    a, b = campaign.train_argv(ours, "python"), campaign.train_argv(fs5, "python")
+    i = b.index("--fisher-subsample")
+    assert b[i + 1] == "5"
+    b = b[:i] + b[i + 2:]
+    b[b.index("--out") + 1] = a[a.index("--out") + 1]
+    assert b == a
+
+
 def test_the_papers_meta_cpo_is_a_campaign_algorithm(tmp_path):
     """Issue 30: ``meta-cpo-paper`` runs Meta-CPO with the paper's Euclidean steps and the
     exact eq. 9 step above the limit, in its own directory, trained with those flags and
