@@ -220,7 +220,8 @@ def welch(a, b):
 
 
 def welch_table(runs, test_name):
-    """Meta-CPO (each variant) against CPO and against Meta-TRPO at k = 0 and k = K: the
+    """Meta-CPO (each variant) against CPO, against Meta-TRPO and against the other variants
+    at k = 0 and k = K: the
     difference of the means over seeds and Welch's p over the per-seed means (the training
     seeds are the only independent replicates: the test tasks and evaluation episodes are
     shared by every run, so a test paired over tasks would overstate significance), for the
@@ -229,6 +230,7 @@ def welch_table(runs, test_name):
              for algo, dirs in runs.items()}
     ours = [a for a in tests if a.startswith("meta-cpo") and tests[a]]
     pairs = [(a, b) for a in ours for b in ("cpo", "meta-trpo") if tests.get(b)]
+    pairs += [(a, b) for i, a in enumerate(ours) for b in ours[i + 1:]]   # the variants against each other
     if not pairs:
         return
     keys = ["return", "cost_episode", "cost_discounted"] if "cost_episode" in tests[ours[0]][0][0] else ["return", "cost"]

@@ -487,7 +487,8 @@ def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(
         return {"rows": [{"return": v, "cost_episode": v, "cost_discounted": v / 10} for v in values]}
 
     dirs = {}
-    for algo, seeds in (("meta-cpo", [[1, 1], [2, 2], [3, 3]]), ("cpo", [[4, 4], [6, 6], [8, 8]])):
+    for algo, seeds in (("meta-cpo", [[1, 1], [2, 2], [3, 3]]), ("cpo", [[4, 4], [6, 6], [8, 8]]),
+                        ("meta-cpo (x=2)", [[4, 4], [6, 6], [8, 8]])):
         dirs[algo] = []
         for i, values in enumerate(seeds):
             d = tmp_path / f"{algo}-s{i}"
@@ -495,9 +496,13 @@ def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(
             (d / "t.json").write_text(json.dumps(seed(values)))
             dirs[algo].append(d)
     mod.welch_table(dirs, "t.json")
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| meta-cpo vs cpo")]
+    out = capsys.readouterr().out.splitlines()
+    lines = [ln for ln in out if ln.startswith("| meta-cpo vs cpo")]
     assert len(lines) == 2 and all(f"-4.00 (p = {p:.2g})" in ln for ln in lines)
     assert "-0.40" in lines[0]
+    # Meta-CPO's variants against each other, in the order their runs are listed
+    lines = [ln for ln in out if ln.startswith("| meta-cpo vs meta-cpo (x=2)")]
+    assert len(lines) == 2 and all(f"-4.00 (p = {p:.2g})" in ln for ln in lines)
 
 
 def test_the_results_page_carries_the_second_campaigns_tables_as_summarize_prints_them():
