@@ -94,8 +94,8 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def main(root, *test_names):
-    test_names = test_names or ("test.json",)
+def load(root):
+    """``{row label: [run directories]}`` of the runs under ``root`` with metrics rows."""
     runs = defaultdict(list)
     for d in sorted(Path(root).iterdir()):   # run directories with metrics rows (not logs, not fresh runs)
         if not d.is_dir():
@@ -106,6 +106,14 @@ def main(root, *test_names):
             warn(f"{d} has no metrics rows yet: not counted")
         else:
             runs[label(read_config_json(d))].append(d)
+    return runs
+
+
+def main(root, *test_names):
+    if test_names[:1] == ("--glance",):
+        return glance(load(root), test_names[1] if len(test_names) > 1 else "test-eval.json", Path(root))
+    test_names = test_names or ("test.json",)
+    runs = load(root)
     for dirs in runs.values():
         for d in dirs:
             for name in test_names:
@@ -243,6 +251,54 @@ def welch_table(runs, test_name):
             cells = [welch([s[k][key] for s in tests[a]], [s[k][key] for s in tests[b]]) for key in keys]
             rows.append([f"{a} vs {b}", k, *(f"{d:+.2f} (p = {p:.2g})" for d, p in cells)])
     print_table(["comparison", "k", *keys], rows)
+
+
+def short(v):
+    """A number as the glance table shows it: two decimals under 10, one under 100, none above."""
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+GLANCE = {"meta-cpo, ours (Fisher metric, recover rule)": "ours", "meta-cpo, paper's setting (H = I, exact eq. 9)":
+          "paper's", "cpo": "CPO"}   # the glance table's algorithms and their short names there
+
+
+def glance(runs, test_name, root):
+    """The results page's verdicts-at-a-glance rows of one family (``--glance``): per cost
+    measure (``J_C``, per episode) the meta-test cost at k = 0 -> K of our Meta-CPO, the
+    paper's and CPO (mean over seeds; the (seed, task) pairs at or under the limit at K),
+    TRPO / Meta-TRPO at K, the random policy, and each Meta-CPO against CPO at K (Welch's
+    difference of the means and p over per-seed means); the verdict column is left empty."""
+    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
+             for algo, dirs in runs.items()}
+    first = next(t for t in tests.values() if t)[0]
+    K = len(first) - 1
+    train = scan_metrics(runs["cpo"][0])[0][0]   # the training limit of the constrained runs
+    family = f"{read_config_json(runs['cpo'][0])['family']} ({train['cost_limit']:g} / {first[0]['cost_limit']:g})"
+    random = read_test(root, "random.json")
+    ours = list(GLANCE)[:2]
+    columns = ["family (train / test limit)", "measure", *(f"{GLANCE[a]} k = 0 -> {K}" for a in GLANCE),
+               f"TRPO / Meta-TRPO k = {K}", "random policy", *(f"{GLANCE[a]} - CPO, k = {K}" for a in ours),
+               f"return k = {K} ({' / '.join(GLANCE.values())})", "verdict"]
+    rows = []
+    for key, name in (("cost_discounted", "discounted J_C"), ("cost_episode", "cost per episode")):
+        cells = []
+        for a in GLANCE:
+            t = tests.get(a) or []
+            cells.append(" -> ".join(short(np.mean([s[k][key] for s in t])) for k in (0, K))
+                         + f" ({within_limit(t, K, key)})" if t else "-")
+        cells.append(" / ".join(short(np.mean([s[K][key] for s in tests[a]])) if tests.get(a) else "-"
+                                for a in ("trpo", "meta-trpo")))
+        cells.append(short(random["rows"][0][key]) if random else "-")
+        for a in ours:
+            if tests.get(a) and tests.get("cpo"):
+                d, p = welch([s[K][key] for s in tests[a]], [s[K][key] for s in tests["cpo"]])
+                cells.append(f"{short(d) if d < 0 else '+' + short(d)} (p = {p:.2g})")
+            else:
+                cells.append("-")
+        cells.append(" / ".join(short(np.mean([s[K]["return"] for s in tests[a]])) if tests.get(a) else "-"
+                                for a in GLANCE) if not rows else "")
+        rows.append([family if not rows else "", name, *cells, ""])
+    print_table(columns, rows)
 
 
 def within_limit(tests, k, key, limit=None):

@@ -534,3 +534,40 @@ def test_summarize_names_the_measure_of_runs_trained_under_another(tmp_path, cap
     rows = {ln.split(" | ")[0].strip("| "): ln for ln in out if ln.startswith("| ") and "env steps" not in ln}
     assert rows["trpo"].rstrip(" |").endswith("2.00 (undiscounted cost)")
     assert rows["cpo"].rstrip(" |").endswith("2.00") and rows["meta-cpo"].rstrip(" |").endswith("2.00")
+
+
+def test_the_glance_rows_are_the_means_pairs_under_and_welch_of_the_run_directories(tmp_path, capsys):
+    """``summarize.py ROOT --glance``: per measure, each algorithm's k = 0 -> K mean over
+    seeds with the (seed, task) pairs under the test limit at K, TRPO / Meta-TRPO at K,
+    each Meta-CPO minus CPO at K with Welch's p, the returns at K."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fisher = {"inner_metric": "fisher", "outer_metric": "fisher", "recover_above_limit": True}
+    paper = {"inner_metric": "identity", "outer_metric": "identity", "recover_above_limit": False}
+    base = {"meta-cpo-s": ("meta-cpo", fisher, 2.0), "meta-cpo-paper-s": ("meta-cpo", paper, 6.0),
+            "cpo-s": ("cpo", {}, 4.0), "trpo-s": ("trpo", {}, 20.0), "meta-trpo-s": ("meta-trpo", {}, 30.0)}
+    for name, (algo, extra, v) in base.items():
+        for seed in (0, 1):
+            d = tmp_path / f"{name}{seed}"
+            d.mkdir()
+            (d / "config.json").write_text(json.dumps({"family": "point-circle", "algo": algo, "seed": seed,
+                                                       **extra}))
+            (d / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "env_steps": 1, "return": 0.0, "cost": 0.0,
+                                                         "cost_limit": 10.0, "steps": 1}) + "\n")
+            rows = [{"return": v + k, "cost_discounted": v + seed + k, "cost_episode": 10 * (v + seed), "cost_limit": 5.0,
+                     "tasks": [{"cost_discounted": v + seed + k, "cost_episode": 0.0}]} for k in (0, 1)]
+            (d / "test-eval.json").write_text(json.dumps({"rows": rows}))
+    mod.main(str(tmp_path), "--glance", "test-eval.json")
+    rows = [ln.split(" | ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| point-circle")
+            or ln.startswith("|  |")]
+    assert len(rows) == 2
+    jc, ep = rows
+    assert jc[0] == "| point-circle (10 / 5)" and jc[1] == "discounted J_C"
+    # ours: seeds 2.5 at k = 0 and 3.5 at k = 1; pairs (2 + 1, 3 + 1) under 5: both
+    assert jc[2:5] == ["2.50 -> 3.50 (2 of 2)", "6.50 -> 7.50 (0 of 2)", "4.50 -> 5.50 (1 of 2)"]
+    assert jc[5:7] == ["21.5 / 31.5", "-"]
+    p = mod.welch([3.0, 4.0], [5.0, 6.0])[1]   # k = 1, per-seed means of ours and CPO
+    assert jc[7] == f"-2.00 (p = {p:.2g})" and jc[8] == f"+2.00 (p = {p:.2g})" and 0.05 < p < 0.2
+    assert jc[9] == "3.00 / 7.00 / 5.00"
+    assert ep[2] == "25.0 -> 25.0 (2 of 2)"   # each task's cost per episode is 0
