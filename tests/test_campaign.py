@@ -517,6 +517,24 @@ def test_the_results_page_carries_the_second_campaigns_tables_as_summarize_print
     assert [r for r in rows if r not in out.splitlines()] == []
 
 
+def test_the_results_pages_glance_table_is_summarize_glance_of_the_three_families():
+    """The verdicts-at-a-glance rows at the top of docs/results.md are ``summarize.py
+    --glance`` of the committed second-campaign runs, cell for cell but the verdict."""
+    page = (REPO / "docs" / "results.md").read_text()
+    start = page.index("**Verdicts at a glance, under the paper's definitions**")
+    table = [ln for ln in page[start:page.index("**The campaign**")].splitlines() if ln.startswith("| ")]
+    expected = []
+    for family in ("car-circle-hazard", "point-button", "point-circle"):
+        out = subprocess.run([sys.executable, "results/summarize.py", f"results/campaign2/{family}", "--glance",
+                              "test-eval.json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        rows = [ln for ln in out.splitlines() if ln.startswith("| ")]
+        expected += rows[1:] if expected else rows   # one header
+    assert len(table) == len(expected) == 7
+    cut = [ln.rsplit(" | ", 1)[0] for ln in table]   # without the verdict column
+    assert cut == [ln.rsplit(" | ", 1)[0] for ln in expected]
+    assert all(ln.rsplit(" | ", 1)[1].strip(" |") for ln in table)   # and every row has its verdict
+
+
 def test_summarize_names_the_measure_of_runs_trained_under_another(tmp_path, capsys):
     """The training table's cost of an algorithm whose runs were trained under another cost
     measure than most (the first campaign's TRPO beside the second's runs) says which."""
