@@ -508,13 +508,17 @@ def test_summarize_welch_is_the_two_sided_unequal_variance_test_over_seed_means(
 def test_the_results_page_carries_the_second_campaigns_tables_as_summarize_prints_them():
     """docs/results.md's tables of a finished second-campaign family are summarize.py's output
     on the committed run directories, row for row (no number typed by hand)."""
-    out = subprocess.run([sys.executable, "results/summarize.py", "results/campaign2/car-circle-hazard",
-                          "test-eval.json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     page = (REPO / "docs" / "results.md").read_text()
-    section = page[page.index("### Car-Circle-Hazard, the paper's walls"):page.index("**Verdict (car, the paper's")]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) >= 30
-    assert [r for r in rows if r not in out.splitlines()] == []
+    for family, start, end, n in (("car-circle-hazard", "### Car-Circle-Hazard, the paper's walls",
+                                   "**Verdict (car, the paper's", 30),
+                                  ("point-button", "### Point-Button (train and test", "**Verdict (point-button", 11),
+                                  ("point-circle", "### Point-Circle (train and test", "**Verdict (point-circle", 11)):
+        out = subprocess.run([sys.executable, "results/summarize.py", f"results/campaign2/{family}",
+                              "test-eval.json"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        section = page[page.index(start):page.index(end)]
+        rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+        assert len(rows) >= n, family
+        assert [r for r in rows if r not in out.splitlines()] == [], family
 
 
 def test_the_results_pages_glance_table_is_summarize_glance_of_the_three_families():
