@@ -12,6 +12,7 @@ k = 0 and k = K, with a uniformly random policy's row from ``FAMILY/random.json`
 (``cli.py test FAMILY --random-policy --json``) when there is one;
 for the meta algorithms, what their local steps did to the batch cost in training.
 """
+import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from metacpo_ref.config import Config  # noqa: E402
 from metacpo_ref.run import rundir  # noqa: E402
 from metacpo_ref.run.plots import variant_name  # noqa: E402
 from metacpo_ref.run.rundir import BEFORE_FIELD, read_config_json, read_test, scan_metrics  # noqa: E402
@@ -40,15 +42,22 @@ def label(raw):
     """A run's row from its ``config.json`` (``raw``): its algorithm, and for Meta-CPO the
     metrics of its local (inner) and meta (outer) steps (issue 15; runs from before
     ``inner_metric`` existed: the algorithm) and whether it takes the exact eq. 9 step above
-    the limit, by name for the paper's setting and ours (:func:`metacpo_ref.run.plots.variant_name`);
+    the limit, by name for the paper's setting and ours (:func:`metacpo_ref.run.plots.variant_name`),
+    and the :data:`COMPARED` settings in which it differs from the defaults;
     a field the run predates has the value it ran with (:data:`BEFORE_FIELD`)."""
+    compared = "".join(f", {k} {raw[k]}" for k in COMPARED if raw.get(k, COMPARED[k]) != COMPARED[k])
     if raw["algo"] != "meta-cpo" or "inner_metric" not in raw:
-        return raw["algo"]
+        return raw["algo"] + compared
     config = {**BEFORE_FIELD, **raw}
     if variant_name("meta-cpo", config):
-        return variant_name("meta-cpo", config)
+        return variant_name("meta-cpo", config) + compared
     exact = "" if config["recover_above_limit"] else ", exact step above the limit"
-    return f"meta-cpo inner {config['inner_metric']}, outer {config['outer_metric']}{exact}"
+    return f"meta-cpo inner {config['inner_metric']}, outer {config['outer_metric']}{exact}{compared}"
+
+
+# Settings whose learning effect is compared in results/ (issue 34's fisher-subsample runs), named
+# in a row's label when a run's differs from the default (config.py).
+COMPARED = {f.name: f.default for f in dataclasses.fields(Config) if f.name in ("fisher_subsample", "vf_ftol")}
 
 
 def local_step_changes(rows):

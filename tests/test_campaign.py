@@ -593,3 +593,17 @@ def test_the_glance_rows_are_the_means_pairs_under_and_welch_of_the_run_director
     assert jc[7] == f"-2.00 (p = {p:.2g})" and jc[8] == f"+2.00 (p = {p:.2g})" and 0.05 < p < 0.2
     assert jc[9] == "3.00 / 7.00 / 5.00"
     assert ep[2] == "25.0 -> 25.0 (2 of 2)"   # each task's cost per episode is 0
+
+
+def test_summarize_names_a_compared_setting_only_where_a_run_differs_from_the_default():
+    """The fisher-subsample comparison's rows: ``meta-cpo-fs5`` runs get their own row,
+    named by the setting; the campaign's runs (default, or predating the field) do not."""
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "results" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ours = {"algo": "meta-cpo", "inner_metric": "fisher", "outer_metric": "fisher", "recover_above_limit": True}
+    assert mod.label(ours) == mod.label({**ours, "fisher_subsample": 1}) == "meta-cpo, ours (Fisher metric, recover rule)"
+    assert mod.label({**ours, "fisher_subsample": 5}) == "meta-cpo, ours (Fisher metric, recover rule), fisher_subsample 5"
+    assert mod.label({**ours, "vf_ftol": 1e-4}).endswith(", vf_ftol 0.0001")
+    assert mod.label({"algo": "cpo", "fisher_subsample": 5}) == "cpo, fisher_subsample 5"
+    assert mod.label({"algo": "cpo"}) == "cpo"
