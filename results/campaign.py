@@ -74,10 +74,13 @@ VARIANTS = {**{algo: (algo, {}) for algo in ALGOS},
                                             "recover_above_limit": False}),
             # ours with every step's Fisher matrix from every 5th observation (OpenAI Baselines'
             # TRPO; issue 34: measured for learning against meta-cpo before it may become a default)
-            "meta-cpo-fs5": ("meta-cpo", {"fisher_subsample": 5})}
+            "meta-cpo-fs5": ("meta-cpo", {"fisher_subsample": 5}),
+            # ours with value fits stopped early (L-BFGS-B's ftol 1e-3; issue 34, docs/settings.md)
+            "meta-cpo-vf3": ("meta-cpo", {"vf_ftol": 1e-3})}
 VARIANT_FLAGS = {"inner_metric": lambda v: ["--inner-metric", v], "outer_metric": lambda v: ["--outer-metric", v],
                  "recover_above_limit": lambda v: ["--recover-above-limit" if v else "--exact-cpo-above-limit"],
-                 "fisher_subsample": lambda v: ["--fisher-subsample", str(v)]}
+                 "fisher_subsample": lambda v: ["--fisher-subsample", str(v)],
+                 "vf_ftol": lambda v: ["--vf-ftol", repr(v)]}
 SEEDS = (0, 1, 2)            # paper: 3 seeds
 TEST_TASKS = 5               # paper, Fig. 5 / issue 19: 5 unseen test tasks
 ADAPT_STEPS = 5              # paper: 5 adaptation steps
@@ -714,7 +717,7 @@ def selection(fn):
                       callback=names("algorithms", tuple(VARIANTS)),
                       help="Comma-separated algorithms; meta-cpo-paper: the paper's own Meta-CPO (Euclidean "
                            "steps, the exact eq. 9 step above the limit); meta-cpo-fs5: ours with a subsampled Fisher matrix "
-                           "(--fisher-subsample 5).")(fn)
+                           "(--fisher-subsample 5); meta-cpo-vf3: ours with early-stopped value fits (--vf-ftol 1e-3).")(fn)
     return click.option("--families", default=",".join(FAMILY_ORDER), show_default=True,
                         callback=names("families", FAMILY_ORDER), help="Comma-separated families.")(fn)
 

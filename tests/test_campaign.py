@@ -416,16 +416,19 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
     assert capsys.readouterr().out == ""
 
 
-def test_the_subsampled_fisher_variant_differs_from_ours_in_that_setting_alone(tmp_path):
-    """Issue 34's learning comparison: ``meta-cpo-fs5`` is ``meta-cpo`` with
-    ``--fisher-subsample 5`` and nothing else, so its runs compare with the campaign's."""
-    ours, fs5 = campaign.plan(("point-circle",), ("meta-cpo", "meta-cpo-fs5"), (2,), root=tmp_path)
-    assert fs5.path == tmp_path / "point-circle" / "meta-cpo-fs5-s2"
-    assert dataclasses.replace(fs5.config, fisher_subsample=1) == ours.config
-    assert fs5.config.fisher_subsample == 5
-    a, b = campaign.train_argv(ours, "python"), campaign.train_argv(fs5, "python")
-    i = b.index("--fisher-subsample")
-    assert b[i + 1] == "5"
+@pytest.mark.parametrize("name, field, value, flag", [("meta-cpo-fs5", "fisher_subsample", 5, "--fisher-subsample"),
+                                                      ("meta-cpo-vf3", "vf_ftol", 1e-3, "--vf-ftol")])
+def test_the_speed_variants_differ_from_ours_in_their_setting_alone(tmp_path, name, field, value, flag):
+    """Issue 34's learning comparisons: ``meta-cpo-fs5`` is ``meta-cpo`` with
+    ``--fisher-subsample 5``, ``meta-cpo-vf3`` with ``--vf-ftol 1e-3``, and nothing else, so
+    their runs compare with the campaign's; the CLI parses the flag back to the value."""
+    ours, variant = campaign.plan(("point-circle",), ("meta-cpo", name), (2,), root=tmp_path)
+    assert variant.path == tmp_path / "point-circle" / f"{name}-s2"
+    assert getattr(variant.config, field) == value
+    assert dataclasses.replace(variant.config, **{field: getattr(ours.config, field)}) == ours.config
+    a, b = campaign.train_argv(ours, "python"), campaign.train_argv(variant, "python")
+    i = b.index(flag)
+    assert type(value)(b[i + 1]) == value
     b = b[:i] + b[i + 2:]
     b[b.index("--out") + 1] = a[a.index("--out") + 1]
     assert b == a
