@@ -162,6 +162,16 @@ def test_act_fn_seeded_logp_and_deterministic():
                                   act(obs[0], np.random.default_rng(3))[0])
 
 
+def test_acting_without_autograd_gives_the_same_floats():
+    """``mlp_apply(..., numpy)`` (acting) equals the differentiable ``autograd.numpy`` path
+    bit for bit, one observation or a batch."""
+    from metacpo_ref.model.policy import mlp_apply, mlp_layers
+    theta, obs, _, _ = tiny_problem(11)
+    layers = mlp_layers(TINY.sizes, theta)
+    for x in (obs[0], obs):
+        np.testing.assert_array_equal(mlp_apply(layers, x, np), mlp_apply(layers, x))
+
+
 def test_act_fn_samples_the_gaussian():
     theta, obs, _, _ = tiny_problem(8)
     act, rng = act_fn(TINY, theta), np.random.default_rng(0)

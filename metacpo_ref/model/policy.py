@@ -86,14 +86,16 @@ def mlp_layers(sizes, params):
     return [(anp.reshape(params[w], shape), params[c]) for w, shape, c in mlp_layout(sizes)]
 
 
-def mlp_apply(layers, x):
+def mlp_apply(layers, x, xp=anp):
     """:func:`mlp` on the layers of :func:`mlp_layers` (unpacked once when a network is
-    evaluated many times, as a policy is in a rollout)."""
+    evaluated many times, as a policy is in a rollout). ``xp=numpy`` where nothing is
+    differentiated (acting): the same floats without autograd's wrapper around each call
+    (about a fifth of a rollout step's Python time at batch size 1)."""
     h = x
     for k, (W, c) in enumerate(layers):
-        h = anp.dot(h, W) + c
+        h = xp.dot(h, W) + c
         if k < len(layers) - 1:
-            h = anp.tanh(h)
+            h = xp.tanh(h)
     return h
 
 
@@ -259,7 +261,7 @@ def act_fn(spec, theta, deterministic=False):
     const = -0.5 * float(np.sum(2.0 * log_std + LOG_2PI))
 
     def act(obs, rng):
-        mu = mlp_apply(layers, np.asarray(obs, dtype=np.float64))
+        mu = mlp_apply(layers, np.asarray(obs, dtype=np.float64), np)
         if deterministic:
             return mu, const
         eps = rng.standard_normal(spec.act_dim)
