@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metacpo_ref.config import Config  # noqa: E402
 from metacpo_ref.run import rundir  # noqa: E402
-from metacpo_ref.run.plots import variant_name  # noqa: E402
+from metacpo_ref.run.plots import VARIANTS, variant_name  # noqa: E402
 from metacpo_ref.run.rundir import BEFORE_FIELD, read_config_json, read_test, scan_metrics  # noqa: E402
 
 
@@ -157,6 +157,12 @@ def main(root, *test_names):
         welch_table(runs, name)
 
 
+def read_tests(runs, test_name):
+    """``{label: [each seed's meta-test rows]}``: the ``test_name`` files the runs have."""
+    return {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
+            for algo, dirs in runs.items()}
+
+
 def test_table(runs, test_name, heading=False):
     """The meta-testing table of ``test_name`` (one ``cli.py test --json`` file per run):
     return / cost after k adaptation steps, per algorithm (with ``heading``, under a
@@ -164,8 +170,7 @@ def test_table(runs, test_name, heading=False):
     if heading:
         print(f"### {test_name}")
         print()
-    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
-             for algo, dirs in runs.items()}
+    tests = read_tests(runs, test_name)
     if not any(tests.values()):
         print(f"(no run is meta-tested yet: no {test_name})")
         print()
@@ -199,8 +204,7 @@ def measures_table(runs, test_name, random_file=None):
     return and the three cost measures, mean ± s.e. over seeds; a uniformly random
     policy's row (``random_file``, one ``cli.py test --random-policy --json``: s.e. over
     test tasks) under them."""
-    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
-             for algo, dirs in runs.items()}
+    tests = read_tests(runs, test_name)
     tested = {algo: t for algo, t in tests.items() if t and "cost_discounted" in t[0][0]}
     if not tested:
         return
@@ -243,8 +247,7 @@ def welch_table(runs, test_name):
     seeds are the only independent replicates: the test tasks and evaluation episodes are
     shared by every run, so a test paired over tasks would overstate significance), for the
     return and each cost measure the meta-test has."""
-    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
-             for algo, dirs in runs.items()}
+    tests = read_tests(runs, test_name)
     ours = [a for a in tests if a.startswith("meta-cpo") and tests[a]]
     pairs = [(a, b) for a in ours for b in ("cpo", "meta-trpo") if tests.get(b)]
     pairs += [(a, b) for i, a in enumerate(ours) for b in ours[i + 1:]]   # the variants against each other
@@ -267,8 +270,7 @@ def short(v):
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
 
 
-GLANCE = {"meta-cpo, ours (Fisher metric, recover rule)": "ours", "meta-cpo, paper's setting (H = I, exact eq. 9)":
-          "paper's", "cpo": "CPO"}   # the glance table's algorithms and their short names there
+GLANCE = {VARIANTS[1][0]: "ours", VARIANTS[0][0]: "paper's", "cpo": "CPO"}   # the glance table's rows, short names
 
 
 def glance(runs, test_name, root):
@@ -277,8 +279,7 @@ def glance(runs, test_name, root):
     paper's and CPO (mean over seeds; the (seed, task) pairs at or under the limit at K),
     TRPO / Meta-TRPO at K, the random policy, and each Meta-CPO against CPO at K (Welch's
     difference of the means and p over per-seed means); the verdict column is left empty."""
-    tests = {algo: [doc["rows"] for d in dirs if (doc := read_test(d, test_name)) is not None]
-             for algo, dirs in runs.items()}
+    tests = read_tests(runs, test_name)
     first = next(t for t in tests.values() if t)[0]
     K = len(first) - 1
     train = scan_metrics(runs["cpo"][0])[0][0]   # the training limit of the constrained runs
