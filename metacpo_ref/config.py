@@ -104,6 +104,11 @@ PAPER_METRICS = ("identity", "identity")   # paper: Euclidean trust regions (Lim
 PAPER = dict(zip(("inner_metric", "outer_metric"), PAPER_METRICS))   # Config(**PAPER, ...): the paper's steps
 META_CPO_METRICS = ("fisher", "fisher")    # measured: lower meta-test cost and higher return than the
                                            # paper's pair in all 4 runs compared (docs/settings.md)
+# Meta-CPO's two variants, named on figures and tables and run by the campaign as meta-cpo-paper
+# and meta-cpo: Algorithm 1 as the paper writes it (Euclidean local and meta steps, eq. 9's exact
+# step whenever feasible) and ours (Config()'s defaults: META_CPO_METRICS, the recover rule D34).
+PAPER_META_CPO = {**PAPER, "recover_above_limit": False}
+OUR_META_CPO = {**dict(zip(("inner_metric", "outer_metric"), META_CPO_METRICS)), "recover_above_limit": RECOVER_ABOVE_LIMIT}
 
 # What `make train` runs (Config()'s defaults: Meta-CPO with META_CPO_METRICS and the recover
 # rule, point-button, the limit 10 on the paper's J_C) and why, measured by the second campaign

@@ -60,7 +60,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from metacpo_ref.config import ALGOS, META_ITERATIONS, Config  # noqa: E402
+from metacpo_ref.config import ALGOS, META_ITERATIONS, PAPER_META_CPO, Config  # noqa: E402
 from metacpo_ref.envs.families import FAMILIES  # noqa: E402
 from metacpo_ref.run import rundir  # noqa: E402
 from metacpo_ref.run.rundir import checkpoint_progress as progress, read_json, read_metrics  # noqa: E402
@@ -70,8 +70,7 @@ FAMILY_ORDER = ("car-circle-hazard", "point-button", "point-circle")   # issue 1
 # "meta-cpo-paper" is the paper's own Meta-CPO (issue 30): Euclidean local and meta steps
 # (Limitations section) and the exact eq. 9 step above the limit (no recover rule, D34).
 VARIANTS = {**{algo: (algo, {}) for algo in ALGOS},
-            "meta-cpo-paper": ("meta-cpo", {"inner_metric": "identity", "outer_metric": "identity",
-                                            "recover_above_limit": False}),
+            "meta-cpo-paper": ("meta-cpo", PAPER_META_CPO),
             # ours with every step's Fisher matrix from every 5th observation (OpenAI Baselines'
             # TRPO; issue 34: measured for learning against meta-cpo before it may become a default)
             "meta-cpo-fs5": ("meta-cpo", {"fisher_subsample": 5}),

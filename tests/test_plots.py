@@ -343,7 +343,12 @@ def test_meta_cpo_variants_are_named_and_meta_test_labels_stay_out_of_the_figure
     labels contain recover_above_limit and were once taken for limit lines)."""
     from metacpo_ref.run.plots import VARIANTS, _label, variant_name
 
+    from metacpo_ref.config import Config
+
     paper, ours = (dict(fields) for _, fields in VARIANTS)
+    # ours is what Config() runs; the paper's is Algorithm 1's Euclidean steps and exact eq. 9
+    assert {k: getattr(Config(algo="meta-cpo"), k) for k in ours} == ours
+    assert paper == {"inner_metric": "identity", "outer_metric": "identity", "recover_above_limit": False}
     assert variant_name("meta-cpo", paper) == "meta-cpo, paper's setting (H = I, exact eq. 9)"
     assert variant_name("meta-cpo", ours).startswith("meta-cpo, ours")
     assert variant_name("cpo", paper) is None and variant_name("meta-cpo", {**ours, "outer_metric": "identity"}) is None

@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from metacpo_ref.config import ALGOS  # noqa: E402
+from metacpo_ref.config import ALGOS, OUR_META_CPO, PAPER_META_CPO  # noqa: E402
 from metacpo_ref.run import rundir  # noqa: E402
 from metacpo_ref.run.rundir import BEFORE_FIELD, CheckpointError, config_from_dict, scan_metrics  # noqa: E402
 
@@ -273,13 +273,9 @@ def group(runs):
     return out
 
 
-# Meta-CPO's two variants, named on figures and tables: Algorithm 1 as the paper writes it
-# (Euclidean local and meta steps, eq. 9's exact step whenever feasible) and ours (the
-# Fisher metric for both, the recover rule above the limit, D34: the defaults of config.py).
-VARIANTS = (("meta-cpo, paper's setting (H = I, exact eq. 9)",
-             {"inner_metric": "identity", "outer_metric": "identity", "recover_above_limit": False}),
-            ("meta-cpo, ours (Fisher metric, recover rule)",
-             {"inner_metric": "fisher", "outer_metric": "fisher", "recover_above_limit": True}))
+# Meta-CPO's two variants, named on figures and tables (their settings: config.py).
+VARIANTS = (("meta-cpo, paper's setting (H = I, exact eq. 9)", PAPER_META_CPO),
+            ("meta-cpo, ours (Fisher metric, recover rule)", OUR_META_CPO))
 
 
 def variant_name(algo, config):
