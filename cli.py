@@ -96,7 +96,8 @@ class Sizes(click.ParamType):
 
 # Flags of the Config fields not spelled --field-name (booleans: both spellings)
 FLAGS = {"recover_above_limit": "--recover-above-limit/--exact-cpo-above-limit",
-         "split_meta_gradient": "--split-meta-gradient/--whole-meta-gradient"}
+         "split_meta_gradient": "--split-meta-gradient/--whole-meta-gradient",
+         "replay_warm_start": "--replay-warm-start/--replay-cold-start"}
 
 
 def config_option(name, flag=None, dest=None, **kw):

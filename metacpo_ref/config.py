@@ -54,6 +54,10 @@ LINE_SEARCH_STEPS = 15   # derivations, section 7 (D18)
 FISHER_DIRECT_MAX = 300    # n <= this: dense H from n Fisher-vector products, Cholesky (exact)
 FISHER_CG_TOL = 1e-10      # else CG to this relative residual (measured: 61-95 iterations)
 FISHER_CG_MAX_ITERS = 250  # CG's cap (a warning says when the tolerance was not reached)
+REPLAY_WARM_START = False  # the meta-gradient's replay of a local step starts its CG solves from the step
+                           # taken's solutions (1 product instead of ~30 when they already meet the tolerance):
+                           # the same tolerance, other floats (~1e-10); not the default until measured for
+                           # learning (issue 34; docs/performance.md)
 
 # --- meta-training (Algorithm 1) --------------------------------------------
 META_ITERATIONS = 50     # the first campaign's: 4.5M env steps per run; 100 gave the same verdicts
@@ -263,6 +267,8 @@ class Config:
                          "instead of sampling tasks; None: sampled.")
     split_meta_gradient: bool = setting(None, "Meta algorithms: each task's part of eq. 11 on its worker, equal to "
                                         "one pass over all tasks (False) up to rounding; None: True for them.")
+    replay_warm_start: bool = setting(REPLAY_WARM_START, "Fisher local steps: the meta-gradient's replay starts "
+                                      "its CG solves from the step taken's solutions (same tolerance, other floats).")
 
     def __post_init__(self):
         if self.family not in FAMILY_DEFAULTS:

@@ -55,9 +55,10 @@ def label(raw):
     return f"meta-cpo inner {config['inner_metric']}, outer {config['outer_metric']}{exact}{compared}"
 
 
-# Settings whose learning effect is compared in results/ (issue 34's fisher-subsample runs), named
+# Settings whose learning effect is compared in results/ (issue 34's speed variants), named
 # in a row's label when a run's differs from the default (config.py).
-COMPARED = {f.name: f.default for f in dataclasses.fields(Config) if f.name in ("fisher_subsample", "vf_ftol")}
+COMPARED = {f.name: f.default for f in dataclasses.fields(Config)
+            if f.name in ("fisher_subsample", "vf_ftol", "replay_warm_start")}
 
 
 def local_step_changes(rows):

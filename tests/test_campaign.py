@@ -417,19 +417,25 @@ def test_summarize_measures_table_has_every_measure_at_k0_and_kK_and_the_random_
 
 
 @pytest.mark.parametrize("name, field, value, flag", [("meta-cpo-fs5", "fisher_subsample", 5, "--fisher-subsample"),
-                                                      ("meta-cpo-vf3", "vf_ftol", 1e-3, "--vf-ftol")])
+                                                      ("meta-cpo-vf3", "vf_ftol", 1e-3, "--vf-ftol"),
+                                                      ("meta-cpo-warm", "replay_warm_start", True, None)])
 def test_the_speed_variants_differ_from_ours_in_their_setting_alone(tmp_path, name, field, value, flag):
     """Issue 34's learning comparisons: ``meta-cpo-fs5`` is ``meta-cpo`` with
-    ``--fisher-subsample 5``, ``meta-cpo-vf3`` with ``--vf-ftol 1e-3``, and nothing else, so
+    ``--fisher-subsample 5``, ``meta-cpo-vf3`` with ``--vf-ftol 1e-3``, ``meta-cpo-warm`` with
+    ``--replay-warm-start``, and nothing else, so
     their runs compare with the campaign's; the CLI parses the flag back to the value."""
     ours, variant = campaign.plan(("point-circle",), ("meta-cpo", name), (2,), root=tmp_path)
     assert variant.path == tmp_path / "point-circle" / f"{name}-s2"
     assert getattr(variant.config, field) == value
     assert dataclasses.replace(variant.config, **{field: getattr(ours.config, field)}) == ours.config
     a, b = campaign.train_argv(ours, "python"), campaign.train_argv(variant, "python")
-    i = b.index(flag)
-    assert type(value)(b[i + 1]) == value
-    b = b[:i] + b[i + 2:]
+    if flag is None:   # a boolean: one flag, --replay-warm-start
+        i = b.index("--" + field.replace("_", "-"))
+        b = b[:i] + b[i + 1:]
+    else:
+        i = b.index(flag)
+        assert type(value)(b[i + 1]) == value
+        b = b[:i] + b[i + 2:]
     b[b.index("--out") + 1] = a[a.index("--out") + 1]
     assert b == a
 

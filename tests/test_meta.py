@@ -380,3 +380,50 @@ def test_a_subsampled_fisher_metric_is_the_fisher_matrix_of_every_sth_observatio
     _, _, dF, dG = meta_gradient(theta, traces, config)
     J = central_diff(lambda t: np.array(meta_objective(t, traces, config)), theta)
     assert rel_error(dF, J[0]) <= 1e-5 and rel_error(dG, J[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("b_hat, case", [(-5.0, "trust"), (-0.01, "both"), (0.05, "recovery")])
+def test_replay_warm_start_makes_fewer_products_and_agrees_to_the_tolerance(monkeypatch, b_hat, case):
+    """With config.replay_warm_start the step taken records its CG solves (H^{-1} g, H^{-1} a);
+    its replay from the same phi starts each of them from the recorded solution (one product
+    where that meets the tolerance), and its step and meta-gradient agree with a cold replay's
+    to the CG tolerance (not to the bit); from another phi (the line search's candidates) and
+    without the setting, nothing changes."""
+    import functools
+
+    import metacpo_ref.model.fisher_solve as fs
+    from metacpo_ref.model import metric as metric_module
+    from metacpo_ref.model.policy import fisher_product
+
+    made = []
+
+    def counting(*args):
+        product = fisher_product(*args)
+        return lambda p: made.append(None) or product(p)
+
+    monkeypatch.setattr(fs, "fisher_product", counting)
+    monkeypatch.setattr(metric_module, "fisher_solver", functools.partial(fs.fisher_solver, direct_max=0))  # CG
+    cfg = dataclasses.replace(CFG, inner_metric="fisher", replay_warm_start=True)
+    theta, traces = synthetic_traces(SPEC, 1, 1, 3, cfg)
+    d0, metric = traces[0].steps[0], inner_metric(cfg)
+    noise = np.random.default_rng(0).normal(size=d0.adv_r.shape)
+    data = dataclasses.replace(d0, phi=theta, adv_c=d0.adv_r + 0.3 * noise, b_hat=b_hat)   # cost tied to reward
+    assert local_step(SPEC, theta, data, metric, dataclasses.replace(cfg, replay_warm_start=False), act=True).solved == ()
+    upd = local_step(SPEC, theta, data, metric, cfg, act=True)
+    assert upd.case == case and len(upd.solved) == (1 if case == "recovery" else 2)
+    warm = dataclasses.replace(data, beta=upd.beta, b_shift=upd.b_shift, solved=upd.solved)
+    cold = dataclasses.replace(warm, solved=())
+
+    def replayed(step_data, phi=theta, fn=lambda phi, d: local_step(SPEC, phi, d, metric, cfg)):
+        made.clear()
+        return fn(phi, step_data), len(made)
+
+    (phi_warm, n_warm), (phi_cold, n_cold) = replayed(warm), replayed(cold)
+    assert n_warm <= len(upd.solved) < n_cold
+    assert rel_error(phi_warm, phi_cold) <= 1e-9 and rel_error(phi_warm, upd.phi) <= 1e-9
+    grad_of = lambda phi, d: meta_gradient(phi, [Trace((d,), traces[0].eval)], cfg)   # noqa: E731
+    (g_warm, n_warm), (g_cold, n_cold) = replayed(warm, fn=grad_of), replayed(cold, fn=grad_of)
+    assert n_warm < n_cold
+    for x, y in zip(g_warm[2:], g_cold[2:]):
+        assert rel_error(x, y) <= 1e-8
+    assert replayed(warm, theta + 1e-3)[1] == replayed(cold, theta + 1e-3)[1]

@@ -104,7 +104,7 @@ def inner_loop(env, job):
         t0 = time.perf_counter()
         if k < job.local_steps:
             upd = policy_update(spec, phi, c.data, config)
-            steps.append(dataclasses.replace(c.data, beta=upd.beta, b_shift=upd.b_shift))
+            steps.append(dataclasses.replace(c.data, beta=upd.beta, b_shift=upd.b_shift, solved=upd.solved))
             for key, v in (("cases", upd.case), ("betas", upd.beta), ("lams", upd.lam), ("nus", upd.nu)):
                 out[key].append(v)
             phi = upd.phi

@@ -26,7 +26,11 @@ What differs between acting and replaying, and why (nothing else does):
 - ``beta``: chosen by the line search when acting, the recorded one in replay;
 - the metric: the same ``H^{-1}`` (:meth:`~metacpo_ref.model.metric.Metric.solver`); acting
   remembers ``H^{-1} a`` between the shift and the step (one solve, not two); the replay
-  also differentiates through ``H(phi)`` (M7, M8 of docs/fisher-metric.md).
+  also differentiates through ``H(phi)`` (M7, M8 of docs/fisher-metric.md). With
+  ``config.replay_warm_start`` acting records its solves and a replay from (nearly) the same
+  ``phi`` starts each CG solve from the recorded solution of the nearest right-hand side
+  (:func:`warm_started`): the same tolerance, other floats (the replay's ``g_k`` is computed
+  by autograd's nested reverse pass and differs from the step taken's in the last bits).
 """
 from dataclasses import dataclass
 
@@ -101,6 +105,37 @@ class Update:
     lam: float
     nu: float
     b_shift: float = 0.0
+    solved: tuple = ()
+
+
+REPLAY_NEAR = 1e-6   # a replay's phi within this relative distance of the acting one starts warm
+
+
+def recorded(solve):
+    """``(solve', pairs)``: ``solve`` (``v -> H^{-1} v``; None for ``H = I``) that appends
+    each ``(v, H^{-1} v)`` it computes to the list ``pairs``."""
+    pairs = []
+    if solve is None:
+        return None, pairs
+
+    def solve_recorded(v):
+        y = solve(v)
+        pairs.append((np.array(v, dtype=np.float64), y))
+        return y
+
+    return solve_recorded, pairs
+
+
+def warm_started(solve, pairs):
+    """``solve`` (``(v, x0) -> H^{-1} v``, CG from ``x0``) started from the recorded solution
+    of the right-hand side in ``pairs`` nearest to ``v`` when that is within ``REPLAY_NEAR``
+    (one product when it already meets the tolerance for this ``H`` and ``v``); other
+    right-hand sides (the reverse passes') from 0, as before."""
+    def solve_warm(v):
+        dist, y = min((np.linalg.norm(w - v), y) for w, y in pairs)
+        return solve(v, x0=y if dist <= REPLAY_NEAR * np.linalg.norm(v) else None)
+
+    return solve_warm
 
 
 def local_step(spec, phi, data, metric, config, act=False):
@@ -114,16 +149,21 @@ def local_step(spec, phi, data, metric, config, act=False):
     if not act:
         g, a, b = step_problem(spec, phi, data, config.constrained)
         solve = metric.solver(spec, getval(phi), data.obs)
+        if solve is not None and data.solved and (np.linalg.norm(getval(phi) - data.phi)
+                                                  <= REPLAY_NEAR * np.linalg.norm(data.phi)):
+            solve = warm_started(solve, data.solved)
         return cpo_step(phi, Problem(g, a, b), metric, solve, config, beta=data.beta,
                         hvp=metric.hvp(spec, data.obs))[0]
     phi = np.asarray(phi, dtype=np.float64)
     g, a, b, R0, C0 = step_problem_values(spec, phi, data, config.constrained)
-    new, step, shift, found = cpo_step(phi, Problem(g, a, b, b_hat=data.b_hat, R0=R0, C0=C0), metric,
-                                       metric.solver(spec, phi, data.obs), config,
-                                       values=line_search_values(spec, phi, data))
-    if found is None:
-        return Update(new, step.case, 0.0, 0.0, 0.0, step.lam, step.nu, shift)
-    return Update(new, step.case, found.beta, float(found.R - R0), float(found.C - C0), step.lam, step.nu, shift)
+    solve, solved = metric.solver(spec, phi, data.obs), []
+    if config.replay_warm_start:
+        solve, solved = recorded(solve)
+    new, step, shift, found = cpo_step(phi, Problem(g, a, b, b_hat=data.b_hat, R0=R0, C0=C0), metric, solve,
+                                       config, values=line_search_values(spec, phi, data))
+    dR, dC = (0.0, 0.0) if found is None else (float(found.R - R0), float(found.C - C0))
+    return Update(new, step.case, 0.0 if found is None else found.beta, dR, dC, step.lam, step.nu, shift,
+                  tuple(solved))
 
 
 def policy_update(spec, phi, data, config):

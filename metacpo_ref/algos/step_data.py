@@ -23,7 +23,9 @@ class StepData:
     measure, D38), ``b_hat`` the per-step constraint value (D37); ``beta`` is the accepted line-search fraction of the
     step taken from ``phi`` (1.0 until the line search has run) and ``b_shift``
     the constant :func:`~metacpo_ref.algos.step_problem.recovery_shift` added to ``b`` (0.0 until
-    the update has run).
+    the update has run). ``solved``: the pairs ``(v, H(phi)^{-1} v)`` the step taken solved
+    (with ``config.replay_warm_start``; else empty), the warm starts of its replay
+    (:func:`~metacpo_ref.algos.local_step.local_step`).
     """
 
     obs: np.ndarray
@@ -35,6 +37,7 @@ class StepData:
     phi: np.ndarray
     beta: float = 1.0
     b_shift: float = 0.0
+    solved: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)

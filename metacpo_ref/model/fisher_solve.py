@@ -44,17 +44,18 @@ def fisher_matrix(spec, phi, obs, damping):
 
 def fisher_solver(spec, phi, obs, damping, direct_max=FISHER_DIRECT_MAX, tol=FISHER_CG_TOL,
                   max_iters=FISHER_CG_MAX_ITERS):
-    """``v -> (H(phi) + damping I)^{-1} v``: Cholesky for ``n <= direct_max``, else CG to
-    relative residual ``tol`` (at most ``max_iters`` iterations; if CG stopped at the cap
-    rather than by its residual, one more product checks the true residual)."""
+    """``(v, x0=None) -> (H(phi) + damping I)^{-1} v``: Cholesky for ``n <= direct_max`` (``x0``
+    unused), else CG to relative residual ``tol`` from ``x0`` (a warm start) or 0, at most
+    ``max_iters`` iterations (if CG stopped at the cap rather than by its residual, one more
+    product checks the true residual)."""
     phi = np.asarray(phi, dtype=np.float64)
     if len(phi) <= direct_max:
         factor = scipy.linalg.cho_factor(fisher_matrix(spec, phi, obs, damping))
-        return lambda v: scipy.linalg.cho_solve(factor, np.asarray(v, dtype=np.float64))
+        return lambda v, x0=None: scipy.linalg.cho_solve(factor, np.asarray(v, dtype=np.float64))
 
     matvec = fisher_product(spec, phi, obs, damping)
 
-    def solve(v):
+    def solve(v, x0=None):
         v = np.asarray(v, dtype=np.float64)
         made = []
 
@@ -62,9 +63,9 @@ def fisher_solver(spec, phi, obs, damping, direct_max=FISHER_DIRECT_MAX, tol=FIS
             made.append(None)
             return matvec(p)
 
-        y = cg(counted, v, max_iters, tol)
-        if len(made) < max_iters:   # stopped by its recurrence residual <= tol, which drifts from
-            return y                # the true one by ~tol: within the 10 tol below, no check needed
+        y = cg(counted, v, max_iters, tol, x0)
+        if len(made) - (x0 is not None) < max_iters:   # stopped by its recurrence residual <= tol, which
+            return y            # drifts from the true one by ~tol: within the 10 tol below, no check needed
         res = np.linalg.norm(v - matvec(y)) / max(np.linalg.norm(v), 1e-300)
         if res > 10 * tol:
             warnings.warn(f"conjugate gradient reached relative residual {res:.2g} > {tol:g} in "

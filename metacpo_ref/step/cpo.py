@@ -51,12 +51,16 @@ class Step:
     hinv_a: np.ndarray = field(default=None, repr=False)
 
 
-def cg(matvec, v, iters, tol):
+def cg(matvec, v, iters, tol, x0=None):
     """Conjugate gradient for ``M y = v`` (M SPD, given as ``matvec``): at most
-    ``iters`` iterations, stopping when ``||v - M y|| <= tol ||v||``."""
+    ``iters`` iterations, stopping when ``||v - M y|| <= tol ||v||``; from ``y = x0`` if
+    given (a warm start: one more product for its residual), else from 0."""
     v = np.asarray(v, dtype=np.float64)
-    y = np.zeros_like(v)
-    res = v.copy()
+    if x0 is None:
+        y, res = np.zeros_like(v), v.copy()
+    else:
+        y = np.array(x0, dtype=np.float64)
+        res = v - matvec(y)
     p = v.copy()
     rr = res @ res
     stop = (tol * np.linalg.norm(v)) ** 2
