@@ -278,3 +278,22 @@ def test_cg_matches_dense_solve():
     via_cg = solve_step(v, a, -0.01, 0.01, hinv=lambda u: cg(lambda p: H @ p, u, iters=200, tol=1e-13))
     assert rel(via_cg.x, exact.x) <= 1e-9
     np.testing.assert_array_equal(cg(lambda p: H @ p, np.zeros(30), 5, 1e-10), np.zeros(30))
+
+
+def test_cg_from_a_warm_start_is_conjugate_gradient_from_there():
+    """``cg(..., x0)``: the first direction is the residual at ``x0``, so a start that does not
+    meet the tolerance converges to the same solution in about as many products as from 0
+    (+1 for the start's residual; a first direction other than the residual stalls at the
+    cap); a start that meets it costs that one product only."""
+    rng = np.random.default_rng(9)
+    H, v = random_spd(rng, 30), rng.normal(size=30)
+    exact = np.linalg.solve(H, v)
+    cold = []
+    cg(lambda p: cold.append(None) or H @ p, v, 200, 1e-12)
+    for x0 in (rng.normal(size=30), exact + 1e-3 * rng.normal(size=30)):
+        made = []
+        y = cg(lambda p: made.append(None) or H @ p, v, 200, 1e-12, x0)
+        assert rel(y, exact) <= 1e-9 and len(made) <= len(cold) + 5
+    made = []
+    np.testing.assert_array_equal(cg(lambda p: made.append(None) or H @ p, v, 200, 1e-3, exact), exact)
+    assert len(made) == 1

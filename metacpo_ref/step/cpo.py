@@ -61,7 +61,7 @@ def cg(matvec, v, iters, tol, x0=None):
     else:
         y = np.array(x0, dtype=np.float64)
         res = v - matvec(y)
-    p = v.copy()
+    p = res.copy()
     rr = res @ res
     stop = (tol * np.linalg.norm(v)) ** 2
     for _ in range(iters):
