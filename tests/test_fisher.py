@@ -95,36 +95,28 @@ def test_cg_solver_matches_direct_and_warns_when_capped():
         fisher_solver(spec, theta, obs, config.cg_damping, direct_max=0, max_iters=2)(v)
 
 
-def test_cg_solver_checks_the_true_residual_only_at_the_cap(monkeypatch):
+def test_cg_solver_checks_the_true_residual_only_at_the_cap():
     """A solve that CG stops by its own residual makes only CG's products (no extra product
     to check it: the recurrence residual is within the true one's 10 tol), returns plain CG's
     floats, and its true residual is within the tolerance; one stopped at the cap is checked."""
     import metacpo_ref.model.fisher_solve as fs
+    from metacpo_ref.checks.bench import counting_fisher_products
     from metacpo_ref.config import FISHER_CG_TOL
-    from metacpo_ref.model.policy import fisher_product
     from metacpo_ref.step.cpo import cg
 
     config, spec, theta, traces = meta_problem_fisher()
     obs = traces[0].steps[0].obs
     v = np.random.default_rng(1).standard_normal(len(theta))
-    made = []
-
-    def counting(*args):
-        product = fisher_product(*args)
-        return lambda p: made.append(None) or product(p)
-
-    monkeypatch.setattr(fs, "fisher_product", counting)
-    y = fisher_solver(spec, theta, obs, config.cg_damping, direct_max=0)(v)
-    solver_products = len(made)
-    made.clear()
-    product = counting(spec, theta, obs, config.cg_damping)
-    assert np.array_equal(y, cg(product, v, 250, FISHER_CG_TOL))
-    assert solver_products == len(made) < 250
-    assert rel_error(fisher_product(spec, theta, obs, config.cg_damping)(y), v) <= FISHER_CG_TOL
-    made.clear()
-    with pytest.warns(InexactSolveWarning):
+    with counting_fisher_products() as solver_products:
+        y = fisher_solver(spec, theta, obs, config.cg_damping, direct_max=0)(v)
+    with counting_fisher_products() as cg_products:
+        plain = cg(fs.fisher_product(spec, theta, obs, config.cg_damping), v, 250, FISHER_CG_TOL)
+    assert np.array_equal(y, plain)
+    assert solver_products.count == cg_products.count < 250
+    assert rel_error(fs.fisher_product(spec, theta, obs, config.cg_damping)(y), v) <= FISHER_CG_TOL
+    with counting_fisher_products() as capped, pytest.warns(InexactSolveWarning):
         fisher_solver(spec, theta, obs, config.cg_damping, direct_max=0, max_iters=3)(v)
-    assert len(made) == 4
+    assert capped.count == 4
 
 
 def test_fisher_matrix_is_the_hessian_of_the_mean_kl():

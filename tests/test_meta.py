@@ -392,16 +392,9 @@ def test_replay_warm_start_makes_fewer_products_and_agrees_to_the_tolerance(monk
     import functools
 
     import metacpo_ref.model.fisher_solve as fs
+    from metacpo_ref.checks.bench import counting_fisher_products
     from metacpo_ref.model import metric as metric_module
-    from metacpo_ref.model.policy import fisher_product
 
-    made = []
-
-    def counting(*args):
-        product = fisher_product(*args)
-        return lambda p: made.append(None) or product(p)
-
-    monkeypatch.setattr(fs, "fisher_product", counting)
     monkeypatch.setattr(metric_module, "fisher_solver", functools.partial(fs.fisher_solver, direct_max=0))  # CG
     cfg = dataclasses.replace(CFG, inner_metric="fisher", replay_warm_start=True)
     theta, traces = synthetic_traces(SPEC, 1, 1, 3, cfg)
@@ -415,8 +408,9 @@ def test_replay_warm_start_makes_fewer_products_and_agrees_to_the_tolerance(monk
     cold = dataclasses.replace(warm, solved=())
 
     def replayed(step_data, phi=theta, fn=lambda phi, d: local_step(SPEC, phi, d, metric, cfg)):
-        made.clear()
-        return fn(phi, step_data), len(made)
+        with counting_fisher_products() as products:
+            out = fn(phi, step_data)
+        return out, products.count
 
     (phi_warm, n_warm), (phi_cold, n_cold) = replayed(warm), replayed(cold)
     assert n_warm <= len(upd.solved) < n_cold
