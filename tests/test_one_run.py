@@ -208,9 +208,13 @@ def test_ctrl_c_while_worker_processes_start_is_the_parents_alone():
     SIGINT blocked and ignore it, and the parent alone is interrupted. The child sends the
     Ctrl-C itself once both pool processes (CPython 3.11 spawns one per submit) run Python
     with its own SIGINT handler, i.e. are importing (Linux /proc); a timer in the test (as
-    before) could miss that window on a loaded machine, and the run then ended normally."""
+    before) could miss that window on a loaded machine, and the run then ended normally.
+    The kernel gives a process's Ctrl-C to any thread not blocking it (OpenBLAS's, or the
+    idle one here): its handler raised KeyboardInterrupt in the parent at once, which then
+    killed the processes mid-import (CI once saw glfw's version probe, a grandchild, print
+    a BrokenPipeError traceback); now the parent takes it only once both have answered."""
     code = textwrap.dedent("""
-        import concurrent.futures as cf, os, signal, sys, time
+        import concurrent.futures as cf, os, signal, sys, threading, time, traceback
         from metacpo_ref.envs.workers import Workers
         submit = cf.ProcessPoolExecutor.submit
 
@@ -230,14 +234,17 @@ def test_ctrl_c_while_worker_processes_start_is_the_parents_alone():
                     time.sleep(0.001)
                 print("ctrl-c", flush=True)
                 os.killpg(0, signal.SIGINT)   # the whole group, as a terminal sends it
+                time.sleep(0.5)
             return future
 
         cf.ProcessPoolExecutor.submit = submit_then_ctrl_c
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()   # takes a Ctrl-C
         try:
             with Workers("point-circle", None, 2):
                 print("started", flush=True)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            early = "submit_then_ctrl_c" in [f.name for f in traceback.extract_tb(e.__traceback__)]
+            print("interrupted" + " before the workers answered" * early, file=sys.stderr)
             sys.exit(130)
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -20,6 +20,7 @@ their parent dies, even by SIGKILL (:func:`_worker_init`); an unreachable
 ours: Ray schedules, we submit.
 """
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import multiprocessing.resource_tracker
 import ctypes
@@ -129,6 +130,28 @@ class RayWorker:
 BACKENDS = ("process", "ray")
 
 
+@contextlib.contextmanager
+def _sigint_held(main):
+    """In the main thread (``main``): SIGINT blocked in it (processes started here
+    inherit that) and Python's SIGINT handler replaced by one that only records it, for
+    the block's duration; afterwards the old handler is back and a recorded Ctrl-C is
+    raised again through it (KeyboardInterrupt, by default). Elsewhere: nothing."""
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if previous is None:   # not the main thread, or a handler not set from Python
+        yield
+        return
+    held = []
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending Ctrl-C arrives here
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
 class Workers:
     """``map(fn, jobs, labels)`` over tasks in ``n`` processes (``n = 1``: here),
     or on ``n`` Ray actors (``backend="ray"``); ``submit(fn, job, label)`` for one job
@@ -151,24 +174,24 @@ class Workers:
         """Start the n processes now, with Ctrl-C held back until each has answered: a
         new process inherits the blocked SIGINT through exec and ignores it
         (:func:`_worker_init`) before it unblocks it, so a Ctrl-C while they import is
-        the parent's alone (one line, not a traceback from each). CPython 3.11's executor
-        spawns one per submit, after waking its manager thread, which may then wait
-        without the new process's sentinel: a worker that died was noticed only at another
-        task's result (or at task_timeout). Once each process has answered, the thread
-        watches them all."""
+        the parent's alone (one line, not a traceback from each). In the parent the
+        mask blocks SIGINT in this thread only; the kernel hands a Ctrl-C to any other
+        thread (OpenBLAS's), whose C handler would raise KeyboardInterrupt here at once
+        and kill processes mid-import (and glfw's version probe, a grandchild, then
+        printed a BrokenPipeError traceback), so Python's handler is held back too
+        (:func:`_sigint_held`). CPython 3.11's executor spawns one per submit, after
+        waking its manager thread, which may then wait without the new process's
+        sentinel: a worker that died was noticed only at another task's result (or at
+        task_timeout). Once each process has answered, the thread watches them all."""
         main = threading.current_thread() is threading.main_thread()
         if main:
             # started first: starting it unblocks SIGINT (it blocks SIGINT and SIGTERM around its spawn)
             multiprocessing.resource_tracker.ensure_running()
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            try:
+            with _sigint_held(main):
                 self._pool = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
                                                     initializer=_worker_init, initargs=(os.getpid(),))
                 cf.wait([self._pool.submit(os.getpid) for _ in range(self.n)])
-            finally:
-                if main:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending Ctrl-C arrives here
         except BaseException:
             self.close(kill=True)
             raise
