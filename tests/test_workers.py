@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from metacpo_ref.config import Config
 from metacpo_ref.run.rundir import load_checkpoint, read_metrics
 from metacpo_ref.run.training import train
+from metacpo_ref.envs import workers
 from metacpo_ref.envs.workers import WorkerError, Workers, check_ray_address
 
 TINY = dict(family="point-circle", tasks=2, local_steps=1, episodes=1, iterations=1, hidden=(8,))
@@ -438,3 +440,27 @@ def env_or_hang(env, hang):
 
 def env_or_raise(env):
     raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("handler, raised", [(signal.default_int_handler, True), (signal.SIG_IGN, False)])
+def test_a_ctrl_c_while_the_pool_starts_reaches_the_handler_after_it(handler, raised):
+    """The kernel hands a process's SIGINT to a thread not blocking it (here an idle one):
+    under _sigint_held it is recorded, and raised through the restored handler only after
+    the block (KeyboardInterrupt by default, nothing when SIGINT is ignored)."""
+    idle = threading.Thread(target=time.sleep, args=(1,))
+    idle.start()
+    previous = signal.signal(signal.SIGINT, handler)
+    after = []
+    try:
+        try:
+            with workers._sigint_held(True):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                after.append("block ended")
+        except KeyboardInterrupt:
+            after.append("interrupted")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        idle.join()
+    assert after == ["block ended", "interrupted"] if raised else ["block ended"]
+    assert signal.getsignal(signal.SIGINT) is previous

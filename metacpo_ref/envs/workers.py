@@ -133,20 +133,22 @@ BACKENDS = ("process", "ray")
 @contextlib.contextmanager
 def _sigint_held(main):
     """In the main thread (``main``): SIGINT blocked in it (processes started here
-    inherit that) and Python's SIGINT handler replaced by one that only records it, for
-    the block's duration; afterwards the old handler is back and a recorded Ctrl-C is
-    raised again through it (KeyboardInterrupt, by default). Elsewhere: nothing."""
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    if previous is None:   # not the main thread, or a handler not set from Python
+    inherit that) and Python's SIGINT handler (if set from Python) replaced by one that
+    only records it, for the block's duration; afterwards the old handler is back and a
+    recorded Ctrl-C is raised again through it (KeyboardInterrupt, by default).
+    Elsewhere: nothing (signals are the main thread's)."""
+    if not main:
         yield
         return
-    held = []
+    held, previous = [], signal.getsignal(signal.SIGINT)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    if previous is not None:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending Ctrl-C arrives here
         if held:
             signal.raise_signal(signal.SIGINT)
