@@ -616,3 +616,19 @@ def test_summarize_names_a_compared_setting_only_where_a_run_differs_from_the_de
     assert mod.label({**ours, "vf_ftol": 1e-4}).endswith(", vf_ftol 0.0001")
     assert mod.label({"algo": "cpo", "fisher_subsample": 5}) == "cpo, fisher_subsample 5"
     assert mod.label({"algo": "cpo"}) == "cpo"
+
+
+def test_summarize_without_a_family_folder_says_what_to_give():
+    """No argument: usage (exit 2); a path that is not a folder: one line naming it (exit 1),
+    not a traceback; --help: the module's text (exit 0)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "results/summarize.py", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    res = run()
+    assert res.returncode == 2 and res.stdout.startswith("usage: python results/summarize.py")
+    res = run("results/no-such-family")
+    assert res.returncode == 1 and res.stderr.splitlines() == [
+        "Error: results/no-such-family is not a directory; give a family's folder of run directories, "
+        "e.g. results/campaign2/point-circle"]
+    res = run("--help")
+    assert res.returncode == 0 and "Markdown tables" in res.stdout
