@@ -342,9 +342,12 @@ def tasks_within(tests, K):
 
 
 if __name__ == "__main__":
-    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help"):
-        print(__doc__ if sys.argv[1:] else "usage: " + __doc__.split("\n\n")[1].strip())
-        sys.exit(0 if sys.argv[1:] else 2)
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
+    if not sys.argv[1:]:
+        print("usage: " + __doc__.split("\n\n")[1].strip())   # the docstring's command line
+        sys.exit(2)
     if not Path(sys.argv[1]).is_dir():
         sys.exit(f"Error: {sys.argv[1]} is not a directory; give a family's folder of run directories, "
                  "e.g. results/campaign2/point-circle")
